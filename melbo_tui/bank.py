@@ -1,0 +1,175 @@
+"""Vector bank files: one `.safetensors` per bank, vectors plus per-vector metrics plus metadata.
+
+Layout (format_version 1):
+- tensor `vectors`: float32 `[N, d_model]`, row `base_index` is the base vector;
+- optional float32 `[N]` tensors, one per metric in `METRIC_NAMES`;
+- `__metadata__["melbo"]`: a JSON object (see `BankMeta`).
+
+Loading never silently drops data: a NaN/inf row is an error naming its index. Writes go
+through `atomic.atomic_write` so a checkpoint is always a complete bank.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorsError, safe_open
+from safetensors.torch import load_file, save_file
+
+from melbo_tui.atomic import atomic_write
+from melbo_tui.errors import BankError
+
+FORMAT_VERSION = 1
+BANK_KINDS = ("melbo", "ortho", "imported")
+# kl = KL(P_i || P_0), kl_rev = KL(P_0 || P_i), norm = ||theta_i||, cos_base = cos(theta_i, theta_0)
+METRIC_NAMES = ("kl", "kl_rev", "norm", "cos_base")
+
+
+@dataclass
+class BankMeta:
+    """What a bank is: which model, where it steers, how it was made."""
+
+    kind: str
+    model: str
+    hidden_size: int
+    num_layers: int
+    source_layer: int
+    target_layer: int
+    prompts: list[str]
+    system_prompt: str | None = None
+    radius: float | None = None
+    base_index: int = 0
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    created_by: str = ""
+    created_at: str = ""
+    raw_prompts: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        data = dataclasses.asdict(self)
+        extra = data.pop("extra")
+        data.update(extra)
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> BankMeta:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("metadata is not a JSON object")
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: v for k, v in data.items() if k in names}
+        extra = {k: v for k, v in data.items() if k not in names}
+        return cls(**known, extra=extra)
+
+
+@dataclass
+class VectorBank:
+    """A stack of steering vectors `[N, d_model]`, optional metrics `[N]` and metadata."""
+
+    vectors: torch.Tensor  # [N, d_model], float32, cpu
+    meta: BankMeta
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [N]
+
+    def __len__(self) -> int:
+        return int(self.vectors.shape[0])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def norms(self) -> torch.Tensor:
+        return self.vectors.norm(dim=-1)
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def save_bank(bank: VectorBank, path: Path) -> None:
+    """Validate and write `bank` atomically."""
+    vectors = bank.vectors.detach().to("cpu", torch.float32).contiguous()
+    _check_vectors(vectors, str(path))
+    tensors = {"vectors": vectors}
+    for name, values in bank.metrics.items():
+        if name not in METRIC_NAMES:
+            raise BankError(f"{path}: unknown metric '{name}'")
+        values = values.detach().to("cpu", torch.float32).contiguous()
+        if values.shape != (vectors.shape[0],):
+            raise BankError(f"{path}: metric '{name}' has shape {tuple(values.shape)}, expected ({len(vectors)},)")
+        tensors[name] = values
+    if not bank.meta.created_at:
+        bank.meta.created_at = now_iso()
+    metadata = {"melbo": bank.meta.to_json()}
+    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def load_bank(path: Path) -> VectorBank:
+    """Read and validate a bank; every problem is one `BankError` line."""
+    path = Path(path)
+    if not path.exists():
+        raise BankError(f"bank file not found: {path}")
+    if path.is_dir():
+        raise BankError(f"bank path is a directory, expected a .safetensors file: {path}")
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorsError, OSError, ValueError, RuntimeError) as exc:
+        raise BankError(f"{path}: not a readable safetensors bank ({_first_line(exc)})") from None
+    if "vectors" not in tensors:
+        raise BankError(f"{path}: no 'vectors' tensor in the file")
+    if "melbo" not in metadata:
+        raise BankError(f"{path}: no melbo metadata in the file (import seed .pt files with 'melbo-tui import')")
+    try:
+        meta = BankMeta.from_json(metadata["melbo"])
+    except (ValueError, TypeError) as exc:
+        raise BankError(f"{path}: corrupt melbo metadata ({_first_line(exc)})") from None
+    vectors = tensors["vectors"]
+    if vectors.dtype != torch.float32:
+        raise BankError(f"{path}: 'vectors' has dtype {vectors.dtype}, expected float32")
+    _check_vectors(vectors, str(path))
+    metrics = {}
+    for name in METRIC_NAMES:
+        if name in tensors:
+            values = tensors[name]
+            if values.shape != (vectors.shape[0],) or values.dtype != torch.float32:
+                raise BankError(f"{path}: metric '{name}' must be float32 [{len(vectors)}], got {values.dtype} {list(values.shape)}")
+            metrics[name] = values
+    if meta.hidden_size != vectors.shape[1]:
+        raise BankError(f"{path}: metadata says hidden_size {meta.hidden_size} but vectors are {vectors.shape[1]} wide")
+    if not 0 <= meta.base_index < len(vectors):
+        raise BankError(f"{path}: base_index {meta.base_index} outside 0..{len(vectors) - 1}")
+    return VectorBank(vectors=vectors, meta=meta, metrics=metrics)
+
+
+def check_bank_fits(bank: VectorBank, hidden_size: int, num_layers: int, where: str = "bank") -> None:
+    """Refuse to steer a model with a bank made for a differently shaped one."""
+    if bank.hidden_size != hidden_size:
+        raise BankError(
+            f"{where} was made for hidden size {bank.hidden_size} ({bank.meta.model}), "
+            f"but the loaded model has hidden size {hidden_size}"
+        )
+    for name, layer in (("source", bank.meta.source_layer), ("target", bank.meta.target_layer)):
+        if not 0 <= layer < num_layers:
+            raise BankError(f"{where}: {name} layer {layer} is outside the model's blocks 0..{num_layers - 1}")
+
+
+def _check_vectors(vectors: torch.Tensor, where: str) -> None:
+    if vectors.ndim != 2 or vectors.shape[0] == 0 or vectors.shape[1] == 0:
+        raise BankError(f"{where}: 'vectors' must be a non-empty [N, d_model] matrix, got shape {list(vectors.shape)}")
+    bad = (~torch.isfinite(vectors)).any(dim=1).nonzero().flatten().tolist()
+    if bad:
+        shown = ", ".join(str(i) for i in bad[:10]) + (" ..." if len(bad) > 10 else "")
+        raise BankError(f"{where}: {len(bad)} row(s) contain NaN or inf: {shown}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,47 @@
+"""Row selections typed by a user: `0,3,7`, `1:11`, `1:4,9`, `-5:`, `::10`.
+
+Python slice semantics over `range(n)`, so `1:11` is rows 1..10 and `-3:` the last three.
+Order is kept and duplicates are removed (a vector counted twice in a mean is never intended).
+"""
+
+from __future__ import annotations
+
+from melbo_tui.errors import InputError
+
+
+def parse_selection(spec: str, n: int) -> list[int]:
+    """Rows of a bank of `n` vectors named by `spec`; raises `InputError` on anything odd."""
+    if not spec or not spec.strip():
+        raise InputError("empty selection: give indices or slices such as 1:11 or 0,3,7")
+    rows: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            raise InputError(f"empty item in selection '{spec}'")
+        rows.extend(_parse_part(part, n, spec))
+    unique = list(dict.fromkeys(rows))
+    if not unique:
+        raise InputError(f"selection '{spec}' selects no rows of a bank with {n} vectors")
+    return unique
+
+
+def _parse_part(part: str, n: int, spec: str) -> list[int]:
+    if ":" not in part:
+        index = _to_int(part, spec)
+        if not -n <= index < n:
+            raise InputError(f"index {index} out of range: the bank has {n} vectors (0..{n - 1})")
+        return [index % n]
+    pieces = part.split(":")
+    if len(pieces) > 3:
+        raise InputError(f"bad slice '{part}' in selection '{spec}'")
+    start, stop, step = (_to_int(p, spec) if p.strip() else None for p in pieces + [""] * (3 - len(pieces)))
+    if step == 0:
+        raise InputError(f"slice step cannot be zero in '{part}'")
+    return list(range(n))[slice(start, stop, step)]
+
+
+def _to_int(text: str, spec: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise InputError(f"'{text.strip()}' is not an index in selection '{spec}'") from None
