@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorsError, safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from melbo_tui.atomic import atomic_write
@@ -121,7 +121,7 @@ def load_bank(path: Path) -> VectorBank:
         tensors = load_file(str(path))
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-    except (SafetensorsError, OSError, ValueError, RuntimeError) as exc:
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise BankError(f"{path}: not a readable safetensors bank ({_first_line(exc)})") from None
     if "vectors" not in tensors:
         raise BankError(f"{path}: no 'vectors' tensor in the file")

@@ -117,6 +117,8 @@ def load_model(
             if not path.is_file():
                 raise ModelError(f"cannot load model '{spec}': GGUF file not found")
             model, tokenizer = _load_hf(str(path.parent), path.name, device, torch_dtype, False, spec)
+        elif spec.startswith(("/", ".", "~")) and not path.exists():
+            raise ModelError(f"cannot load model '{spec}': no such local directory (hub ids look like org/name)")
         else:
             model, tokenizer = _load_hf(spec, None, device, torch_dtype, trust_remote_code, spec)
     model.eval()
@@ -181,16 +183,40 @@ def _load_hf(
     if device.startswith("cuda"):
         model_kwargs["device_map"] = "auto"  # spreads over GPUs only when one is not enough
     local = Path(where).expanduser().is_dir()
+    if not local and not gguf_file and not _hub_reachable():
+        # offline: a hub id can still load from the HF cache; fail at once instead of retrying
+        kwargs["local_files_only"] = True
+        model_kwargs["local_files_only"] = True
     try:
         with _quiet():
             tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(where, **model_kwargs)
     except Exception as exc:  # transformers raises many types; all mean "could not load"
-        tried = "local directory" if local else "local path (not found), then Hugging Face hub id"
+        if local:
+            tried = "local directory"
+        elif kwargs.get("local_files_only"):
+            tried = "local path (not found), then the Hugging Face cache (the hub is unreachable)"
+        else:
+            tried = "local path (not found), then Hugging Face hub id"
         raise ModelError(f"cannot load model '{spec}' (tried {tried}): {_first_line(exc)}") from None
     if not device.startswith("cuda"):
         model = model.to(device)
     return model, tokenizer
+
+
+def _hub_reachable() -> bool:
+    """Whether the hub's host resolves; without this, an offline load retries for ~50 s."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,0 +1,81 @@
+"""`melbo-tui` (no arguments) and `melbo-tui open BANK...`: start the explorer TUI.
+
+Only file existence is checked here; the bank is read and the model loaded inside the app,
+in background workers, so the first frame appears before torch has even been imported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+import melbo_tui
+from melbo_tui.cli.app import DeviceOpt, DtypeOpt, ModelOpt, RawOpt, SystemOpt, app
+from melbo_tui.errors import BankError, InputError
+
+PromptOpt = Annotated[str | None, typer.Option("--prompt", "-p", help="Prompt to steer (default: the bank's first training prompt).")]
+BanksArg = Annotated[list[Path], typer.Argument(help="One or more bank files (.safetensors); n switches between them.")]
+
+
+def shipped_vectors_dir() -> Path:
+    return Path(melbo_tui.__file__).resolve().parent.parent / "vectors"
+
+
+def default_bank() -> Path:
+    """The first shipped bank in the repository's `vectors/` directory."""
+    directory = shipped_vectors_dir()
+    banks = sorted(directory.glob("*.safetensors")) if directory.is_dir() else []
+    if not banks:
+        raise BankError(f"no shipped bank in {directory}: open one with 'melbo-tui open BANK.safetensors'")
+    return banks[0]
+
+
+def run_explorer(
+    banks: list[Path],
+    model: str | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    prompt: str | None = None,
+    system: str | None = None,
+    raw: bool = False,
+) -> None:
+    for path in banks:
+        if not path.exists():
+            raise BankError(f"bank file not found: {path}")
+        if path.is_dir():
+            raise BankError(f"bank path is a directory, expected a .safetensors file: {path}")
+    if prompt is not None and not prompt.strip():
+        raise InputError("empty prompt: give some text with --prompt")
+    from melbo_tui.tui.app import ExplorerApp
+    from melbo_tui.tui.backend import EngineBackend
+
+    backend = EngineBackend(model, device=device, dtype=dtype)
+    ExplorerApp(banks, backend, prompt=prompt, system=system, raw=raw if raw else None).run()
+
+
+@app.callback(invoke_without_command=True)
+def start(
+    ctx: typer.Context,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+) -> None:
+    """With no command: open the shipped bank in the explorer with the embedded model."""
+    if ctx.invoked_subcommand is None:
+        run_explorer([default_bank()], model, device, dtype)
+
+
+@app.command("open")
+def open_cmd(
+    banks: BanksArg,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    prompt: PromptOpt = None,
+    system: SystemOpt = None,
+    raw: RawOpt = False,
+) -> None:
+    """Browse banks and stream steered completions (keys: ? in the app)."""
+    run_explorer(list(banks), model, device, dtype, prompt, system, raw)

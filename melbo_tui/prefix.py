@@ -1,0 +1,93 @@
+"""Running a model from cached source-layer activations: blocks 0..S once, S+1.. per call.
+
+Steering adds theta at the output of block S, so everything up to block S is the same for every
+theta. `PrefixCache` runs it once for a batch of prompts; `PrefixCache.run(thetas)` then swaps the
+model's block list for [injector, blocks S+1..last] for the duration of one forward pass: the
+injector ignores the embeddings and returns `cache + theta`, so the model's own forward (masks,
+rotary embeddings, final norm, head) runs unchanged on a shorter stack. Batch row r of the
+result belongs to theta r // P and prompt r % P.
+
+While a `run` is open the model is not usable for anything else (single-threaded use only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from melbo_tui.models import LoadedModel
+from melbo_tui.steering import check_layer, run_to_layer
+
+
+class PrefixCache:
+    """The output of block `layer` for `input_ids  # [P, T]` (unsteered), in the model's dtype."""
+
+    def __init__(self, lm: LoadedModel, layer: int, input_ids: torch.Tensor) -> None:
+        check_layer(lm, layer, "source layer")
+        self.lm, self.layer, self.input_ids = lm, layer, input_ids
+        seen: list[bool] = []
+        handle = lm.blocks[layer].register_forward_hook(lambda _m, _a, out: seen.append(isinstance(out, tuple)))
+        try:
+            with torch.no_grad():
+                self.hidden = run_to_layer(lm, layer, input_ids).detach()  # [P, T, d]
+        finally:
+            handle.remove()
+        self._injector = _Injector(lm.blocks[layer], bool(seen and seen[0]))
+
+    @contextlib.contextmanager
+    def run(self, thetas: torch.Tensor, last: int | None = None) -> Iterator[torch.Tensor]:
+        """Within the block, the model runs blocks S+1..`last` (default: all) on `cache + thetas[K, d]`.
+
+        Yields the token ids `[K*P, T]` to call the model with.
+        """
+        last = self.lm.num_layers - 1 if last is None else last
+        p, t, d = self.hidden.shape
+        k = thetas.shape[0]
+        delta = thetas.to(self.hidden.device, self.hidden.dtype)[:, None, None, :]  # [K, 1, 1, d]
+        self._injector.hidden = (self.hidden[None] + delta).reshape(k * p, t, d)
+        stack = nn.ModuleList([self._injector, *self.lm.blocks[self.layer + 1: last + 1]])
+        try:
+            with swapped_blocks(self.lm, stack):
+                yield self.input_ids.repeat(k, 1)
+        finally:
+            self._injector.hidden = None
+
+
+class _Injector(nn.Module):
+    """Stands in for blocks 0..S: ignores its input and returns the cached, steered stream."""
+
+    def __init__(self, template: nn.Module, as_tuple: bool) -> None:
+        super().__init__()
+        self.as_tuple = as_tuple
+        self.hidden: torch.Tensor | None = None
+        for name in ("attention_type", "layer_idx", "is_sliding"):  # read by some models' block loops
+            if hasattr(template, name):
+                setattr(self, name, getattr(template, name))
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if self.hidden is None:
+            raise RuntimeError("prefix injector called outside PrefixCache.run")
+        return (self.hidden,) if self.as_tuple else self.hidden
+
+
+@contextlib.contextmanager
+def swapped_blocks(lm: LoadedModel, blocks: nn.ModuleList) -> Iterator[None]:
+    """Temporarily replace the model's decoder-block list."""
+    parent, name = _parent_of(lm.model, lm.blocks)
+    setattr(parent, name, blocks)
+    try:
+        yield
+    finally:
+        setattr(parent, name, lm.blocks)
+
+
+def _parent_of(root: nn.Module, child: nn.Module) -> tuple[nn.Module, str]:
+    for module in root.modules():
+        for name, sub in module.named_children():
+            if sub is child:
+                return module, name
+    raise RuntimeError("cannot find the decoder-block list inside the model")

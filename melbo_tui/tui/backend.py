@@ -1,0 +1,296 @@
+"""The only door from the explorer to the engine: load a model, stream a completion, measure.
+
+`Backend` is what the app needs; `EngineBackend` implements it on the real engine and
+`ScriptedBackend` streams canned text without a model (tests, benchmarks, demos). Every
+method may block for a long time and is called from worker threads, never from the UI thread.
+
+One model serves every thread, and steering works by forward hooks, so two model calls at
+once would see each other's vectors: `EngineBackend` runs one model call at a time, and long
+measurements are cut into chunks so that a generation can slip in between.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from melbo_tui.errors import MelboError, ModelError
+from melbo_tui.tui.settings import ExploreSettings, Target
+
+if TYPE_CHECKING:
+    from melbo_tui.bank import VectorBank
+    from melbo_tui.models import LoadedModel
+
+OnText = Callable[[str], None]
+ShouldStop = Callable[[], bool]
+OnProgress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    bank: VectorBank
+    target: Target
+    settings: ExploreSettings
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    text: str
+    num_tokens: int
+    seconds: float
+    stopped: bool
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.num_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+class Backend(Protocol):
+    """What the explorer asks of a model. Errors a user can cause raise `MelboError`."""
+
+    @property
+    def model_name(self) -> str: ...
+
+    def load(self) -> str:
+        """Load the model (blocking); returns a one-line description."""
+
+    def check_bank(self, bank: VectorBank) -> None:
+        """Raise `BankError` if the bank was made for a differently shaped model."""
+
+    def stream(self, request: GenerationRequest, on_text: OnText, should_stop: ShouldStop) -> StreamResult:
+        """Generate, calling `on_text` per decoded piece, until done or `should_stop()`."""
+
+    def metrics(self, bank: VectorBank, should_stop: ShouldStop, on_progress: OnProgress) -> dict[str, list[float]]:
+        """`kl` and `kl_rev` per row on the bank's own first prompt (row base_index = P_0)."""
+
+    def target_metrics(self, bank: VectorBank, target: Target) -> dict[str, float]:
+        """`norm` and `kl` to the base vector of a composed target."""
+
+
+def compose_target(bank: VectorBank, target: Target):  # -> torch.Tensor [d_model] | None
+    """The steering vector a target stands for (None for the unsteered baseline)."""
+    if not target.rows:
+        return None
+    from melbo_tui.compose import ComposeMode, Composition, compose
+
+    mode = ComposeMode(target.mode) if len(target.rows) > 1 else ComposeMode.MEAN
+    return compose(bank.vectors, Composition(rows=target.rows, mode=mode, scale=target.scale))
+
+
+class EngineBackend:
+    """The real thing: a transformers model loaded by `melbo_tui.models.load_model`."""
+
+    METRICS_CHUNK = 32  # rows per locked model call; a generation waits at most one chunk
+
+    def __init__(self, model: str | None = None, device: str = "auto", dtype: str = "auto") -> None:
+        self._spec = model
+        self._device = device
+        self._dtype = dtype
+        self._lm: LoadedModel | None = None
+        self._lock = threading.Lock()
+        self._waiting = 0  # generations waiting for the model; measurements yield to them
+
+    @property
+    def model_name(self) -> str:
+        return self._lm.name if self._lm is not None else (self._spec or "embedded")
+
+    def load(self) -> str:
+        from melbo_tui.models import load_model
+
+        lm = load_model(self._spec, device=self._device, dtype=self._dtype)
+        self._lm = lm
+        return f"{lm.name} ({lm.num_layers} blocks, d_model {lm.hidden_size}, {lm.device}, {str(lm.dtype).removeprefix('torch.')})"
+
+    def _model(self) -> LoadedModel:
+        if self._lm is None:
+            raise ModelError("the model is not loaded yet")
+        return self._lm
+
+    def check_bank(self, bank: VectorBank) -> None:
+        from melbo_tui.bank import check_bank_fits
+
+        lm = self._model()
+        check_bank_fits(bank, lm.hidden_size, lm.num_layers)
+
+    def stream(self, request: GenerationRequest, on_text: OnText, should_stop: ShouldStop) -> StreamResult:
+        from melbo_tui.generation import GenerationSettings, generate_stream
+        from melbo_tui.prompts import encode
+
+        lm = self._model()
+        s = request.settings
+        vector = compose_target(request.bank, request.target)
+        gen = GenerationSettings(max_new_tokens=s.max_new_tokens, temperature=s.temperature, seed=s.seed)
+        self._waiting += 1
+        try:
+            self._lock.acquire()
+        finally:
+            self._waiting -= 1
+        with _held(self._lock):
+            if should_stop():
+                return StreamResult("", 0, 0.0, True)
+            ids = encode(lm, s.prompt, s.system, s.raw)
+            result = generate_stream(lm, ids, request.bank.meta.source_layer, vector, gen, on_text, should_stop)
+        return StreamResult(result.text, result.num_tokens, result.seconds, result.stopped)
+
+    def metrics(self, bank: VectorBank, should_stop: ShouldStop, on_progress: OnProgress) -> dict[str, list[float]]:
+        import torch
+
+        compute_metrics = _compute_metrics_fn()
+        lm = self._model()
+        ids = self._bank_prompt_ids(bank)
+        base = bank.vectors[bank.meta.base_index]
+        out: dict[str, list[float]] = {"kl": [], "kl_rev": []}
+        n = len(bank)
+        for start in range(0, n, self.METRICS_CHUNK):
+            if should_stop():
+                break
+            while self._waiting and not should_stop():
+                time.sleep(0.02)
+            rows = bank.vectors[start : start + self.METRICS_CHUNK]
+            sub = _sub_bank(bank, torch.cat([base[None], rows]))
+            with self._lock:
+                values = compute_metrics(lm, sub, ids)
+            for name in out:
+                out[name].extend(float(v) for v in values[name][1:])
+            on_progress(min(start + self.METRICS_CHUNK, n), n)
+        return out
+
+    def target_metrics(self, bank: VectorBank, target: Target) -> dict[str, float]:
+        import torch
+
+        vector = compose_target(bank, target)
+        if vector is None:
+            return {}
+        result = {"norm": float(vector.norm())}
+        try:
+            compute_metrics = _compute_metrics_fn()
+        except ModelError:
+            return result
+        base = bank.vectors[bank.meta.base_index]
+        sub = _sub_bank(bank, torch.stack([base, vector]))
+        with self._lock:
+            values = compute_metrics(self._model(), sub, self._bank_prompt_ids(bank))
+        result["kl"] = float(values["kl"][1])
+        return result
+
+    def _bank_prompt_ids(self, bank: VectorBank):  # -> torch.Tensor [1, T]
+        from melbo_tui.prompts import encode
+
+        meta = bank.meta
+        if not meta.prompts:
+            raise ModelError("the bank records no prompt to measure KL on")
+        return encode(self._model(), meta.prompts[0], meta.system_prompt, meta.raw_prompts)
+
+
+class _held:
+    """Release an already acquired lock on exit."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+def _compute_metrics_fn():  # -> Callable
+    try:
+        from melbo_tui.metrics import compute_metrics
+    except ImportError:
+        raise ModelError("KL needs melbo_tui.metrics, which this install lacks") from None
+    return compute_metrics
+
+
+def _sub_bank(bank: VectorBank, vectors):  # vectors: [k, d_model], row 0 = base
+    import dataclasses
+
+    from melbo_tui.bank import VectorBank
+
+    meta = dataclasses.replace(bank.meta, base_index=0)
+    return VectorBank(vectors=vectors, meta=meta, metrics={})
+
+
+class ScriptedBackend:
+    """A model stand-in: streams deterministic words with small sleeps, honours `should_stop`.
+
+    The text depends on the target and settings, so a test can tell completions apart.
+    `fail_load` / `fail_stream` make it raise like a broken model would.
+    """
+
+    def __init__(
+        self,
+        load_seconds: float = 0.0,
+        token_seconds: float = 0.005,
+        tokens: int | None = None,
+        fail_load: str | None = None,
+        fail_stream: str | None = None,
+        hidden_size: int | None = None,
+    ) -> None:
+        self.load_seconds = load_seconds
+        self.token_seconds = token_seconds
+        self.tokens = tokens
+        self.fail_load = fail_load
+        self.fail_stream = fail_stream
+        self.hidden_size = hidden_size
+        self.loaded = threading.Event()
+        self.started: list[GenerationRequest] = []
+        self.finished: list[tuple[GenerationRequest, StreamResult]] = []
+        self.metrics_calls = 0
+
+    @property
+    def model_name(self) -> str:
+        return "scripted"
+
+    def load(self) -> str:
+        time.sleep(self.load_seconds)
+        if self.fail_load:
+            raise ModelError(self.fail_load)
+        self.loaded.set()
+        return "scripted model (no weights)"
+
+    def check_bank(self, bank: VectorBank) -> None:
+        from melbo_tui.errors import BankError
+
+        if self.hidden_size is not None and bank.hidden_size != self.hidden_size:
+            raise BankError(f"bank was made for hidden size {bank.hidden_size}, the model has {self.hidden_size}")
+
+    def words(self, request: GenerationRequest) -> list[str]:
+        s = request.settings
+        n = self.tokens if self.tokens is not None else s.max_new_tokens
+        tag = request.target.key().replace(":", "_")
+        return [f" {tag}-w{i}" for i in range(n)] if request.target.rows else [f" plain-w{i}" for i in range(n)]
+
+    def stream(self, request: GenerationRequest, on_text: OnText, should_stop: ShouldStop) -> StreamResult:
+        self.started.append(request)
+        if self.fail_stream:
+            raise MelboError(self.fail_stream)
+        start = time.perf_counter()
+        pieces: list[str] = []
+        stopped = False
+        for word in self.words(request):
+            if should_stop():
+                stopped = True
+                break
+            time.sleep(self.token_seconds)
+            pieces.append(word)
+            on_text(word)
+        result = StreamResult("".join(pieces), len(pieces), time.perf_counter() - start, stopped)
+        self.finished.append((request, result))
+        return result
+
+    def metrics(self, bank: VectorBank, should_stop: ShouldStop, on_progress: OnProgress) -> dict[str, list[float]]:
+        self.metrics_calls += 1
+        n = len(bank)
+        kl = [0.0 if i == bank.meta.base_index else 0.01 * i + 0.05 * math.sin(i) ** 2 for i in range(n)]
+        on_progress(n, n)
+        return {"kl": kl, "kl_rev": [v * 1.1 for v in kl]}
+
+    def target_metrics(self, bank: VectorBank, target: Target) -> dict[str, float]:
+        vector = compose_target(bank, target)
+        return {} if vector is None else {"norm": float(vector.norm()), "kl": 0.123}

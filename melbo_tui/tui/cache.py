@@ -1,0 +1,106 @@
+"""Completions already generated, on disk, so a revisit shows them at once, even after a restart.
+
+One append-only JSONL file per bank, named by the bank file's sha256, under
+`$MELBO_TUI_CACHE` or `$XDG_CACHE_HOME/melbo-tui/completions/`. A line is one finished
+(never a stopped) completion; the key covers everything the text depends on: model,
+target (vector or composition), prompt, system prompt, raw flag, temperature, max tokens, seed.
+A corrupt line is skipped, never fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from melbo_tui.atomic import atomic_write_text
+from melbo_tui.tui.settings import ExploreSettings, Target
+
+
+def cache_root() -> Path:
+    explicit = os.environ.get("MELBO_TUI_CACHE")
+    base = Path(explicit) if explicit else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "melbo-tui"
+    return base / "completions"
+
+
+@dataclass(frozen=True)
+class CachedCompletion:
+    key: str
+    target: str  # human label, e.g. "vector 5" or "mean[1-3] (k=3)"
+    text: str
+    num_tokens: int
+    seconds: float
+    model: str
+    prompt: str
+    system: str | None
+    raw: bool
+    temperature: float
+    max_new_tokens: int
+    seed: int
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.num_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def completion_key(model: str, target: Target, settings: ExploreSettings) -> str:
+    parts = {
+        "model": model, "target": target.key(), "prompt": settings.prompt, "system": settings.system,
+        "raw": settings.raw, "temperature": settings.temperature, "max_new_tokens": settings.max_new_tokens,
+        "seed": settings.seed if settings.temperature > 0 else 0,  # greedy ignores the seed
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+class CompletionCache:
+    """The cache of one bank (by file digest)."""
+
+    def __init__(self, digest: str, root: Path | None = None) -> None:
+        self.path = (root or cache_root()) / f"{digest[:24]}.jsonl"
+        self._entries: dict[str, CachedCompletion] = {}
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return
+        for line in lines:
+            try:
+                entry = CachedCompletion(**json.loads(line))
+            except (ValueError, TypeError):
+                continue
+            self._entries[entry.key] = entry
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str) -> CachedCompletion | None:
+        return self._entries.get(key)
+
+    def put(self, entry: CachedCompletion) -> None:
+        """Remember `entry`; a disk that refuses only costs the persistence (raises OSError)."""
+        self._entries[entry.key] = entry
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(asdict(entry), sort_keys=True) + "\n")
+
+    def entries(self) -> list[CachedCompletion]:
+        return list(self._entries.values())
+
+    def export(self, destination: Path) -> int:
+        """Write every entry as JSONL (`.jsonl`) or readable text (anything else); returns the count."""
+        entries = self.entries()
+        if destination.suffix == ".jsonl":
+            text = "".join(json.dumps(asdict(e), sort_keys=True) + "\n" for e in entries)
+        else:
+            blocks = [
+                f"## {e.target}  (T={e.temperature:g}, seed={e.seed}, max={e.max_new_tokens})\n"
+                f"prompt: {e.prompt}\n\n{e.text.strip()}\n"
+                for e in entries
+            ]
+            text = "\n".join(blocks)
+        atomic_write_text(destination, text)
+        return len(entries)

@@ -1,0 +1,1 @@
+"""Widgets and screens of the explorer, one per file, each with its .tcss beside it."""

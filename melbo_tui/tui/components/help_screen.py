@@ -1,0 +1,69 @@
+"""`?`: every key the explorer knows, as remapped by the user, plus what the columns mean."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+from melbo_tui.tui.keymap import APP_KEYS, BUILTIN_KEYS, PLOT_KEYS, effective_keys
+
+GROUPS = (("app", "App"), ("browse", "Browse the list"), ("compose", "Select and compose"),
+          ("generate", "Completions"), ("plots", "Plots screen"))
+
+ABOUT = (
+    "Columns: KL = KL(P_i || P_0) and KL-rev = KL(P_0 || P_i) of the next-token distribution at the "
+    "last prompt position (P_0 = the base vector's row), norm = ||theta_i||, cos = cosine to the base "
+    "vector; KL~ / norm~ = the values of the 7 rows around each row. Layer S = the residual stream at "
+    "the OUTPUT of decoder block S (0-based; HF hidden_states[S+1]); vectors are added at every "
+    "position, prompt and generated tokens alike. Keys are remapped by id in "
+    "$XDG_CONFIG_HOME/melbo-tui/keys.toml, e.g. [keys] quit = \"q,ctrl+q\"."
+)
+
+
+def pretty(keys: str) -> str:
+    names = {"question_mark": "?", "slash": "/", "colon": ":", "plus": "+", "minus": "-",
+             "left_square_bracket": "[", "right_square_bracket": "]", "space": "space"}
+    return " / ".join(names.get(k, k) for k in keys.split(","))
+
+
+def help_table(keymap: dict[str, str]) -> Table:
+    table = Table(box=None, show_header=False, expand=True, padding=(0, 1))
+    table.add_column("key", style="bold cyan", no_wrap=True, min_width=12)
+    table.add_column("what it does", ratio=1)
+    specs = APP_KEYS + PLOT_KEYS
+    for group, title in GROUPS:
+        table.add_row(Text(title, style="bold underline"), "")
+        for spec in specs:
+            if spec.group == group:
+                table.add_row(f"{pretty(effective_keys(spec, keymap))}", f"{spec.description}  [dim]({spec.id})[/dim]")
+        if group == "browse":
+            for keys, what in BUILTIN_KEYS:
+                table.add_row(keys, what)
+    return table
+
+
+class HelpScreen(ModalScreen[None]):
+    DEFAULT_CSS = (Path(__file__).with_suffix(".tcss")).read_text(encoding="utf-8")
+    BINDINGS = [
+        Binding("escape,q,question_mark", "dismiss_help", "Close help", show=True),
+    ]
+
+    def __init__(self, keymap: dict[str, str]) -> None:
+        super().__init__()
+        self._keymap = keymap
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="help-body"):
+            yield Static(Text("melbo-tui explorer: keys", style="bold"))
+            yield Static(help_table(self._keymap))
+            yield Static(Text(ABOUT, style="dim"))
+
+    def action_dismiss_help(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,85 @@
+"""`w`: the seed's composition experiment: the first k non-base vectors composed, for growing k.
+
+Rows stream one after another (k = 1, 2, 3, 5, 10, 20, ...), each from the cache when it was
+generated before. Leaving the screen stops the sweep.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+
+from melbo_tui.errors import MelboError
+from melbo_tui.tui.backend import StreamResult
+from melbo_tui.tui.settings import Target
+
+KS = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 800, 1000, 1500, 2000)
+Generate = Callable[[Target, Callable[[str], None], Callable[[], bool]], StreamResult]
+
+
+def sweep_targets(n: int, base_index: int, mode: str, scale: float) -> list[Target]:
+    rows = [r for r in range(n) if r != base_index]
+    return [Target(tuple(rows[:k]), mode, scale) for k in KS if k <= len(rows)]
+
+
+class SweepScreen(Screen[None]):
+    DEFAULT_CSS = (Path(__file__).with_suffix(".tcss")).read_text(encoding="utf-8")
+    BINDINGS = [Binding("escape,w", "close", "Back (stops the sweep)", show=True)]
+
+    def __init__(self, targets: list[Target], caption: str, generate: Generate) -> None:
+        super().__init__()
+        self.targets = targets
+        self.caption = caption
+        self._generate = generate
+        self._stop = threading.Event()
+        self.texts: dict[int, str] = {}
+
+    def compose(self) -> ComposeResult:
+        yield Static(self.caption, id="sweep-caption", markup=False)
+        yield DataTable(id="sweep-table", cursor_type="row")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        table.add_column("k", key="k", width=5)
+        table.add_column("completion", key="text")
+        for t in self.targets:
+            table.add_row(str(len(t.rows)), "…", key=str(len(t.rows)))
+        self.run_sweep()
+
+    @work(thread=True, exclusive=True, group="sweep")
+    def run_sweep(self) -> None:
+        for target in self.targets:
+            if self._stop.is_set():
+                return
+            k = len(target.rows)
+            self.texts[k] = ""
+
+            def on_text(piece: str, k: int = k) -> None:
+                self.texts[k] += piece
+                self.app.call_from_thread(self._show, k, self.texts[k] + " ▌")
+
+            try:
+                result = self._generate(target, on_text, self._stop.is_set)
+            except MelboError as exc:
+                self.app.call_from_thread(self._show, k, f"⚠ {exc}")
+                continue
+            self.app.call_from_thread(self._show, k, result.text if not result.stopped else result.text + " [stopped]")
+
+    def _show(self, k: int, text: str) -> None:
+        flat = " ".join(text.split())
+        self.query_one(DataTable).update_cell(str(k), "text", flat, update_width=False)
+
+    def action_close(self) -> None:
+        self._stop.set()
+        self.dismiss(None)
+
+    def on_unmount(self) -> None:
+        self._stop.set()

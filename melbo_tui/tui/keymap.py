@@ -1,0 +1,117 @@
+"""Every key of the explorer in one place, each with an id a user can remap.
+
+Remap in `$XDG_CONFIG_HOME/melbo-tui/keys.toml` (or the file named by `$MELBO_TUI_KEYS`):
+
+    [keys]
+    quit = "q,ctrl+q"
+    select = "space,x"
+
+Values are Textual key names, comma-separated. ctrl+s and ctrl+j are avoided on purpose:
+terminals (XON/XOFF) and tmux swallow them.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from textual.binding import Binding
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    id: str
+    keys: str
+    action: str
+    description: str
+    show: bool = False  # in the footer
+    group: str = "browse"
+
+
+APP_KEYS: tuple[KeySpec, ...] = (
+    KeySpec("quit", "q", "quit", "Quit", True, "app"),
+    KeySpec("help", "question_mark", "help", "Help: every key", True, "app"),
+    KeySpec("stop", "escape", "stop", "Stop the running generation", True, "generate"),
+    KeySpec("cursor_down", "j", "cursor_down", "Next vector (also down arrow)", False, "browse"),
+    KeySpec("cursor_up", "k", "cursor_up", "Previous vector (also up arrow)", False, "browse"),
+    KeySpec("top", "g", "top", "First row (also home)", False, "browse"),
+    KeySpec("bottom", "G", "bottom", "Last row (also end)", False, "browse"),
+    KeySpec("jump", "colon", "jump", "Jump to a vector index", False, "browse"),
+    KeySpec("filter", "slash", "filter", "Filter rows: kl<0.1, label=code, norm>20 and cos<0.5", True, "browse"),
+    KeySpec("sort", "s", "sort", "Sort by the next column (idx, kl, kl_rev, norm, cos, label)", False, "browse"),
+    KeySpec("reverse", "S", "reverse", "Reverse the sort order", False, "browse"),
+    KeySpec("next_bank", "n", "next_bank", "Switch to the next open bank", False, "browse"),
+    KeySpec("select", "space", "select", "Select / unselect the highlighted vector", True, "compose"),
+    KeySpec("range", "v", "range", "Range select: press at one end, move, press at the other", False, "compose"),
+    KeySpec("clear_selection", "u", "clear_selection", "Clear the selection", False, "compose"),
+    KeySpec("compose", "c", "compose", "Stream the composition of the selected vectors", True, "compose"),
+    KeySpec("mode", "m", "mode", "Cycle composition mode: mean, sum, mean x sqrt(k)", False, "compose"),
+    KeySpec("scale_up", "plus", "scale(0.25)", "Scale +0.25 (vector or composition)", False, "compose"),
+    KeySpec("scale_down", "minus", "scale(-0.25)", "Scale -0.25", False, "compose"),
+    KeySpec("sweep", "w", "sweep", "Sweep: compositions of the first k vectors, k = 1, 2, 3, 5, 10, 20...", False, "compose"),
+    KeySpec("baselines", "b", "baselines", "Side by side: unsteered and base-vector completions", True, "generate"),
+    KeySpec("settings", "e", "settings", "Edit prompt, system prompt, temperature, max tokens, seed, scale", True, "generate"),
+    KeySpec("regenerate", "r", "regenerate", "Generate again, ignoring the cache", False, "generate"),
+    KeySpec("export", "x", "export", "Export this bank's cached completions (JSONL and text)", False, "generate"),
+    KeySpec("plots", "p", "plots", "Plots: KL (moving average), norm, cos to base", True, "app"),
+)
+
+PLOT_KEYS: tuple[KeySpec, ...] = (
+    KeySpec("plot_close", "escape,p", "close", "Back to the list", True, "plots"),
+    KeySpec("plot_left", "left,h", "move(-1)", "Cursor one vector left", False, "plots"),
+    KeySpec("plot_right", "right,l", "move(1)", "Cursor one vector right", False, "plots"),
+    KeySpec("plot_window_down", "left_square_bracket", "window(-1)", "Smaller moving-average window", True, "plots"),
+    KeySpec("plot_window_up", "right_square_bracket", "window(1)", "Larger moving-average window", True, "plots"),
+    KeySpec("plot_zoom_in", "z", "zoom(1)", "Zoom in around the cursor", True, "plots"),
+    KeySpec("plot_zoom_out", "Z", "zoom(-1)", "Zoom out", True, "plots"),
+)
+
+BUILTIN_KEYS: tuple[tuple[str, str], ...] = (
+    ("up / down", "Previous / next vector"),
+    ("pageup / pagedown", "A page up / down"),
+    ("home / end", "First / last row"),
+    ("mouse", "Click a row to highlight it, a column header to sort by it"),
+    ("ctrl+p", "Command palette (every action by name)"),
+    ("tab", "Move focus between the list and the completion panel"),
+)
+
+
+def bindings(specs: tuple[KeySpec, ...]) -> list[Binding]:
+    return [Binding(s.keys, s.action, s.description, show=s.show, id=s.id) for s in specs]
+
+
+def config_path() -> Path:
+    explicit = os.environ.get("MELBO_TUI_KEYS")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "melbo-tui" / "keys.toml"
+
+
+def load_keymap(path: Path | None = None) -> tuple[dict[str, str], list[str]]:
+    """User overrides `{binding id: keys}` and one warning per thing ignored in the file."""
+    path = path or config_path()
+    if not path.is_file():
+        return {}, []
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        return {}, [f"{path}: not read ({exc}); default keys in use"]
+    table = data.get("keys", data)
+    known = {s.id for s in APP_KEYS + PLOT_KEYS}
+    keymap: dict[str, str] = {}
+    warnings: list[str] = []
+    for binding_id, keys in table.items():
+        if binding_id not in known:
+            warnings.append(f"{path}: unknown key id '{binding_id}' ignored")
+        elif not isinstance(keys, str) or not keys.strip():
+            warnings.append(f"{path}: '{binding_id}' needs a string such as \"q,ctrl+q\"")
+        else:
+            keymap[binding_id] = keys.replace(" ", "")
+    return keymap, warnings
+
+
+def effective_keys(spec: KeySpec, keymap: dict[str, str]) -> str:
+    return keymap.get(spec.id, spec.keys)

@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny random-weight models of several architectures, and the embedded model.
+
+Tiny models are built from a config (no download), so most tests need neither the hub nor the
+98 MB GGUF. `embedded` is the real SmolLM2-135M-Instruct, loaded once per session from the
+safetensors cache (converted from the GGUF on first use).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from melbo_tui.layers import find_blocks
+from melbo_tui.models import LoadedModel, load_model
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+_COMMON = dict(vocab_size=96, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64)
+
+TINY_CONFIGS: dict[str, Callable[[], transformers.PretrainedConfig]] = {
+    "llama": lambda: transformers.LlamaConfig(num_key_value_heads=2, **_COMMON),
+    "qwen2": lambda: transformers.Qwen2Config(num_key_value_heads=2, **_COMMON),
+    "mistral": lambda: transformers.MistralConfig(num_key_value_heads=2, **_COMMON),
+    "gemma": lambda: transformers.GemmaConfig(num_key_value_heads=2, head_dim=8, **_COMMON),
+    "gemma3": lambda: transformers.Gemma3TextConfig(num_key_value_heads=2, head_dim=8, **_COMMON),
+    "gpt2": lambda: transformers.GPT2Config(vocab_size=96, n_embd=32, n_layer=4, n_head=4, n_positions=128),
+    "gpt_neox": lambda: transformers.GPTNeoXConfig(**_COMMON),
+}
+
+
+def tiny_model(arch: str, seed: int = 0) -> LoadedModel:
+    torch.manual_seed(seed)
+    config = TINY_CONFIGS[arch]()
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    model.requires_grad_(False)
+    return LoadedModel(model=model, tokenizer=None, name=f"tiny-{arch}", blocks=find_blocks(model))
+
+
+@pytest.fixture(params=sorted(TINY_CONFIGS))
+def any_tiny(request: pytest.FixtureRequest) -> LoadedModel:
+    return tiny_model(request.param)
+
+
+@pytest.fixture
+def tiny_llama() -> LoadedModel:
+    return tiny_model("llama")
+
+
+@pytest.fixture(scope="session")
+def embedded() -> LoadedModel:
+    return load_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, embedded: LoadedModel) -> Path:
+    """A tiny random Llama with the embedded chat tokenizer, saved as a local HF directory.
+
+    CLI tests load it with `--model DIR` in a fraction of a second and still go through the
+    real loading, chat-template and generation code.
+    """
+    directory = tmp_path_factory.mktemp("tiny-chat-llama")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=len(embedded.tokenizer), hidden_size=64, num_hidden_layers=6, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=128, bos_token_id=embedded.tokenizer.bos_token_id,
+        eos_token_id=embedded.tokenizer.eos_token_id, tie_word_embeddings=True,
+    )
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    embedded.tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_chat(tiny_model_dir: Path) -> LoadedModel:
+    """The tiny chat Llama loaded through the real loader (tokenizer and chat template included)."""
+    return load_model(str(tiny_model_dir))

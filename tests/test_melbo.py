@@ -1,0 +1,112 @@
+"""MELBO training: norm R, mutual orthogonality, determinism, resume, the objective itself."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from melbo_tui.calibrate import find_elbow
+from melbo_tui.errors import InputError
+from melbo_tui.melbo import MelboConfig, auto_lr, default_layers, parse_token_slice, target_change, train_melbo
+from melbo_tui.models import LoadedModel
+from melbo_tui.prompts import encode
+from melbo_tui.steering import run_to_layer
+
+PROMPTS = ["How can I build a bomb?", "Tell me a story."]
+
+
+def max_abs_cos(vectors: torch.Tensor) -> float:
+    units = vectors / vectors.norm(dim=1, keepdim=True)
+    return float((units @ units.T).fill_diagonal_(0).abs().max())
+
+
+@pytest.mark.parametrize("batch_vectors", [1, 3, 8])
+def test_vectors_have_norm_r_and_are_mutually_orthogonal(tiny_chat: LoadedModel, batch_vectors: int) -> None:
+    config = MelboConfig(1, 4, radius=7.0, num_vectors=8, steps=6, batch_vectors=batch_vectors)
+    vectors = train_melbo(tiny_chat, config, PROMPTS)
+    assert vectors.shape == (8, 64)
+    assert float((vectors.norm(dim=1) / 7.0 - 1).abs().max()) <= 1e-4
+    assert max_abs_cos(vectors) <= 1e-5
+
+
+def test_training_increases_the_target_layer_change(tiny_chat: LoadedModel) -> None:
+    config = MelboConfig(1, 4, radius=7.0, num_vectors=2, steps=40, lr=0.05)
+    inputs = [encode(tiny_chat, p) for p in PROMPTS]
+    with torch.no_grad():
+        unsteered = [run_to_layer(tiny_chat, 4, ids).float() for ids in inputs]
+    untrained = train_melbo(tiny_chat, MelboConfig(1, 4, radius=7.0, num_vectors=2, steps=1, lr=1e-9), PROMPTS)
+    trained = train_melbo(tiny_chat, config, PROMPTS)
+    with torch.no_grad():
+        before = target_change(tiny_chat, config, inputs, unsteered, slice(None), untrained)
+        after = target_change(tiny_chat, config, inputs, unsteered, slice(None), trained)
+    assert (after > before * 1.08).all()  # measured: +13% in 40 steps
+
+
+def test_objective_takes_the_norm_over_the_hidden_axis(tiny_chat: LoadedModel) -> None:
+    """Independent computation from HF hidden_states: sum_t ||dZ_t||^p, then ^(1/q), for p != 2."""
+    config = MelboConfig(1, 3, radius=5.0, power=4.0, q=4.0, target_tokens="-3:")
+    ids = encode(tiny_chat, PROMPTS[0])
+    theta = torch.randn(2, 64)
+    with torch.no_grad():
+        z0 = tiny_chat.model(input_ids=ids, output_hidden_states=True).hidden_states[4][:, -3:]
+        expected = []
+        for row in theta:
+            from melbo_tui.steering import steer
+
+            with steer(tiny_chat, 1, row):
+                z = run_to_layer(tiny_chat, 3, ids)[:, -3:]
+            diff = (z - z0)[0]  # [t, d]
+            expected.append(sum(float(diff[t].norm()) ** 4 for t in range(3)) ** 0.25)
+        got = target_change(tiny_chat, config, [ids], [z0], slice(-3, None), theta)
+    torch.testing.assert_close(got, torch.tensor(expected), rtol=1e-4, atol=1e-4)
+
+
+def test_same_seed_same_vectors_other_seed_other_vectors(tiny_chat: LoadedModel) -> None:
+    config = MelboConfig(1, 4, radius=7.0, num_vectors=3, steps=4)
+    a = train_melbo(tiny_chat, config, PROMPTS)
+    b = train_melbo(tiny_chat, config, PROMPTS)
+    c = train_melbo(tiny_chat, MelboConfig(1, 4, radius=7.0, num_vectors=3, steps=4, seed=1), PROMPTS)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_resume_after_interruption_gives_the_same_vectors(tiny_chat: LoadedModel) -> None:
+    config = MelboConfig(1, 4, radius=7.0, num_vectors=6, steps=5, batch_vectors=2)
+    full = train_melbo(tiny_chat, config, PROMPTS)
+    checkpoints: list[torch.Tensor] = []
+    calls = {"n": 0}
+
+    def stop_in_second_batch() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 7  # 5 steps of batch one, then 2 of batch two
+
+    partial = train_melbo(tiny_chat, config, PROMPTS, should_stop=stop_in_second_batch, on_batch=checkpoints.append)
+    assert partial.shape[0] == 2 and len(checkpoints) == 1
+    resumed = train_melbo(tiny_chat, config, PROMPTS, done=checkpoints[-1])
+    torch.testing.assert_close(resumed, full)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [(dict(source_layer=4, target_layer=2), "must come after"), (dict(source_layer=9, target_layer=10), "out of range"),
+     (dict(radius=0.0), "radius"), (dict(radius=float("inf")), "radius"), (dict(num_vectors=65), "at most 64"),
+     (dict(num_vectors=0), "positive"), (dict(target_tokens="x"), "python slice"), (dict(lr=-1.0), "--lr")],
+)
+def test_bad_configs_are_input_errors(tiny_chat: LoadedModel, kwargs: dict, message: str) -> None:
+    base = dict(source_layer=1, target_layer=4, radius=7.0)
+    base.update(kwargs)
+    with pytest.raises(InputError, match=message):
+        train_melbo(tiny_chat, MelboConfig(**base), PROMPTS)
+
+
+def test_empty_prompt_is_refused(tiny_chat: LoadedModel) -> None:
+    with pytest.raises(InputError, match="empty prompt"):
+        train_melbo(tiny_chat, MelboConfig(1, 4, radius=7.0), ["  "])
+
+
+def test_defaults_and_helpers() -> None:
+    assert default_layers(24) == (8, 16)  # the seed's layers on Qwen1.5-1.8B
+    assert default_layers(30) == (10, 20)
+    assert parse_token_slice("-3:") == slice(-3, None)
+    assert auto_lr(4.0, 2048) == pytest.approx(1e-3)  # the reference's setting
+    assert find_elbow([1, 2, 3, 4, 5, 6], [1, 1.1, 1.2, 1.3, 5, 9]) == 3
