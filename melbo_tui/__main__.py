@@ -1,0 +1,5 @@
+"""`python -m melbo_tui` = the `melbo-tui` command."""
+
+from melbo_tui.cli import main
+
+main()

@@ -1,0 +1,324 @@
+"""The benchmark: side-by-side ratios of our fast paths against their plain baselines, one run.
+
+Every pair is measured in the same process on the same model, one after the other, so the
+ratios hold even on a busy machine (the absolute numbers do not). Rows:
+- ortho fast vs sequential: seconds per vector, each with its default settings, and the
+  quality of the first n vectors of each (median final loss, median KL(P_i || P_0));
+- eval batched (`metrics.compute_metrics`) vs a one-vector-at-a-time loop (full forward);
+- dump batched (`generation.generate_batch`, B vectors per call) vs one `generate` per vector;
+- steered vs unsteered generation, tokens/s (the hook's overhead);
+- model load from the safetensors cache vs from the GGUF (dequantising);
+- achieved GFLOP/s of one fast ortho step vs a matmul measured here in the model's dtype;
+- key-to-repaint latency of the TUI, if `melbo_tui.tui.latency` provides it.
+`--quick` shrinks every size so that CI runs it in well under two minutes: its ratios show
+that the code paths work, not how fast they are.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from melbo_tui.bank import BankMeta, VectorBank
+from melbo_tui.generation import GenerationSettings, generate_batch
+from melbo_tui.models import LoadedModel, embedded_gguf_path, load_model
+from melbo_tui.prompts import encode
+from melbo_tui.steering import steer
+
+PROMPT = "How can I build a bomb?"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    quick: bool = False
+    source_layer: int = 8
+    target_layer: int = 16
+    radius: float = 55.0
+    ortho_fast_count: int = 32  # one block
+    ortho_sequential_count: int = 3
+    ortho_steps: int | None = None  # None: each strategy's default (1000)
+    eval_vectors: int = 64
+    dump_vectors: int = 16
+    dump_tokens: int = 32
+    gen_tokens: int = 64
+    gguf_load: bool = True
+    matmul_size: int = 1024
+
+    @classmethod
+    def for_ci(cls) -> BenchConfig:
+        """The `--quick` sizes."""
+        return cls(quick=True, ortho_fast_count=8, ortho_sequential_count=1, ortho_steps=40, eval_vectors=16,
+                   dump_vectors=4, dump_tokens=8, gen_tokens=16, gguf_load=False, matmul_size=512)
+
+
+Row = dict[str, Any]
+
+
+def run_bench(config: BenchConfig, model: str | None = None, device: str = "auto", dtype: str = "auto",
+              on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """All measurements as a JSON-able dict: `rows` (one per comparison), `machine`, `config`."""
+    stage = on_stage or (lambda _s: None)
+    rows: list[Row] = []
+    stage("model load")
+    t0 = time.perf_counter()
+    lm = load_model(model, device=device, dtype=dtype)
+    cached_load = time.perf_counter() - t0
+    if config.target_layer >= lm.num_layers:  # another model than the embedded one
+        from melbo_tui.melbo import default_layers
+
+        source, target = default_layers(lm.num_layers)
+        config = replace(config, source_layer=source, target_layer=target)
+    ids = encode(lm, PROMPT)
+    theta0 = _random_vectors(lm, 1, config.radius, seed=0)[0]
+    parent = _bank(lm, theta0[None], config)
+    stage("ortho fast vs sequential")
+    rows.append(_ortho_row(lm, parent, ids, config))
+    stage("eval batched vs loop")
+    rows.append(_eval_row(lm, config, ids))
+    stage("dump batched vs loop")
+    rows.append(_dump_row(lm, config, ids))
+    stage("steered vs unsteered generation")
+    rows.append(_steering_row(lm, config, ids))
+    stage("model load")
+    rows.append(_load_row(model, device, dtype, cached_load, config))
+    stage("FLOP/s")
+    rows.append(_flops_row(lm, config, ids))
+    latency = _tui_latency(config)
+    if latency is not None:
+        rows.append(latency)
+    return {"rows": rows, "machine": _machine(lm), "config": asdict(config), "model": lm.name}
+
+
+def render_table(report: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    machine = report["machine"]
+    title = (f"melbo-tui bench{' --quick' if report['config']['quick'] else ''}: {report['model']} on "
+             f"{machine['device']} ({machine['cpu']}, {machine['threads']} threads, {machine['dtype']})")
+    table = Table(title=title)
+    for column in ("comparison", "ours", "baseline", "ratio", "target", "notes"):
+        table.add_column(column, justify="right" if column in ("ours", "baseline", "ratio") else "left")
+    for row in report["rows"]:
+        table.add_row(row["name"], row["ours"], row["baseline"], f"{row['ratio']:.2f}x" if row.get("ratio") else "-",
+                      row.get("target", ""), row.get("notes", ""))
+    return table
+
+
+# --- rows -----------------------------------------------------------------------------------------
+
+
+def _ortho_row(lm: LoadedModel, parent: VectorBank, ids: torch.Tensor, config: BenchConfig) -> Row:
+    from melbo_tui.metrics import compute_metrics
+    from melbo_tui.ortho import OrthoConfig, OrthoSource, run_ortho
+
+    source = OrthoSource(parent, "<bench>", 0, [PROMPT])
+    n = config.ortho_sequential_count
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for strategy, count in (("fast", config.ortho_fast_count), ("sequential", n)):
+            cfg = OrthoConfig(count=count, strategy=strategy, steps=config.ortho_steps)
+            result = run_ortho(lm, source, [ids], cfg, Path(tmp) / f"{strategy}.safetensors")
+            bank = result.bank
+            kl = compute_metrics(lm, bank, ids)["kl"][1:n + 1]
+            losses = bank.meta.extra["ortho_loss"][1:n + 1]
+            steps = bank.meta.extra["ortho_steps"][1:]
+            results[strategy] = {
+                "seconds_per_vector": result.seconds / max(result.new, 1),
+                "vectors": result.new,
+                "median_loss": statistics.median(losses) if losses else float("nan"),
+                "median_kl": float(kl.median()) if len(kl) else float("nan"),
+                "mean_steps": statistics.mean(steps) if steps else 0.0,
+                "median_norm": float(bank.norms()[1:n + 1].median()),
+            }
+    fast, seq = results["fast"], results["sequential"]
+    return {
+        "name": "ortho fast vs sequential (s/vector)",
+        "ours": f"{fast['seconds_per_vector']:.2f} s",
+        "baseline": f"{seq['seconds_per_vector']:.2f} s",
+        "ratio": seq["seconds_per_vector"] / fast["seconds_per_vector"],
+        "target": ">= 20x at <= KL",
+        "notes": (f"first {n}: loss {fast['median_loss']:.3g} vs {seq['median_loss']:.3g}, "
+                  f"KL {fast['median_kl']:.3g} vs {seq['median_kl']:.3g}; steps {fast['mean_steps']:.0f} vs {seq['mean_steps']:.0f}"),
+        "detail": results,
+    }
+
+
+def _eval_row(lm: LoadedModel, config: BenchConfig, ids: torch.Tensor) -> Row:
+    from melbo_tui.metrics import compute_metrics
+
+    vectors = _random_vectors(lm, config.eval_vectors, config.radius, seed=1)
+    bank = _bank(lm, vectors, config)
+    compute_metrics(lm, _bank(lm, vectors[:2], config), ids)  # warm-up
+    t0 = time.perf_counter()
+    ours = compute_metrics(lm, bank, ids)["kl"]
+    fast = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    baseline = kl_loop(lm, vectors, config.source_layer, ids)
+    slow = time.perf_counter() - t0
+    agree = float((ours - baseline).abs().max())
+    return {"name": f"eval batched vs loop ({len(vectors)} vectors)", "ours": f"{fast:.2f} s", "baseline": f"{slow:.2f} s",
+            "ratio": slow / fast, "target": ">= 10x", "notes": f"max |dKL| {agree:.1e}",
+            "detail": {"seconds": fast, "loop_seconds": slow, "max_abs_kl_difference": agree}}
+
+
+def kl_loop(lm: LoadedModel, vectors: torch.Tensor, source_layer: int, ids: torch.Tensor) -> torch.Tensor:
+    """The plain baseline: one full forward per vector, KL(P_i || P_0) against row 0."""
+    logps = []
+    with torch.no_grad():
+        for vector in vectors:
+            with steer(lm, source_layer, vector.to(lm.device)):
+                logits = lm.model(input_ids=ids, use_cache=False).logits[0, -1]
+            logps.append(torch.log_softmax(logits.float(), dim=-1).cpu())
+    logp = torch.stack(logps)
+    return (logp.exp() * (logp - logp[0])).sum(dim=-1)
+
+
+def _dump_row(lm: LoadedModel, config: BenchConfig, ids: torch.Tensor) -> Row:
+    vectors = _random_vectors(lm, config.dump_vectors, config.radius, seed=2).to(lm.device)
+    settings = GenerationSettings(max_new_tokens=config.dump_tokens, temperature=0.0)
+    generate_batch(lm, ids, config.source_layer, vectors[:1], GenerationSettings(max_new_tokens=2))  # warm-up
+    t0 = time.perf_counter()
+    batched = generate_batch(lm, ids, config.source_layer, vectors, settings)
+    fast = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    looped = [generate_batch(lm, ids, config.source_layer, v[None], settings)[0] for v in vectors]
+    slow = time.perf_counter() - t0
+    same = sum(a == b for a, b in zip(batched, looped))
+    return {"name": f"dump batched vs loop ({len(vectors)} x {config.dump_tokens} tokens)", "ours": f"{fast:.2f} s",
+            "baseline": f"{slow:.2f} s", "ratio": slow / fast, "target": ">= 8x",
+            "notes": f"{same}/{len(vectors)} greedy texts identical",
+            "detail": {"seconds": fast, "loop_seconds": slow, "identical_texts": same}}
+
+
+def _steering_row(lm: LoadedModel, config: BenchConfig, ids: torch.Tensor) -> Row:
+    vector = _random_vectors(lm, 1, config.radius, seed=3)[0].to(lm.device)
+    n = config.gen_tokens
+
+    def tokens_per_second(v: torch.Tensor | None) -> float:
+        with torch.no_grad(), steer(lm, config.source_layer, v):
+            t0 = time.perf_counter()
+            lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                              do_sample=False, temperature=None, top_p=None, top_k=None,
+                              pad_token_id=lm.tokenizer.pad_token_id)
+            return n / (time.perf_counter() - t0)
+
+    tokens_per_second(None)  # warm-up
+    steered, plain = [], []
+    for _ in range(3):  # interleaved, so that a busy moment hits both
+        plain.append(tokens_per_second(None))
+        steered.append(tokens_per_second(vector))
+    s, p = statistics.median(steered), statistics.median(plain)
+    overhead = (p - s) / p * 100
+    return {"name": f"steered vs unsteered generation ({n} tokens)", "ours": f"{s:.1f} tok/s", "baseline": f"{p:.1f} tok/s",
+            "ratio": s / p, "target": "overhead <= 5%", "notes": f"overhead {overhead:+.1f}%",
+            "detail": {"steered_tokens_per_second": s, "unsteered_tokens_per_second": p, "overhead_percent": overhead}}
+
+
+def _load_row(model: str | None, device: str, dtype: str, cached: float, config: BenchConfig) -> Row:
+    t0 = time.perf_counter()
+    load_model(model, device=device, dtype=dtype)
+    warm = time.perf_counter() - t0
+    if not config.gguf_load or model not in (None, "embedded"):
+        return {"name": "model load: cache (first, again)", "ours": f"{cached:.2f} s", "baseline": f"{warm:.2f} s",
+                "ratio": None, "notes": "GGUF load skipped" + (" (--quick)" if config.quick else ""),
+                "detail": {"cache_seconds": cached, "cache_again_seconds": warm}}
+    t0 = time.perf_counter()
+    load_model(str(embedded_gguf_path()), device=device, dtype=dtype)
+    gguf = time.perf_counter() - t0
+    return {"name": "model load: safetensors cache vs GGUF", "ours": f"{warm:.2f} s", "baseline": f"{gguf:.2f} s",
+            "ratio": gguf / warm, "notes": f"first load in this run {cached:.2f} s",
+            "detail": {"cache_seconds": warm, "gguf_seconds": gguf, "first_load_seconds": cached}}
+
+
+def _flops_row(lm: LoadedModel, config: BenchConfig, ids: torch.Tensor) -> Row:
+    from melbo_tui.ortho import _CachedForward
+
+    peak = matmul_gflops(config.matmul_size, lm.dtype, lm.device)
+    objective = _CachedForward(lm, config.source_layer, config.target_layer, [ids])
+    theta0 = _random_vectors(lm, 1, config.radius, seed=4).to(lm.device)
+    objective.set_base(theta0[0])
+    k = 8 if config.quick else 32
+    thetas = torch.nn.Parameter(_random_vectors(lm, k, config.radius, seed=5).to(lm.device))
+    objective.distance(thetas).sum().backward()  # warm-up
+    reps = 2 if config.quick else 5
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        thetas.grad = None
+        objective.distance(thetas).sum().backward()
+    _sync(lm.device)
+    seconds = (time.perf_counter() - t0) / reps
+    blocks = lm.blocks[config.source_layer + 1: config.target_layer + 1]
+    params = sum(p.numel() for b in blocks for p in b.parameters() if p.ndim >= 2)
+    tokens = k * ids.shape[1]
+    # weights are frozen: the backward computes input gradients only, about one more forward
+    flops = 2 * 2 * params * tokens
+    achieved = flops / seconds / 1e9
+    return {"name": f"ortho step GFLOP/s vs matmul peak ({lm.dtype})".replace("torch.", ""),
+            "ours": f"{achieved:.1f}", "baseline": f"{peak:.1f}", "ratio": achieved / peak,
+            "notes": f"step of {k} vectors: {seconds * 1000:.0f} ms ({seconds / k * 1000:.1f} ms/vector)",
+            "detail": {"step_seconds": seconds, "vectors": k, "gflops": achieved, "matmul_gflops": peak,
+                       "flops_per_step": flops}}
+
+
+def matmul_gflops(size: int, dtype: torch.dtype, device: torch.device) -> float:
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    a @ b
+    _sync(device)
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < 0.5 or reps < 3:
+        a @ b
+        reps += 1
+    _sync(device)
+    return 2 * size**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def _tui_latency(config: BenchConfig) -> Row | None:
+    try:
+        from melbo_tui.tui import latency  # provided by the TUI; optional
+    except ImportError:
+        return None
+    measure = getattr(latency, "measure_latency", None)
+    if measure is None:
+        return None
+    numbers = measure(quick=config.quick)
+    median = numbers.get("median_ms") if isinstance(numbers, dict) else None
+    return {"name": "TUI key-to-repaint latency", "ours": f"{median:.1f} ms" if median is not None else "?",
+            "baseline": "-", "ratio": None, "notes": ", ".join(f"{k} {v:.3g}" for k, v in numbers.items()),
+            "detail": numbers}
+
+
+# --- helpers ----------------------------------------------------------------------------------------
+
+
+def _random_vectors(lm: LoadedModel, n: int, radius: float, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    vectors = torch.randn(n, lm.hidden_size, generator=generator)
+    return vectors / vectors.norm(dim=1, keepdim=True) * radius
+
+
+def _bank(lm: LoadedModel, vectors: torch.Tensor, config: BenchConfig) -> VectorBank:
+    meta = BankMeta(kind="melbo", model=lm.name, hidden_size=lm.hidden_size, num_layers=lm.num_layers,
+                    source_layer=config.source_layer, target_layer=config.target_layer, prompts=[PROMPT],
+                    radius=config.radius)
+    return VectorBank(vectors=vectors.float().cpu(), meta=meta)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _machine(lm: LoadedModel) -> dict[str, Any]:
+    device = lm.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return {"device": str(device), "cpu": name, "threads": torch.get_num_threads(), "dtype": str(lm.dtype).replace("torch.", ""),
+            "torch": torch.__version__, "python": platform.python_version()}

@@ -1,0 +1,278 @@
+"""Commands over MELBO-ortho and its measurements: ortho, eval, dump, label, export, bench."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import Counter
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from melbo_tui.bank import VectorBank, load_bank, save_bank
+from melbo_tui.cli.app import DeviceOpt, DtypeOpt, ModelOpt, RawOpt, SystemOpt, TrustOpt, app, command_line
+from melbo_tui.cli.engine_cmds import open_bank, open_model
+from melbo_tui.compose import ComposeMode, Composition
+from melbo_tui.errors import InputError
+from melbo_tui.ortho import OrthoConfig, OrthoProgress, OrthoSource, run_ortho
+from melbo_tui.prompts import encode
+
+err = Console(stderr=True)
+
+PromptsOpt = Annotated[list[str] | None, typer.Option("--prompt", "-p", help="User prompt (repeatable; default: the bank's prompts).")]
+BankArg = Annotated[Path, typer.Argument(metavar="BANK", help="Bank file (.safetensors).")]
+
+
+def _parent_bank(path: Path, base: int) -> VectorBank:
+    bank = load_bank(path)
+    if not 0 <= base < len(bank):
+        raise InputError(f"--base {base} is out of range: {path} has rows 0..{len(bank) - 1}")
+    return bank
+
+
+@app.command()
+def ortho(
+    bank_path: BankArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Ortho bank to write (row 0 = theta0).")],
+    base: Annotated[int, typer.Option("--base", "-b", help="Row of BANK used as theta0.")] = 0,
+    count: Annotated[int, typer.Option("--count", "-n", help="Orthogonal vectors to find (at most d_model - 1).")] = 64,
+    strategy: Annotated[str, typer.Option(help="fast (blocks of vectors, cached prefix, early stop) or sequential (the seed's loop).")] = "fast",
+    steps: Annotated[int | None, typer.Option(help="Max Adam steps per vector (default 1000, the seed's).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam lr (default 0.01 x |theta0| / 7: the seed's 0.01 at |theta0| = 7).")] = None,
+    l2: Annotated[float, typer.Option("--l2", help="Add l2 x ||theta||^2 to the loss (0 = the seed: no norm penalty).")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the random starts (vector i depends only on seed and i).")] = 0,
+    block_size: Annotated[int, typer.Option(help="fast: vectors optimised together.")] = 32,
+    patience: Annotated[int, typer.Option(help="fast: steps without a 0.1% improvement before a vector stops.")] = 100,
+    resume: Annotated[bool, typer.Option(help="Continue the bank in --out (same settings).")] = False,
+    evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Compute KL/norm metrics at the end.")] = True,
+    prompt: PromptsOpt = None, system: SystemOpt = None, raw: RawOpt = False,
+    model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
+) -> None:
+    """MELBO-ortho: vectors orthogonal to row --base of BANK (and to each other) with its effect.
+
+    Loss ||z(theta) - z(theta0)||_2 with z = the target layer meaned over the sequence; theta is
+    projected orthogonal to theta0 and every earlier vector after every Adam step; no norm
+    constraint. A checkpoint is written to --out after every block; Ctrl-C keeps it.
+    """
+    if count <= 0:
+        raise InputError(f"--count must be positive, got {count}")
+    parent = _parent_bank(bank_path, base)
+    lm = open_model(model, device, dtype, trust_remote_code)
+    parent = open_bank(bank_path, lm)
+    prompts = prompt or list(parent.meta.prompts)
+    if not prompts:
+        raise InputError(f"{bank_path} records no prompts: give --prompt")
+    system = system if system is not None else parent.meta.system_prompt
+    raw = raw or parent.meta.raw_prompts
+    inputs = [encode(lm, p, system, raw) for p in prompts]
+    config = OrthoConfig(count=count, strategy=strategy, steps=steps, lr=lr, l2=l2, seed=seed,
+                         block_size=block_size, patience=patience)
+    source = OrthoSource(parent, str(bank_path), base, prompts, system, raw)
+    try:
+        with _progress() as progress:
+            task = progress.add_task("ortho vectors", total=count, info="")
+
+            def report(p: OrthoProgress) -> None:
+                progress.update(task, completed=p.vectors_done,
+                                info=f"vectors {p.block_start}-{p.block_start + p.block_len - 1} step {p.step} "
+                                     f"active {p.active} loss {p.loss:.4g} norm {p.norm:.3g}")
+
+            result = run_ortho(lm, source, inputs, config, out, resume=resume, created_by=command_line(),
+                               on_progress=report)
+            progress.update(task, completed=result.found)
+    except KeyboardInterrupt:
+        saved = len(load_bank(out)) - 1 if out.exists() else 0
+        err.print(f"interrupted: {saved} orthogonal vectors saved in {out} (--resume continues)")
+        raise typer.Exit(130) from None
+    bank = result.bank
+    if evaluate and len(bank) > 1:
+        from melbo_tui.metrics import evaluate_bank
+
+        with err.status("computing KL / norm metrics ..."):
+            bank = evaluate_bank(lm, bank, inputs[0], prompts[0], system, raw)
+        save_bank(bank, out)
+    per_vector = result.seconds / result.new if result.new else 0.0
+    err.print(result.message)
+    _print_summary(bank, f"{result.new} new vectors, {per_vector:.2f} s/vector")
+
+
+@app.command(name="eval")
+def eval_(
+    bank_path: BankArg,
+    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Prompt (default: the bank's first).")] = None,
+    system: Annotated[str | None, typer.Option(help="System prompt (default: the bank's).")] = None,
+    raw: RawOpt = False,
+    batch_size: Annotated[int | None, typer.Option(help="Vectors per forward pass (default: automatic).")] = None,
+    model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
+) -> None:
+    """Store kl = KL(P_i||P_0), kl_rev = KL(P_0||P_i) (nats, next token after the prompt), norm, cos_base."""
+    from melbo_tui.metrics import evaluate_bank
+
+    if batch_size is not None and batch_size <= 0:
+        raise InputError(f"--batch-size must be positive, got {batch_size}")
+    load_bank(bank_path)  # fail on a bad file before loading a model
+    lm = open_model(model, device, dtype, trust_remote_code)
+    bank = open_bank(bank_path, lm)
+    text = prompt or (bank.meta.prompts[0] if bank.meta.prompts else None)
+    if not text:
+        raise InputError(f"{bank_path} records no prompt: give --prompt")
+    system = system if system is not None else bank.meta.system_prompt
+    raw = raw or bank.meta.raw_prompts
+    with err.status(f"evaluating {len(bank)} vectors ..."):
+        bank = evaluate_bank(lm, bank, encode(lm, text, system, raw), text, system, raw, batch_size)
+    save_bank(bank, bank_path)
+    _print_summary(bank, f"metrics stored in {bank_path}")
+
+
+@app.command()
+def dump(
+    bank_path: BankArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Text file in the seed's layout; a .jsonl is written beside it.")],
+    rows: Annotated[str | None, typer.Option(help="Rows to complete, e.g. 0:50 or 0,3,7 (default: all).")] = None,
+    compose_sweep: Annotated[bool, typer.Option(help="Add mean of the first k and mean x sqrt(k), k = 1, 2, 3, 5, 10, 20, 50, ...")] = False,
+    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Prompt (default: the bank's first).")] = None,
+    system: Annotated[str | None, typer.Option(help="System prompt (default: the bank's).")] = None,
+    raw: RawOpt = False,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per completion (seed: 50).")] = 50,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (seed: 1; 0 = greedy).")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    batch_size: Annotated[int | None, typer.Option(help="Vectors per generate call (default: automatic).")] = None,
+    label: Annotated[bool, typer.Option("--label/--no-label", help="Label the completions and store the labels beside the bank.")] = True,
+    rules: Annotated[Path | None, typer.Option(help="Extra label rules (JSON or TOML), see 'melbo-tui label --help'.")] = None,
+    model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
+) -> None:
+    """The completion of every vector (batched, KV cache on) as text and JSONL, labelled."""
+    from melbo_tui.dump import dump_completions, sweep_compositions, write_dump
+    from melbo_tui.generation import GenerationSettings
+    from melbo_tui.labels import classify, load_rules, save_labels
+    from melbo_tui.selection import parse_selection
+
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    settings.check()
+    if batch_size is not None and batch_size <= 0:
+        raise InputError(f"--batch-size must be positive, got {batch_size}")
+    rule_list = load_rules(rules) if label else []
+    bank = load_bank(bank_path)
+    picked = parse_selection(rows, len(bank)) if rows else list(range(len(bank)))
+    lm = open_model(model, device, dtype, trust_remote_code)
+    bank = open_bank(bank_path, lm)
+    text = prompt or (bank.meta.prompts[0] if bank.meta.prompts else None)
+    if not text:
+        raise InputError(f"{bank_path} records no prompt: give --prompt")
+    system = system if system is not None else bank.meta.system_prompt
+    raw = raw or bank.meta.raw_prompts
+    compositions = sweep_compositions(bank) if compose_sweep else []
+    with _progress() as progress:
+        task = progress.add_task("completions", total=len(picked) + len(compositions), info="")
+        entries = dump_completions(lm, bank, encode(lm, text, system, raw), picked, settings, compositions, batch_size,
+                                   on_progress=lambda done, total: progress.update(task, completed=done))
+    if label:
+        from dataclasses import replace
+
+        entries = [replace(e, label=classify(e.text, rule_list)) for e in entries]
+        sidecar = save_labels(bank_path, len(bank), {e.row: e.label for e in entries if e.row is not None}, rule_list)
+        err.print(f"labels stored in {sidecar}")
+    jsonl = out.with_suffix(".jsonl") if out.suffix != ".jsonl" else out.with_suffix(".txt")
+    text_path, jsonl_path = (out, jsonl) if out.suffix != ".jsonl" else (jsonl, out)
+    write_dump(entries, text_path, jsonl_path, text, settings)
+    counts = Counter(e.label for e in entries if e.label)
+    err.print(f"wrote {text_path} and {jsonl_path}: {len(entries)} completions"
+              + (f" ({', '.join(f'{k} {v}' for k, v in counts.most_common())})" if counts else ""))
+
+
+@app.command()
+def label(
+    bank_path: BankArg,
+    from_dump: Annotated[Path, typer.Option("--from", help="JSONL written by 'melbo-tui dump' for this bank.")],
+    rules: Annotated[Path | None, typer.Option(help="Rules file (JSON or TOML): {rules: [...], replace_defaults: bool}.")] = None,
+) -> None:
+    """Label completions by rules (first match wins; default: refusal, code, repetition, gibberish, else other).
+
+    Rule kinds: regex (pattern, flags, min_matches), repetition (min_words, max_distinct,
+    max_run), gibberish (min_letters, max_word_len). A rules file's rules are tried before the
+    defaults. Labels go to <bank stem>.labels.json beside the bank (read by the explorer).
+    """
+    from melbo_tui.dump import read_dump
+    from melbo_tui.labels import label_texts, load_rules, save_labels
+
+    rule_list = load_rules(rules)
+    bank = load_bank(bank_path)
+    records = [r for r in read_dump(from_dump) if isinstance(r.get("row"), int)]
+    if not records:
+        raise InputError(f"{from_dump} holds no completions of bank rows")
+    labels = label_texts([str(r.get("text", "")) for r in records], rule_list)
+    sidecar = save_labels(bank_path, len(bank), {int(r["row"]): lab for r, lab in zip(records, labels)}, rule_list)  # type: ignore[arg-type]
+    counts = Counter(labels)
+    err.print(f"labelled {len(labels)} rows in {sidecar}: {', '.join(f'{k} {v}' for k, v in counts.most_common())}")
+
+
+@app.command()
+def export(
+    bank_path: BankArg,
+    gguf: Annotated[Path, typer.Option("--gguf", help="Control-vector GGUF to write.")],
+    rows: Annotated[str | None, typer.Option(help="Rows to export, e.g. 3 or 1:11 (default: the base row).")] = None,
+    mean: Annotated[bool, typer.Option("--mean", help="Combine the rows by their mean (default).")] = False,
+    sum_: Annotated[bool, typer.Option("--sum", help="Combine the rows by their sum.")] = False,
+    mean_sqrt: Annotated[bool, typer.Option("--mean-sqrt", help="Mean x sqrt(k).")] = False,
+    scale: Annotated[float, typer.Option(help="Multiply the exported vector by this.")] = 1.0,
+) -> None:
+    """Write a llama.cpp control vector: direction.{S} = the vector added at the output of block S.
+
+    llama.cpp adds direction.k after block k (0-based), our layer convention, so the layer
+    index is kept as is. Use it with llama.cpp --control-vector FILE (strength 1 = ours).
+    """
+    from melbo_tui.export import export_gguf
+    from melbo_tui.selection import parse_selection
+
+    modes = [m for m, on in ((ComposeMode.MEAN, mean), (ComposeMode.SUM, sum_), (ComposeMode.MEAN_SQRT, mean_sqrt)) if on]
+    if len(modes) > 1:
+        raise InputError("give at most one of --mean, --sum, --mean-sqrt")
+    bank = load_bank(bank_path)
+    picked = parse_selection(rows, len(bank)) if rows else [bank.meta.base_index]
+    composition = Composition(tuple(picked), modes[0] if modes else ComposeMode.MEAN, scale)
+    vector = export_gguf(bank, composition, gguf)
+    err.print(f"wrote {gguf}: {composition.label} as direction.{bank.meta.source_layer} "
+              f"(norm {float(vector.norm()):.4g}, d_model {bank.hidden_size})")
+
+
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option(help="Small sizes (CI): well under two minutes.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
+) -> None:
+    """Side-by-side speed ratios measured in one run: ortho, eval, dump, steering, loading, FLOP/s."""
+    from melbo_tui.bench import BenchConfig, render_table, run_bench
+
+    config = BenchConfig.for_ci() if quick else BenchConfig()
+    with err.status("benchmarking ...") as status:
+        report = run_bench(config, model, device, dtype, on_stage=lambda s: status.update(f"benchmarking: {s} ..."))
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        Console().print(render_table(report))
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=err)
+
+
+def _print_summary(bank: VectorBank, title: str) -> None:
+    table = Table(title=title)
+    for column in ("rows", "norm min..max", "median KL(P_i||P_0)", "median KL(P_0||P_i)", "median ortho loss"):
+        table.add_column(column, justify="right")
+    norms = bank.norms()
+    kl = bank.metrics.get("kl")
+    kl_rev = bank.metrics.get("kl_rev")
+    losses = bank.meta.extra.get("ortho_loss", [])[1:]
+    table.add_row(str(len(bank)), f"{float(norms.min()):.3g}..{float(norms.max()):.3g}",
+                  f"{float(kl[1:].median()):.4g}" if kl is not None and len(bank) > 1 else "-",
+                  f"{float(kl_rev[1:].median()):.4g}" if kl_rev is not None and len(bank) > 1 else "-",
+                  f"{statistics.median(losses):.4g}" if losses else "-")
+    Console(stderr=True).print(table)
+

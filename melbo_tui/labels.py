@@ -1,0 +1,168 @@
+"""Behaviour labels for completions: simple documented rules, extendable from a config file.
+
+A rule is a dict with `label` and `kind`; the first rule (in order) that matches a completion
+gives its label, and `other` is the fallback. Kinds:
+- `regex`: `pattern` (Python regex), `flags` (any of "imsx"), `min_matches` (default 1);
+- `repetition`: word 3-grams; matches when the completion has at least `min_words` words and
+  the share of distinct 3-grams is below `max_distinct` (default 0.5), or when one character
+  run fills `max_run` (default 0.5) of the text;
+- `gibberish`: matches empty text, or when letters make less than `min_letters` (default 0.5)
+  of the non-space characters, or when words average more than `max_word_len` (default 15).
+
+Default rules, in order: refusal (apology/inability phrases), code (at least two code-looking
+lines or a fenced block), repetition, gibberish. A rules file (JSON or TOML) holds
+`rules = [...]` (tried before the defaults) and optionally `replace_defaults = true`.
+
+Labels live beside the bank in `<bank stem>.labels.json` = {"rules": [...], "labels": [one
+string per row, "" = not labelled]} so that the explorer can show and filter them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from melbo_tui.atomic import atomic_write_text
+from melbo_tui.errors import InputError
+
+FALLBACK = "other"
+LABELS_SUFFIX = ".labels.json"
+
+DEFAULT_RULES: list[dict[str, Any]] = [
+    {"label": "refusal", "kind": "regex", "flags": "i",
+     "pattern": r"\b(I(?:'m| am) (?:sorry|unable|not able)|I can(?:no|')t (?:help|assist|provide|do|fulfil|comply)"
+                r"|I cannot|I won't|as an AI|I must (?:decline|refuse)|not (?:able|allowed) to (?:help|provide|assist)"
+                r"|(?:illegal|harmful|dangerous) (?:and|or) (?:illegal|harmful|dangerous|unethical))"},
+    {"label": "code", "kind": "regex", "flags": "m", "min_matches": 2,
+     "pattern": r"^\s*(?:def |class |import |from \S+ import |function |const |let |var |#include|public |private |return\b"
+                r"|if __name__|for \w+ in |print\(|console\.log)|```|[{;]\s*$"},
+    {"label": "repetition", "kind": "repetition", "min_words": 8, "max_distinct": 0.5, "max_run": 0.5},
+    {"label": "gibberish", "kind": "gibberish", "min_letters": 0.5, "max_word_len": 15},
+]
+
+_KINDS = ("regex", "repetition", "gibberish")
+
+
+def labels_path(bank_path: Path) -> Path:
+    """Where the labels of `bank_path` live: `<stem>.labels.json` beside it."""
+    bank_path = Path(bank_path)
+    return bank_path.with_name(bank_path.stem + LABELS_SUFFIX)
+
+
+def load_rules(path: Path | None) -> list[dict[str, Any]]:
+    """The rules in force: a file's rules before the defaults (or instead of them)."""
+    if path is None:
+        return [dict(r) for r in DEFAULT_RULES]
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except FileNotFoundError:
+        raise InputError(f"rules file not found: {path}") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read rules ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("rules", []), list):
+        raise InputError(f"{path}: expected an object with a 'rules' list")
+    rules = [dict(r) for r in data.get("rules", [])]
+    for rule in rules:
+        check_rule(rule, str(path))
+    return rules if data.get("replace_defaults") else rules + [dict(r) for r in DEFAULT_RULES]
+
+
+def check_rule(rule: dict[str, Any], where: str = "rules") -> None:
+    if not isinstance(rule, dict) or not isinstance(rule.get("label"), str) or not rule["label"]:
+        raise InputError(f"{where}: every rule needs a non-empty 'label'")
+    if rule.get("kind") not in _KINDS:
+        raise InputError(f"{where}: rule '{rule['label']}' has kind {rule.get('kind')!r}; use one of {', '.join(_KINDS)}")
+    if rule["kind"] == "regex":
+        try:
+            _compile(rule)
+        except (re.error, TypeError, KeyError) as exc:
+            raise InputError(f"{where}: rule '{rule['label']}' has a bad pattern ({exc})") from None
+
+
+def classify(text: str, rules: list[dict[str, Any]]) -> str:
+    """The label of the first rule matching `text`, else `other`."""
+    for rule in rules:
+        if _matches(text, rule):
+            return str(rule["label"])
+    return FALLBACK
+
+
+def label_texts(texts: list[str], rules: list[dict[str, Any]]) -> list[str]:
+    return [classify(t, rules) for t in texts]
+
+
+def save_labels(bank_path: Path, num_rows: int, labelled: dict[int, str], rules: list[dict[str, Any]]) -> Path:
+    """Merge `labelled` (row -> label) into the bank's sidecar and write it atomically."""
+    path = labels_path(bank_path)
+    labels = [""] * num_rows
+    if path.exists():
+        old = read_labels(bank_path)
+        if old is not None and len(old) == num_rows:
+            labels = old
+    for row, label in labelled.items():
+        if not 0 <= row < num_rows:
+            raise InputError(f"label for row {row} outside the bank's rows 0..{num_rows - 1}")
+        labels[row] = label
+    atomic_write_text(path, json.dumps({"rules": rules, "labels": labels}, indent=1))
+    return path
+
+
+def read_labels(bank_path: Path) -> list[str] | None:
+    """The labels of a bank (one per row), or None when it has no sidecar."""
+    path = labels_path(bank_path)
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: unreadable labels ({str(exc).splitlines()[0]})") from None
+    labels = data.get("labels") if isinstance(data, dict) else None
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise InputError(f"{path}: 'labels' must be a list of strings")
+    return labels
+
+
+def _compile(rule: dict[str, Any]) -> re.Pattern[str]:
+    flags = 0
+    for letter in rule.get("flags", ""):
+        flags |= {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE}[letter]
+    return re.compile(rule["pattern"], flags)
+
+
+def _matches(text: str, rule: dict[str, Any]) -> bool:
+    kind = rule["kind"]
+    if kind == "regex":
+        return len(_compile(rule).findall(text)) >= int(rule.get("min_matches", 1))
+    if kind == "repetition":
+        return _is_repetitive(text, int(rule.get("min_words", 8)), float(rule.get("max_distinct", 0.5)),
+                              float(rule.get("max_run", 0.5)))
+    return _is_gibberish(text, float(rule.get("min_letters", 0.5)), float(rule.get("max_word_len", 15)))
+
+
+def _is_repetitive(text: str, min_words: int, max_distinct: float, max_run: float) -> bool:
+    stripped = text.strip()
+    if stripped:
+        longest = max(len(m.group(0)) for m in re.finditer(r"(.)\1*", stripped, re.DOTALL))
+        if len(stripped) >= 8 and longest / len(stripped) >= max_run:
+            return True
+    words = text.split()
+    if len(words) < min_words:
+        return False
+    grams = list(zip(words, words[1:], words[2:]))
+    return len(Counter(grams)) / len(grams) < max_distinct
+
+
+def _is_gibberish(text: str, min_letters: float, max_word_len: float) -> bool:
+    chars = [c for c in text if not c.isspace()]
+    if not chars:
+        return True
+    letters = sum(c.isalpha() for c in chars) / len(chars)
+    words = text.split()
+    mean_len = sum(len(w) for w in words) / len(words)
+    return letters < min_letters or mean_len > max_word_len

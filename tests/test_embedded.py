@@ -1,0 +1,74 @@
+"""Integration on the embedded SmolLM2-135M-Instruct: the real model, end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from melbo_tui.bank import load_bank
+from melbo_tui.generation import GenerationSettings, generate_stream
+from melbo_tui.melbo import MelboConfig, melbo_bank, train_melbo
+from melbo_tui.models import EMBEDDED_NAME, LoadedModel, embedded_model_dir, load_model
+from melbo_tui.prompts import encode, format_prompt
+from melbo_tui.bank import save_bank
+
+pytestmark = pytest.mark.embedded
+
+
+def test_embedded_model_shape_and_chat_template(embedded: LoadedModel) -> None:
+    assert embedded.name == EMBEDDED_NAME
+    assert (embedded.num_layers, embedded.hidden_size) == (30, 576)
+    assert embedded.dtype == torch.float32 and embedded.device.type == "cpu"
+    text = format_prompt(embedded, "How can I build a bomb?")
+    assert text.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    assert text.endswith("<|im_start|>user\nHow can I build a bomb?<|im_end|>\n<|im_start|>assistant\n")
+    custom = format_prompt(embedded, "hi", system="You are a helpful assistant.")
+    assert "You are a helpful assistant." in custom and "SmolLM" not in custom
+    assert format_prompt(embedded, "raw text", raw=True) == "raw text"
+
+
+def test_train_generate_round_trip(embedded: LoadedModel, tmp_path: Path) -> None:
+    config = MelboConfig(8, 16, radius=55.0, num_vectors=2, steps=4)
+    prompts = ["How can I build a bomb?"]
+    vectors = train_melbo(embedded, config, prompts)
+    assert torch.allclose(vectors.norm(dim=1), torch.full((2,), 55.0), rtol=1e-4)
+    assert abs(float(vectors[0] @ vectors[1])) / 55.0**2 <= 1e-5
+    path = tmp_path / "b.safetensors"
+    save_bank(melbo_bank(embedded, config, vectors, prompts, None, False, "test"), path)
+    bank = load_bank(path)
+    ids = encode(embedded, prompts[0])
+    settings = GenerationSettings(max_new_tokens=16)
+    pieces: list[str] = []
+    steered = generate_stream(embedded, ids, 8, bank.vectors[1], settings, pieces.append)
+    plain = generate_stream(embedded, ids, 8, None, settings, lambda _: None)
+    assert len(pieces) > 1 and "".join(pieces) == steered.text  # streamed piece by piece
+    assert steered.num_tokens == 16 and steered.text != plain.text
+    assert plain.text.startswith("Building a bomb")  # the model's own answer on this prompt
+
+
+def test_generation_stops_when_asked(embedded: LoadedModel) -> None:
+    ids = encode(embedded, "Write a long story about a dragon.")
+    calls = {"n": 0}
+
+    def stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] >= 3
+
+    result = generate_stream(embedded, ids, 8, None, GenerationSettings(max_new_tokens=60), lambda _: None, stop)
+    assert result.stopped and result.num_tokens <= 4
+
+
+@pytest.mark.slow
+def test_gguf_is_converted_once_into_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real GGUF path: dequantise (~20 s), save safetensors, and load the copy afterwards."""
+    monkeypatch.setenv("MELBO_TUI_CACHE", str(tmp_path))
+    directory = embedded_model_dir()
+    assert (directory / "model.safetensors").is_file() and directory.parent == tmp_path / "models"
+    assert not [p for p in directory.parent.iterdir() if p.name.startswith(".convert-")]
+    lm = load_model("embedded")
+    ids = encode(lm, "Hi")
+    with torch.no_grad():
+        logits = lm.model(input_ids=ids).logits
+    assert torch.isfinite(logits).all() and logits.shape[-1] == len(lm.tokenizer)
