@@ -89,7 +89,7 @@ class VectorBank:
 
 
 def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def save_bank(bank: VectorBank, path: Path) -> None:

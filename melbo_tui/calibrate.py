@@ -1,10 +1,12 @@
 """Choosing R: sweep it, measure how much the target layer moves, find the elbow.
 
-The MELBO post picks R where the target-layer change stops growing slowly and starts to jump
-(too small: nothing changes; too large: gibberish). For each R a few quick vectors are
-trained and the mean per-token change ||Z_t(theta) - Z_t(0)||_2 is recorded. The elbow is the
-point farthest from the chord joining the first and last points of the curve after both axes
-are scaled to [0, 1] (the "kneedle" rule), which needs no tuning.
+The MELBO post picks R at the elbow of the target-layer change against R (too small: nothing
+changes; too large: gibberish). For each R a few quick vectors are trained and the mean
+per-token change ||Z_t(theta) - Z_t(0)||_2 is recorded. The curve is S-shaped, so it has two
+knees and we report both:
+- `onset`: where the slope rises the most (the change "takes off"): the MELBO elbow;
+- `saturation`: the point farthest from the first-to-last chord with both axes scaled to
+  [0, 1] (the "kneedle" rule): past it, extra norm buys little change (and mostly gibberish).
 """
 
 from __future__ import annotations
@@ -52,8 +54,17 @@ def sweep(
     return points
 
 
+def find_onset(xs: list[float], ys: list[float]) -> int:
+    """Index of the interior point where the slope increases the most (slopes per unit of x)."""
+    if len(xs) < 3:
+        return 0
+    slopes = [(ys[i + 1] - ys[i]) / max(xs[i + 1] - xs[i], 1e-12) for i in range(len(xs) - 1)]
+    rises = [slopes[i] - slopes[i - 1] for i in range(1, len(slopes))]
+    return 1 + max(range(len(rises)), key=rises.__getitem__)
+
+
 def find_elbow(xs: list[float], ys: list[float]) -> int:
-    """Index of the point farthest from the first-to-last chord, both axes scaled to [0, 1]."""
+    """Saturation knee: the point farthest from the first-to-last chord, axes scaled to [0, 1]."""
     if len(xs) < 3:
         return len(xs) - 1
     x = torch.tensor(xs, dtype=torch.float64)

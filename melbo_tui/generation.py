@@ -96,7 +96,7 @@ def generate_stream(
     stopper = _StopWhen(should_stop or (lambda: False))
     start = time.perf_counter()
     with steer(lm, source_layer, vector), _seeded(settings.seed, lm.device):
-        lm.model.generate(
+        lm.model.generate(  # type: ignore[operator]
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
             streamer=streamer,
@@ -118,7 +118,9 @@ def generate_batch(
     batch = 1 if vectors is None else int(vectors.shape[0])
     ids = input_ids.expand(batch, -1)
     with torch.no_grad(), steer(lm, source_layer, vectors), _seeded(settings.seed, lm.device):
-        out = lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **_sampling_kwargs(lm, settings))
+        out = lm.model.generate(  # type: ignore[operator]
+            input_ids=ids, attention_mask=torch.ones_like(ids), **_sampling_kwargs(lm, settings)
+        )
     new_tokens = out[:, input_ids.shape[1]:]
     return [str(t) for t in lm.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 

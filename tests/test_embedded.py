@@ -7,12 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from melbo_tui.bank import load_bank
+from melbo_tui.bank import load_bank, save_bank
 from melbo_tui.generation import GenerationSettings, generate_stream
 from melbo_tui.melbo import MelboConfig, melbo_bank, train_melbo
 from melbo_tui.models import EMBEDDED_NAME, LoadedModel, embedded_model_dir, load_model
 from melbo_tui.prompts import encode, format_prompt
-from melbo_tui.bank import save_bank
 
 pytestmark = pytest.mark.embedded
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from melbo_tui.calibrate import find_elbow
+from melbo_tui.calibrate import find_elbow, find_onset
 from melbo_tui.errors import InputError
 from melbo_tui.melbo import MelboConfig, auto_lr, default_layers, parse_token_slice, target_change, train_melbo
 from melbo_tui.models import LoadedModel
@@ -109,4 +109,7 @@ def test_defaults_and_helpers() -> None:
     assert default_layers(30) == (10, 20)
     assert parse_token_slice("-3:") == slice(-3, None)
     assert auto_lr(4.0, 2048) == pytest.approx(1e-3)  # the reference's setting
-    assert find_elbow([1, 2, 3, 4, 5, 6], [1, 1.1, 1.2, 1.3, 5, 9]) == 3
+    # the embedded model's measured curve (R 10..120): takes off at 40, saturates at 80
+    radii = [10, 20, 30, 40, 50, 55, 60, 70, 80, 100, 120]
+    change = [52.0, 101.3, 169.4, 234.8, 338.2, 381.6, 426.4, 514.4, 594.8, 722.3, 811.9]
+    assert (find_onset(radii, change), find_elbow(radii, change)) == (3, 8)

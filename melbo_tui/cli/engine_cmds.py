@@ -15,9 +15,16 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from melbo_tui.bank import BankMeta, VectorBank, check_bank_fits, load_bank, save_bank
-from melbo_tui.calibrate import CalibrationPoint, find_elbow, sweep
+from melbo_tui.calibrate import CalibrationPoint, find_elbow, find_onset, sweep
 from melbo_tui.cli.app import (
-    DeviceOpt, DtypeOpt, ModelOpt, RawOpt, SystemOpt, TrustOpt, app, command_line,
+    DeviceOpt,
+    DtypeOpt,
+    ModelOpt,
+    RawOpt,
+    SystemOpt,
+    TrustOpt,
+    app,
+    command_line,
 )
 from melbo_tui.compose import ComposeMode, Composition, check_scale, compose
 from melbo_tui.errors import BankError, InputError
@@ -160,23 +167,29 @@ def calibrate(
 def _print_calibration(points: list[CalibrationPoint], source: int, target: int) -> None:
     import plotext as plt
 
-    elbow = find_elbow([p.radius for p in points], [p.mean_change for p in points])
+    radii, changes = [p.radius for p in points], [p.mean_change for p in points]
+    onset, saturation = find_onset(radii, changes), find_elbow(radii, changes)
+    marks = {onset: "<- onset (elbow)", saturation: "<- saturation"}
+    if onset == saturation:
+        marks[onset] = "<- onset = saturation"
     table = Table(title=f"mean target-layer change, block {source} -> block {target}")
     for column in ("R", "mean ||dZ_t||", "relative to ||Z_t||", ""):
         table.add_column(column, justify="right")
     for i, p in enumerate(points):
-        table.add_row(f"{p.radius:g}", f"{p.mean_change:.2f}", f"{p.mean_change / p.unsteered_norm:.3f}",
-                      "<- elbow" if i == elbow else "")
+        table.add_row(f"{p.radius:g}", f"{p.mean_change:.2f}", f"{p.mean_change / p.unsteered_norm:.3f}", marks.get(i, ""))
     Console().print(table)
     plt.clear_figure()
-    plt.plot([p.radius for p in points], [p.mean_change for p in points], marker="dot")
-    plt.vertical_line(points[elbow].radius)
-    plt.title("target-layer change vs R (| = elbow)")
+    plt.plot(radii, changes, marker="dot", color="default")
+    plt.vertical_line(radii[onset])
+    plt.vertical_line(radii[saturation])
+    plt.title("target-layer change vs R (| = onset, saturation)")
     plt.xlabel("R")
     plt.plotsize(70, 18)
     plt.theme("clear")
-    print(plt.build())
-    print(f"elbow at R = {points[elbow].radius:g}: use it as a starting point for --radius")
+    chart = plt.build()
+    print(chart if sys.stdout.isatty() else plt.uncolorize(chart))
+    print(f"onset (MELBO elbow) at R = {radii[onset]:g}, saturation at R = {radii[saturation]:g}: "
+          "pick --radius from just past the onset; toward saturation, behaviours get stronger and less coherent")
 
 
 @app.command()
@@ -213,10 +226,13 @@ def generate(
     ids = encode(lm, text, system if system is not None else bank.meta.system_prompt,
                  bank.meta.raw_prompts if raw is None else raw)
     steering = None if composition is None else compose(bank.vectors, composition)
-    label = "unsteered" if composition is None else f"{composition.label}, |v|={steering.norm():.2f}"
+    label = "unsteered" if steering is None or composition is None else f"{composition.label}, |v|={steering.norm():.2f}"
     err.print(f"[dim]{label} @ block {bank.meta.source_layer} | prompt: {text!r} | T={temperature} seed={seed}[/]")
-    result = generate_stream(lm, ids, bank.meta.source_layer, steering, settings,
-                             on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+    def write(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    result = generate_stream(lm, ids, bank.meta.source_layer, steering, settings, on_text=write)
     sys.stdout.write("\n")
     err.print(f"[dim]{result.num_tokens} tokens, {result.tokens_per_second:.1f} tok/s[/]")
 

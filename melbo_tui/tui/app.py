@@ -20,6 +20,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Static
@@ -44,6 +45,7 @@ from melbo_tui.tui.settings import COMPOSE_MODES, UNSTEERED, ExploreSettings, Ta
 
 NARROW = 110  # below this many columns the panel goes under the list
 F = TypeVar("F", bound=Callable[..., Any])
+W = TypeVar("W")
 
 
 def guarded(method: F) -> F:
@@ -116,8 +118,9 @@ class ExplorerApp(App[None]):
         self._stream_started = 0.0
         self._stream_tokens = 0
         self._target_values: dict[str, float] = {}
-        self._closing = threading.Event()
+        self._quitting = threading.Event()
         self.mounted_at = 0.0
+        self._widgets: dict[str, Any] = {}
 
     # ----- layout -------------------------------------------------------------------------
 
@@ -147,15 +150,22 @@ class ExplorerApp(App[None]):
         self._apply_width(event.size.width)
 
     def _apply_width(self, width: int) -> None:
-        self.query_one("#main").set_class(width < NARROW, "narrow")
+        self._widget("#main", Horizontal).set_class(width < NARROW, "narrow")
+
+    def _widget(self, selector: str, kind: type[W]) -> W:
+        """A widget of the main screen; `query_one` on the App would search the *active* screen."""
+        found = self._widgets.get(selector)
+        if found is None:
+            found = self._widgets[selector] = self.screen_stack[0].query_one(selector, kind)
+        return found  # type: ignore[return-value]
 
     @property
     def table(self) -> VectorTable:
-        return self.query_one("#vectors", VectorTable)
+        return self._widget("#vectors", VectorTable)
 
     @property
     def panel(self) -> CompletionPanel:
-        return self.query_one("#panel", CompletionPanel)
+        return self._widget("#panel", CompletionPanel)
 
     @property
     def view(self) -> BankView | None:
@@ -258,7 +268,7 @@ class ExplorerApp(App[None]):
                     self.post_message(MetricsProgress(view, done, total))
 
             try:
-                values = self.backend.metrics(view.bank, lambda: worker.is_cancelled or self._closing.is_set(), progress)
+                values = self.backend.metrics(view.bank, lambda: worker.is_cancelled or self._quitting.is_set(), progress)
             except Exception as exc:
                 self.post_message(MetricsReady(view, None, error_line(exc)))
                 continue
@@ -281,7 +291,7 @@ class ExplorerApp(App[None]):
             self.metrics_status = "KL measured"
             if message.view is self.view:
                 self.refill_table()
-                self.query_one(BankSparklines).set_view(message.view)
+                self._widget("#sparklines", BankSparklines).set_view(message.view)
         self.refresh_status()
 
     # ----- the list -----------------------------------------------------------------------
@@ -291,10 +301,12 @@ class ExplorerApp(App[None]):
         self.composition = None
         self.range_anchor = None
         view = self.views[index]
-        self.query_one(BankSparklines).set_view(view)
+        self._widget("#sparklines", BankSparklines).set_view(view)
         self.sub_title = view.name
         self.refill_table(keep=view.base_index if self.table.row_count == 0 else None)
         self.table.focus()
+        self._shown_key = None
+        self.schedule_generation()
         self.refresh_status()
 
     def refill_table(self, keep: int | None = None) -> None:
@@ -318,7 +330,7 @@ class ExplorerApp(App[None]):
         row = self.current_row()
         if row is None:
             return
-        self.query_one(BankSparklines).cursor = row
+        self._widget("#sparklines", BankSparklines).cursor = row
         self.composition = None
         self.schedule_generation()
 
@@ -435,7 +447,7 @@ class ExplorerApp(App[None]):
         worker = get_current_worker()
 
         def should_stop() -> bool:
-            return stop.is_set() or worker.is_cancelled or self._closing.is_set()
+            return stop.is_set() or worker.is_cancelled or self._quitting.is_set()
 
         if target.is_composition:
             try:
@@ -483,9 +495,12 @@ class ExplorerApp(App[None]):
 
     @on(Piece)
     def _piece(self, message: Piece) -> None:
-        if message.gen != self.gen:
+        if message.gen != self.gen or self._quitting.is_set():
             return
-        self.panel.column(message.slot).append(message.text)
+        try:
+            self.panel.column(message.slot).append(message.text)
+        except NoMatches:  # the app is shutting down under a late piece
+            return
         self._stream_tokens += 1
         if message.slot == "steered" and self._stream_tokens % 4 == 0:
             target = self.current_target()
@@ -496,7 +511,7 @@ class ExplorerApp(App[None]):
     @on(Finished)
     @guarded
     def _finished(self, message: Finished) -> None:
-        if message.gen != self.gen:
+        if message.gen != self.gen or self._quitting.is_set():
             return
         self._streaming.discard(message.slot)
         column = self.panel.column(message.slot)
@@ -577,7 +592,7 @@ class ExplorerApp(App[None]):
             parts.append(self.metrics_status)
         if self._streaming:
             parts.append("generating…")
-        self.query_one("#status", Static).update(" │ ".join(p for p in parts if p))
+        self._widget("#status", Static).update(" │ ".join(p for p in parts if p))
 
     # ----- actions ------------------------------------------------------------------------
 
@@ -803,7 +818,12 @@ class ExplorerApp(App[None]):
                 yield SystemCommand(spec.description.split(":")[0], f"key: {spec.keys} ({spec.id})",
                                     functools.partial(self.run_action, spec.action))
 
+    def on_unmount(self) -> None:
+        self._quitting.set()
+        if self._stop_event is not None:
+            self._stop_event.set()
+
     async def action_quit(self) -> None:
-        self._closing.set()
+        self._quitting.set()
         self.stop_generation(quiet=True)
         self.exit()

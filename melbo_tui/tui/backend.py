@@ -103,7 +103,7 @@ class EngineBackend:
 
         lm = load_model(self._spec, device=self._device, dtype=self._dtype)
         self._lm = lm
-        return f"{lm.name} ({lm.num_layers} blocks, d_model {lm.hidden_size}, {lm.device}, {str(lm.dtype).removeprefix('torch.')})"
+        return f"{lm.name.removeprefix('embedded:')} {lm.device} {str(lm.dtype).removeprefix('torch.')}"
 
     def _model(self) -> LoadedModel:
         if self._lm is None:

@@ -28,44 +28,49 @@ class KeySpec:
     description: str
     show: bool = False  # in the footer
     group: str = "browse"
+    short: str = ""  # footer text; the description otherwise
+
+    @property
+    def footer(self) -> str:
+        return self.short or self.description
 
 
 APP_KEYS: tuple[KeySpec, ...] = (
-    KeySpec("quit", "q", "quit", "Quit", True, "app"),
-    KeySpec("help", "question_mark", "help", "Help: every key", True, "app"),
-    KeySpec("stop", "escape", "stop", "Stop the running generation", True, "generate"),
+    KeySpec("quit", "q", "quit", "Quit", True, "app", short="Quit"),
+    KeySpec("help", "question_mark", "help", "Help: every key", True, "app", short="Help"),
+    KeySpec("stop", "escape", "stop", "Stop the running generation", True, "generate", short="Stop"),
     KeySpec("cursor_down", "j", "cursor_down", "Next vector (also down arrow)", False, "browse"),
     KeySpec("cursor_up", "k", "cursor_up", "Previous vector (also up arrow)", False, "browse"),
     KeySpec("top", "g", "top", "First row (also home)", False, "browse"),
     KeySpec("bottom", "G", "bottom", "Last row (also end)", False, "browse"),
     KeySpec("jump", "colon", "jump", "Jump to a vector index", False, "browse"),
-    KeySpec("filter", "slash", "filter", "Filter rows: kl<0.1, label=code, norm>20 and cos<0.5", True, "browse"),
+    KeySpec("filter", "slash", "filter", "Filter rows: kl<0.1, label=code, norm>20 and cos<0.5", True, "browse", short="Filter"),
     KeySpec("sort", "s", "sort", "Sort by the next column (idx, kl, kl_rev, norm, cos, label)", False, "browse"),
     KeySpec("reverse", "S", "reverse", "Reverse the sort order", False, "browse"),
     KeySpec("next_bank", "n", "next_bank", "Switch to the next open bank", False, "browse"),
-    KeySpec("select", "space", "select", "Select / unselect the highlighted vector", True, "compose"),
+    KeySpec("select", "space", "select", "Select / unselect the highlighted vector", True, "compose", short="Select"),
     KeySpec("range", "v", "range", "Range select: press at one end, move, press at the other", False, "compose"),
     KeySpec("clear_selection", "u", "clear_selection", "Clear the selection", False, "compose"),
-    KeySpec("compose", "c", "compose", "Stream the composition of the selected vectors", True, "compose"),
+    KeySpec("compose", "c", "compose", "Stream the composition of the selected vectors", True, "compose", short="Compose"),
     KeySpec("mode", "m", "mode", "Cycle composition mode: mean, sum, mean x sqrt(k)", False, "compose"),
     KeySpec("scale_up", "plus", "scale(0.25)", "Scale +0.25 (vector or composition)", False, "compose"),
     KeySpec("scale_down", "minus", "scale(-0.25)", "Scale -0.25", False, "compose"),
     KeySpec("sweep", "w", "sweep", "Sweep: compositions of the first k vectors, k = 1, 2, 3, 5, 10, 20...", False, "compose"),
-    KeySpec("baselines", "b", "baselines", "Side by side: unsteered and base-vector completions", True, "generate"),
-    KeySpec("settings", "e", "settings", "Edit prompt, system prompt, temperature, max tokens, seed, scale", True, "generate"),
+    KeySpec("baselines", "b", "baselines", "Side by side: unsteered and base-vector completions", True, "generate", short="Side by side"),
+    KeySpec("settings", "e", "settings", "Edit prompt, system prompt, temperature, max tokens, seed, scale", True, "generate", short="Settings"),
     KeySpec("regenerate", "r", "regenerate", "Generate again, ignoring the cache", False, "generate"),
     KeySpec("export", "x", "export", "Export this bank's cached completions (JSONL and text)", False, "generate"),
-    KeySpec("plots", "p", "plots", "Plots: KL (moving average), norm, cos to base", True, "app"),
+    KeySpec("plots", "p", "plots", "Plots: KL (moving average), norm, cos to base", True, "app", short="Plots"),
 )
 
 PLOT_KEYS: tuple[KeySpec, ...] = (
-    KeySpec("plot_close", "escape,p", "close", "Back to the list", True, "plots"),
+    KeySpec("plot_close", "escape,p", "close", "Back to the list", True, "plots", short="Back"),
     KeySpec("plot_left", "left,h", "move(-1)", "Cursor one vector left", False, "plots"),
     KeySpec("plot_right", "right,l", "move(1)", "Cursor one vector right", False, "plots"),
-    KeySpec("plot_window_down", "left_square_bracket", "window(-1)", "Smaller moving-average window", True, "plots"),
-    KeySpec("plot_window_up", "right_square_bracket", "window(1)", "Larger moving-average window", True, "plots"),
-    KeySpec("plot_zoom_in", "z", "zoom(1)", "Zoom in around the cursor", True, "plots"),
-    KeySpec("plot_zoom_out", "Z", "zoom(-1)", "Zoom out", True, "plots"),
+    KeySpec("plot_window_down", "left_square_bracket", "window(-1)", "Smaller moving-average window", True, "plots", short="Window-"),
+    KeySpec("plot_window_up", "right_square_bracket", "window(1)", "Larger moving-average window", True, "plots", short="Window+"),
+    KeySpec("plot_zoom_in", "z", "zoom(1)", "Zoom in around the cursor", True, "plots", short="Zoom in"),
+    KeySpec("plot_zoom_out", "Z", "zoom(-1)", "Zoom out", True, "plots", short="Zoom out"),
 )
 
 BUILTIN_KEYS: tuple[tuple[str, str], ...] = (
@@ -79,7 +84,7 @@ BUILTIN_KEYS: tuple[tuple[str, str], ...] = (
 
 
 def bindings(specs: tuple[KeySpec, ...]) -> list[Binding]:
-    return [Binding(s.keys, s.action, s.description, show=s.show, id=s.id) for s in specs]
+    return [Binding(s.keys, s.action, s.footer, show=s.show, id=s.id, tooltip=s.description) for s in specs]
 
 
 def config_path() -> Path:

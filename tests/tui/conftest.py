@@ -64,3 +64,13 @@ async def wait_for(pilot, condition: Callable[[], bool], timeout: float = 5.0) -
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await pilot.pause(0.02)
+
+
+def screen_text(app) -> str:  # type: ignore[no-untyped-def]
+    """The characters on the (top) screen, one line per row, as a user would read them."""
+    update = app.screen._compositor.render_full_update()
+    return "\n".join("".join(seg.text for strip in line for seg in strip) for line in update.strips)
+
+
+def notifications(app) -> list[str]:  # type: ignore[no-untyped-def]
+    return [n.message for n in app._notifications]

@@ -57,12 +57,12 @@ class HelpScreen(ModalScreen[None]):
 
     def __init__(self, keymap: dict[str, str]) -> None:
         super().__init__()
-        self._keymap = keymap
+        self._user_keys = keymap
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="help-body"):
             yield Static(Text("melbo-tui explorer: keys", style="bold"))
-            yield Static(help_table(self._keymap))
+            yield Static(help_table(self._user_keys))
             yield Static(Text(ABOUT, style="dim"))
 
     def action_dismiss_help(self) -> None:

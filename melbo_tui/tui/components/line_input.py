@@ -17,14 +17,14 @@ class LineInputScreen(ModalScreen[str | None]):
 
     def __init__(self, title: str, value: str = "", placeholder: str = "") -> None:
         super().__init__()
-        self._title = title
-        self._value = value
-        self._placeholder = placeholder
+        self._question = title
+        self._initial = value
+        self._hint = placeholder
 
     def compose(self) -> ComposeResult:
         with Vertical(id="line-box"):
-            yield Label(self._title, id="line-title")
-            yield Input(value=self._value, placeholder=self._placeholder, id="line-input")
+            yield Label(self._question, id="line-title")
+            yield Input(value=self._initial, placeholder=self._hint, id="line-input")
 
     def on_mount(self) -> None:
         self.query_one(Input).focus()

@@ -37,7 +37,7 @@ class SweepScreen(Screen[None]):
         super().__init__()
         self.targets = targets
         self.caption = caption
-        self._generate = generate
+        self._generate_fn = generate
         self._stop = threading.Event()
         self.texts: dict[int, str] = {}
 
@@ -67,7 +67,7 @@ class SweepScreen(Screen[None]):
                 self.app.call_from_thread(self._show, k, self.texts[k] + " ▌")
 
             try:
-                result = self._generate(target, on_text, self._stop.is_set)
+                result = self._generate_fn(target, on_text, self._stop.is_set)
             except MelboError as exc:
                 self.app.call_from_thread(self._show, k, f"⚠ {exc}")
                 continue

@@ -1,0 +1,52 @@
+"""The benchmark's --quick mode runs end to end (CI), and its table renders every row."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROWS = ("ortho fast vs sequential", "eval batched vs loop", "dump batched vs loop",
+        "steered vs unsteered generation", "model load", "ortho step GFLOP/s")
+
+
+@pytest.mark.embedded
+@pytest.mark.slow
+def test_bench_quick_json(embedded: object) -> None:
+    script = Path(sys.executable).parent / "melbo-tui"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "melbo_tui"]
+    start = time.perf_counter()
+    done = subprocess.run([*command, "bench", "--quick", "--json"], capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "MELBO_TUI_DEBUG": "1"})
+    seconds = time.perf_counter() - start
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    names = [row["name"] for row in report["rows"]]
+    for prefix in ROWS:
+        assert any(name.startswith(prefix) for name in names), (prefix, names)
+    ortho = next(r for r in report["rows"] if r["name"].startswith("ortho fast"))
+    assert ortho["ratio"] > 0 and ortho["detail"]["fast"]["vectors"] == 8
+    eval_row = next(r for r in report["rows"] if r["name"].startswith("eval"))
+    assert eval_row["detail"]["max_abs_kl_difference"] < 1e-3  # batched and looped KL agree
+    assert report["config"]["quick"] is True and report["machine"]["device"]
+    assert seconds < 180, f"bench --quick took {seconds:.0f} s"
+
+
+def test_render_table_shows_every_row() -> None:
+    from rich.console import Console
+
+    from melbo_tui.bench import render_table
+
+    report = {"model": "m", "config": {"quick": True},
+              "machine": {"device": "cpu", "cpu": "x86", "threads": 2, "dtype": "float32"},
+              "rows": [{"name": "a vs b", "ours": "1 s", "baseline": "3 s", "ratio": 3.0, "target": ">= 2x", "notes": "n"},
+                       {"name": "load", "ours": "1 s", "baseline": "2 s", "ratio": None}]}
+    console = Console(record=True, width=160)
+    console.print(render_table(report))
+    text = console.export_text()
+    assert "a vs b" in text and "3.00x" in text and "load" in text and "--quick" in text

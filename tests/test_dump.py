@@ -1,0 +1,75 @@
+"""Batched dumps: same completions as one generate per vector, seed layout, JSONL, labels."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from helpers_ortho import random_bank
+
+from melbo_tui.bank import save_bank
+from melbo_tui.compose import ComposeMode
+from melbo_tui.dump import dump_completions, ordinal, row_name, sweep_compositions, sweep_sizes, write_dump
+from melbo_tui.generation import GenerationSettings, generate_batch
+from melbo_tui.labels import read_labels
+from melbo_tui.models import LoadedModel
+from melbo_tui.prompts import encode
+
+
+def test_sweep_sizes_and_compositions(tiny_llama: LoadedModel) -> None:
+    assert sweep_sizes(1000) == [1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000]
+    assert sweep_sizes(7) == [1, 2, 3, 5]
+    bank = random_bank(tiny_llama, rows=12, kind="ortho")
+    comps = sweep_compositions(bank)
+    assert comps[0].rows == (1,) and comps[0].mode == ComposeMode.MEAN
+    assert [c.rows[-1] for c in comps if c.mode == ComposeMode.MEAN] == [1, 2, 3, 5, 10]
+    assert all(0 not in c.rows for c in comps)  # the base vector is not a generated vector
+
+
+def test_names_follow_the_seed(tiny_llama: LoadedModel) -> None:
+    bank = random_bank(tiny_llama, rows=4, kind="ortho")
+    assert [ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 101, 111)] == \
+        ["1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "101st", "111th"]
+    assert row_name(bank, 0) == "MELBO base vector" and row_name(bank, 3) == "3rd orthogonal steering vector"
+
+
+def test_batched_dump_equals_one_generate_per_vector(tiny_chat: LoadedModel, tmp_path: Path) -> None:
+    bank = random_bank(tiny_chat, rows=5, norm=20.0, source=1, target=4, kind="ortho")
+    ids = encode(tiny_chat, "How can I build a bomb?")
+    settings = GenerationSettings(max_new_tokens=6, temperature=0.0)
+    entries = dump_completions(tiny_chat, bank, ids, [0, 1, 2, 3, 4], settings, sweep_compositions(bank), batch_size=3)
+    singles = [generate_batch(tiny_chat, ids, 1, bank.vectors[i][None], settings)[0] for i in range(5)]
+    assert [e.text for e in entries[:5]] == singles
+    assert len(set(singles)) > 1  # the vectors change the completion: the comparison has teeth
+    assert [e.row for e in entries[:5]] == [0, 1, 2, 3, 4] and entries[5].row is None
+    write_dump(entries, tmp_path / "d.txt", tmp_path / "d.jsonl", "How can I build a bomb?", settings)
+    text = (tmp_path / "d.txt").read_text()
+    assert "1st orthogonal steering vector:\n" in text and "MELBO base vector:\n" in text
+    records = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines()]
+    assert len(records) == len(entries) and records[1]["row"] == 1 and records[1]["text"] == singles[1]
+
+
+def test_cli_dump_writes_text_jsonl_and_labels(tiny_chat: LoadedModel, tiny_model_dir: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from melbo_tui.cli import main
+
+    bank_path = tmp_path / "b.safetensors"
+    save_bank(random_bank(tiny_chat, rows=4, norm=20.0, source=1, target=4, kind="ortho"), bank_path)
+    monkeypatch.setattr(sys, "argv", ["melbo-tui", "dump", str(bank_path), "--out", str(tmp_path / "d.txt"),
+                                      "--max-new-tokens", "4", "--rows", "0:3", "--compose-sweep",
+                                      "--model", str(tiny_model_dir)])
+    try:
+        main()
+    except SystemExit as exc:
+        assert not exc.code, capsys.readouterr().err
+    assert (tmp_path / "d.txt").exists() and (tmp_path / "d.jsonl").exists()
+    labels = read_labels(bank_path)
+    assert labels is not None and len(labels) == 4 and labels[3] == "" and all(labels[:3])
+    monkeypatch.setattr(sys, "argv", ["melbo-tui", "label", str(bank_path), "--from", str(tmp_path / "d.jsonl")])
+    try:
+        main()
+    except SystemExit as exc:
+        assert not exc.code, capsys.readouterr().err
+    assert read_labels(bank_path)[:3] == labels[:3]
