@@ -16,13 +16,15 @@ vectors went to ~0 near the end) ends the run instead of being saved.
 
 Strategies (same objective, same constraints):
 - `sequential`: seed-faithful; one vector at a time, full forward pass from the token ids,
-  a fixed number of steps (1000).
+  Adam lr 0.01 x |theta0| / 7 (the seed's 0.01 at |theta0| = 7), constant, 1000 steps.
 - `fast`: a block of vectors optimised together, one per batch row. Vector j of a block is
   kept orthogonal to theta0, every earlier vector and block members 0..j-1 (a QR of the block
   after each step). Blocks 0..S run once: their output is cached and only blocks S+1..T run
-  per step (`prefix.PrefixCache`).
-  A vector stops when its loss has not improved for `patience` steps and every earlier
-  member of its block has stopped too (so a stopped vector never needs re-projecting).
+  per step (`prefix.PrefixCache`). Adam with 3x the lr and a cosine decay to lr/10 over at
+  most 1000 steps (the seed's constant lr keeps improving slowly until step 1000; the larger,
+  decaying lr gets lower sooner); a vector stops when its loss has not improved by 0.1% for
+  `patience` steps and every earlier member of its block has stopped too (so a stopped vector
+  never needs re-projecting).
   Prompts of equal token length share one forward.
 
 Adam is element-wise, so a block is exactly K independent optimisers coupled only through
@@ -53,24 +55,26 @@ from melbo_tui.steering import check_layer, run_to_layer, steer
 STRATEGIES = ("fast", "sequential")
 SEED_LR = 0.01  # the seed's Adam lr ...
 SEED_NORM = 7.0  # ... at |theta0| = 7
-DEFAULT_STEPS = 1000
+SEQUENTIAL_STEPS = 1000  # the seed's
+FAST_STEPS = 1000  # an upper bound: vectors stop on plateau
+FAST_LR_FACTOR = 3.0
 
 
 @dataclass(frozen=True)
 class OrthoConfig:
-    """How to search; `None` fields take the defaults documented on `resolved`."""
+    """How to search; `None` fields take the per-strategy defaults documented on `resolved`."""
 
     count: int  # orthogonal vectors wanted (rows 1..count of the bank)
     strategy: str = "fast"
-    steps: int | None = None  # max Adam steps per vector (1000)
-    lr: float | None = None  # None: 0.01 * |theta0| / 7 (the seed's 0.01 at |theta0| = 7)
+    steps: int | None = None  # max Adam steps per vector
+    lr: float | None = None  # scaled with |theta0|, see `resolved`
     l2: float = 0.0  # penalty l2 * ||theta||^2 (the seed's hypothesis 2)
     seed: int = 0
     block_size: int = 32  # fast only: vectors optimised together
-    patience: int = 100  # fast only: steps without improvement before a vector stops
+    patience: int = 50  # fast only: steps without improvement before a vector stops
     min_delta: float = 1e-3  # fast only: relative loss decrease that counts as improvement
     collapse_ratio: float = 0.02  # |theta| <= ratio * |theta0| counts as collapsed; 0: never
-    schedule: str = "constant"  # or "cosine": lr decays to lr/10 over `steps`
+    schedule: str | None = None  # "constant" or "cosine" (lr decays to lr/10 over `steps`)
     autocast: str | None = None  # fast only: "bfloat16" runs blocks S+1..T under autocast
 
     def check(self, hidden_size: int) -> None:
@@ -86,7 +90,7 @@ class OrthoConfig:
             raise InputError(f"--lr must be a finite number > 0, got {self.lr}")
         if not (self.l2 >= 0 and math.isfinite(self.l2)):
             raise InputError(f"--l2 must be a finite number >= 0, got {self.l2}")
-        if self.schedule not in ("constant", "cosine"):
+        if self.schedule not in (None, "constant", "cosine"):
             raise InputError(f"unknown schedule '{self.schedule}': use constant or cosine")
         if self.autocast not in (None, "bfloat16", "float16"):
             raise InputError(f"autocast must be bfloat16 or float16, got {self.autocast}")
@@ -96,12 +100,17 @@ class OrthoConfig:
             raise InputError(f"collapse ratio must be >= 0, got {self.collapse_ratio}")
 
     def resolved(self, theta0_norm: float) -> OrthoConfig:
-        """Defaults filled in: steps 1000; lr scaled with |theta0|; sequential = blocks of 1, no early stop."""
-        lr = self.lr if self.lr is not None else SEED_LR * theta0_norm / SEED_NORM
-        steps = self.steps if self.steps is not None else DEFAULT_STEPS
+        """Defaults filled in, per strategy.
+
+        sequential (the seed): lr 0.01 x |theta0| / 7, constant, 1000 steps, blocks of one.
+        fast: lr 3x that, cosine decay to lr/10 over at most 1000 steps, early stop on plateau.
+        """
+        seed_lr = SEED_LR * theta0_norm / SEED_NORM
         if self.strategy == "sequential":
-            return replace(self, lr=lr, steps=steps, block_size=1, autocast=None)
-        return replace(self, lr=lr, steps=steps)
+            return replace(self, lr=self.lr or seed_lr, steps=self.steps or SEQUENTIAL_STEPS,
+                           schedule=self.schedule or "constant", block_size=1, autocast=None)
+        return replace(self, lr=self.lr or FAST_LR_FACTOR * seed_lr, steps=self.steps or FAST_STEPS,
+                       schedule=self.schedule or "cosine")
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
 import torch
 
 from melbo_tui.bank import BankMeta, VectorBank
@@ -25,3 +28,14 @@ def random_bank(lm: LoadedModel, norm: float = 4.0, rows: int = 2, source: int =
                     source_layer=source, target_layer=target, prompts=prompts or ["How can I build a bomb?"],
                     radius=norm)
     return VectorBank(vectors=vectors, meta=meta)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from threads, and on a busy 2-core machine two threads wait on each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -97,3 +97,15 @@ def test_bank_must_fit_the_model() -> None:
         check_bank_fits(bank, 32, 4)
     with pytest.raises(BankError, match="target layer 3 is outside"):
         check_bank_fits(bank, 16, 3)
+
+
+def test_written_files_get_ordinary_permissions(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        save_bank(make_bank(), tmp_path / "b.safetensors")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "b.safetensors").stat().st_mode) == 0o644

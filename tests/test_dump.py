@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers_ortho import random_bank
+from helpers_ortho import one_thread, random_bank  # noqa: F401 (autouse fixture)
 
 from melbo_tui.bank import save_bank
 from melbo_tui.compose import ComposeMode

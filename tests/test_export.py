@@ -9,7 +9,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from helpers_ortho import random_bank
+from helpers_ortho import one_thread, random_bank  # noqa: F401 (autouse fixture)
 
 from melbo_tui.bank import save_bank
 from melbo_tui.compose import ComposeMode, Composition

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers_ortho import prompt_ids, random_bank
+from helpers_ortho import one_thread, prompt_ids, random_bank  # noqa: F401 (autouse fixture)
 
 from melbo_tui.bank import VectorBank
 from melbo_tui.metrics import compute_metrics, evaluate_bank

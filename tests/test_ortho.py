@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_ortho import prompt_ids, random_bank
+from helpers_ortho import one_thread, prompt_ids, random_bank  # noqa: F401 (autouse fixture)
 
 from melbo_tui.bank import load_bank, save_bank
 from melbo_tui.errors import BankError, InputError
@@ -74,7 +74,7 @@ def test_fast_with_blocks_of_one_equals_the_sequential_loop(tiny_llama: LoadedMo
     # cached prefix + grouped prompts must give the seed's full forward, step for step
     prompts = [prompt_ids(tiny_llama, 7, seed=1), prompt_ids(tiny_llama, 5, seed=2), prompt_ids(tiny_llama, 7, seed=3)]
     source = _source(tiny_llama, prompts=["a", "b", "c"])
-    common = dict(count=3, steps=25, lr=0.02, patience=10_000)
+    common = dict(count=3, steps=25, lr=0.02, patience=10_000, schedule="constant")
     fast = run_ortho(tiny_llama, source, prompts, OrthoConfig(strategy="fast", block_size=1, **common), tmp_path / "f.safetensors")
     seq = run_ortho(tiny_llama, source, prompts, OrthoConfig(strategy="sequential", **common), tmp_path / "s.safetensors")
     assert torch.allclose(fast.bank.vectors, seq.bank.vectors, atol=1e-4, rtol=1e-4)
@@ -120,7 +120,13 @@ def test_bank_metadata_names_the_parent(tiny_llama: LoadedModel, tmp_path: Path)
     assert meta.kind == "ortho" and meta.base_index == 0
     assert meta.extra["parent_bank"] == "parent.safetensors" and meta.extra["parent_row"] == 2
     assert torch.equal(result.bank.vectors[0], source.parent.vectors[2])
-    assert meta.hyperparameters["lr"] == pytest.approx(0.01 * 4.0 / 7.0)  # scaled with |theta0| = 4
+    # lr scales with |theta0| = 4: the seed's 0.01 at 7 for sequential, 3x that (cosine decay) for fast
+    assert meta.hyperparameters["lr"] == pytest.approx(3 * 0.01 * 4.0 / 7.0)
+    assert meta.hyperparameters["schedule"] == "cosine" and meta.hyperparameters["steps"] == 3
+    fast = OrthoConfig(count=1).resolved(4.0)
+    assert fast.steps == 1000 and fast.schedule == "cosine" and fast.block_size == 32
+    seq = OrthoConfig(count=1, strategy="sequential").resolved(4.0)
+    assert seq.lr == pytest.approx(0.01 * 4.0 / 7.0) and seq.steps == 1000 and seq.schedule == "constant"
     assert meta.source_layer == 0 and meta.target_layer == 3
 
 

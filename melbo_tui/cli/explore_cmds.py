@@ -16,6 +16,9 @@ from melbo_tui.cli.app import DeviceOpt, DtypeOpt, ModelOpt, RawOpt, SystemOpt, 
 from melbo_tui.errors import BankError, InputError
 
 PromptOpt = Annotated[str | None, typer.Option("--prompt", "-p", help="Prompt to steer (default: the bank's first training prompt).")]
+MaxTokensOpt = Annotated[int, typer.Option("--max-new-tokens", "-n", help="Tokens per completion (editable in the app: e).")]
+TemperatureOpt = Annotated[float, typer.Option("--temperature", "-t", help="0 = greedy (default); > 0 samples with --seed.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Sampling seed (ignored when greedy).")]
 BanksArg = Annotated[list[Path], typer.Argument(help="One or more bank files (.safetensors); n switches between them.")]
 
 
@@ -40,6 +43,9 @@ def run_explorer(
     prompt: str | None = None,
     system: str | None = None,
     raw: bool = False,
+    max_new_tokens: int = 48,
+    temperature: float = 0.0,
+    seed: int = 0,
 ) -> None:
     for path in banks:
         if not path.exists():
@@ -48,11 +54,16 @@ def run_explorer(
             raise BankError(f"bank path is a directory, expected a .safetensors file: {path}")
     if prompt is not None and not prompt.strip():
         raise InputError("empty prompt: give some text with --prompt")
+    from melbo_tui.tui.settings import ExploreSettings
+
+    ExploreSettings(prompt="x", temperature=temperature, max_new_tokens=max_new_tokens, seed=seed).check()
     from melbo_tui.tui.app import ExplorerApp
     from melbo_tui.tui.backend import EngineBackend
 
     backend = EngineBackend(model, device=device, dtype=dtype)
-    ExplorerApp(banks, backend, prompt=prompt, system=system, raw=raw if raw else None).run()
+    app = ExplorerApp(banks, backend, prompt=prompt, system=system, raw=raw if raw else None,
+                      max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    app.run()
 
 
 @app.callback(invoke_without_command=True)
@@ -76,6 +87,9 @@ def open_cmd(
     prompt: PromptOpt = None,
     system: SystemOpt = None,
     raw: RawOpt = False,
+    max_new_tokens: MaxTokensOpt = 48,
+    temperature: TemperatureOpt = 0.0,
+    seed: SeedOpt = 0,
 ) -> None:
     """Browse banks and stream steered completions (keys: ? in the app)."""
-    run_explorer(list(banks), model, device, dtype, prompt, system, raw)
+    run_explorer(list(banks), model, device, dtype, prompt, system, raw, max_new_tokens, temperature, seed)

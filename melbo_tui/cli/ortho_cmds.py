@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Annotated
@@ -41,12 +42,14 @@ def ortho(
     base: Annotated[int, typer.Option("--base", "-b", help="Row of BANK used as theta0.")] = 0,
     count: Annotated[int, typer.Option("--count", "-n", help="Orthogonal vectors to find (at most d_model - 1).")] = 64,
     strategy: Annotated[str, typer.Option(help="fast (blocks of vectors, cached prefix, early stop) or sequential (the seed's loop).")] = "fast",
-    steps: Annotated[int | None, typer.Option(help="Max Adam steps per vector (default 1000, the seed's).")] = None,
-    lr: Annotated[float | None, typer.Option(help="Adam lr (default 0.01 x |theta0| / 7: the seed's 0.01 at |theta0| = 7).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Max Adam steps per vector (default 1000, the seed's; fast stops a vector earlier when its loss plateaus).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam lr. Default scales with |theta0|: sequential 0.01 x |theta0| / 7 (the seed's 0.01 at |theta0| = 7, constant); fast 3x that, cosine decay to lr/10.")] = None,
+    schedule: Annotated[str | None, typer.Option(help="constant or cosine (default: sequential constant, fast cosine).")] = None,
+    autocast: Annotated[str | None, typer.Option(help="fast: run blocks S+1..T under autocast in bfloat16 (faster on AMX CPUs; quality: see README).")] = None,
     l2: Annotated[float, typer.Option("--l2", help="Add l2 x ||theta||^2 to the loss (0 = the seed: no norm penalty).")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of the random starts (vector i depends only on seed and i).")] = 0,
     block_size: Annotated[int, typer.Option(help="fast: vectors optimised together.")] = 32,
-    patience: Annotated[int, typer.Option(help="fast: steps without a 0.1% improvement before a vector stops.")] = 100,
+    patience: Annotated[int, typer.Option(help="fast: steps without a 0.1% improvement before a vector stops.")] = 50,
     resume: Annotated[bool, typer.Option(help="Continue the bank in --out (same settings).")] = False,
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Compute KL/norm metrics at the end.")] = True,
     prompt: PromptsOpt = None, system: SystemOpt = None, raw: RawOpt = False,
@@ -60,7 +63,10 @@ def ortho(
     """
     if count <= 0:
         raise InputError(f"--count must be positive, got {count}")
+    config = OrthoConfig(count=count, strategy=strategy, steps=steps, lr=lr, l2=l2, seed=seed,
+                         block_size=block_size, patience=patience, schedule=schedule, autocast=autocast)
     parent = _parent_bank(bank_path, base)
+    config.check(parent.hidden_size)  # every setting error before the model loads
     lm = open_model(model, device, dtype, trust_remote_code)
     parent = open_bank(bank_path, lm)
     prompts = prompt or list(parent.meta.prompts)
@@ -69,8 +75,6 @@ def ortho(
     system = system if system is not None else parent.meta.system_prompt
     raw = raw or parent.meta.raw_prompts
     inputs = [encode(lm, p, system, raw) for p in prompts]
-    config = OrthoConfig(count=count, strategy=strategy, steps=steps, lr=lr, l2=l2, seed=seed,
-                         block_size=block_size, patience=patience)
     source = OrthoSource(parent, str(bank_path), base, prompts, system, raw)
     try:
         with _progress() as progress:
@@ -87,7 +91,7 @@ def ortho(
     except KeyboardInterrupt:
         saved = len(load_bank(out)) - 1 if out.exists() else 0
         err.print(f"interrupted: {saved} orthogonal vectors saved in {out} (--resume continues)")
-        raise typer.Exit(130) from None
+        sys.exit(130)  # SystemExit passes through click untouched; typer.Exit's code would be lost
     bank = result.bank
     if evaluate and len(bank) > 1:
         from melbo_tui.metrics import evaluate_bank

@@ -9,6 +9,8 @@ token) and drops any late piece that still carries the old id.
 from __future__ import annotations
 
 import functools
+import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -23,11 +25,12 @@ from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.timer import Timer
+from textual.widget import Widget
 from textual.widgets import DataTable, Footer, Static
 from textual.worker import get_current_worker
 
 from melbo_tui.errors import MelboError
-from melbo_tui.tui.backend import Backend, GenerationRequest, StreamResult
+from melbo_tui.tui.backend import Backend, GenerationRequest, JobProgress, StreamResult
 from melbo_tui.tui.bankview import BankView, open_bank_view
 from melbo_tui.tui.cache import CachedCompletion, CompletionCache, completion_key
 from melbo_tui.tui.components.bank_sparklines import BankSparklines
@@ -40,12 +43,23 @@ from melbo_tui.tui.components.sweep_screen import SweepScreen, sweep_targets
 from melbo_tui.tui.components.vector_table import SORTABLE, VectorTable
 from melbo_tui.tui.filters import SORT_KEYS, Predicate, parse_filter, visible_rows
 from melbo_tui.tui.keymap import APP_KEYS, bindings, load_keymap
-from melbo_tui.tui.messages import BanksLoaded, Finished, MetricsProgress, MetricsReady, ModelLoaded, Piece, TargetMeasured
+from melbo_tui.tui.messages import (
+    BanksLoaded,
+    Finished,
+    JobCheckpoint,
+    JobDone,
+    JobUpdate,
+    MetricsProgress,
+    MetricsReady,
+    ModelLoaded,
+    Piece,
+    TargetMeasured,
+)
 from melbo_tui.tui.settings import COMPOSE_MODES, UNSTEERED, ExploreSettings, Target
 
 NARROW = 110  # below this many columns the panel goes under the list
 F = TypeVar("F", bound=Callable[..., Any])
-W = TypeVar("W")
+W = TypeVar("W", bound=Widget)
 
 
 def guarded(method: F) -> F:
@@ -57,7 +71,7 @@ def guarded(method: F) -> F:
             return method(self, *args, **kwargs)
         except MelboError as exc:
             self.notify(str(exc), severity="error", timeout=6)
-        except Exception as exc:  # a bug: still one line, and the app keeps working
+        except Exception as exc:  # noqa: BLE001  a bug: still one line, and the app keeps working
             self.notify(f"internal error: {type(exc).__name__}: {exc}", severity="error", timeout=8)
         return None
 
@@ -68,6 +82,17 @@ def error_line(exc: BaseException) -> str:
     if isinstance(exc, MelboError):
         return str(exc)
     return f"internal error: {type(exc).__name__}: {exc}"
+
+
+def ortho_output_path(parent: Path, row: int) -> Path:
+    """`bank.safetensors` -> `bank.ortho-from7.safetensors` beside it (or in the cwd), never overwriting."""
+    directory = parent.parent if os.access(parent.parent, os.W_OK) else Path.cwd()
+    candidate = directory / f"{parent.stem}.ortho-from{row}.safetensors"
+    n = 2
+    while candidate.exists():
+        candidate = directory / f"{parent.stem}.ortho-from{row}-{n}.safetensors"
+        n += 1
+    return candidate
 
 
 class ExplorerApp(App[None]):
@@ -82,6 +107,9 @@ class ExplorerApp(App[None]):
         prompt: str | None = None,
         system: str | None = None,
         raw: bool | None = None,
+        max_new_tokens: int = 48,
+        temperature: float = 0.0,
+        seed: int = 0,
         cache_root: Path | None = None,
         keymap: dict[str, str] | None = None,
         debounce: float = 0.25,
@@ -89,7 +117,8 @@ class ExplorerApp(App[None]):
         super().__init__()
         self.bank_paths = [Path(p) for p in bank_paths]
         self.backend = backend
-        self._overrides = {"prompt": prompt, "system": system, "raw": raw}
+        self._prompt, self._system, self._raw = prompt, system, raw
+        self._sampling = (max_new_tokens, temperature, seed)
         self._cache_root = cache_root
         self.debounce = debounce
         self.keymap_overrides, self._keymap_warnings = (keymap, []) if keymap is not None else load_keymap()
@@ -120,6 +149,10 @@ class ExplorerApp(App[None]):
         self._target_values: dict[str, float] = {}
         self._quitting = threading.Event()
         self.mounted_at = 0.0
+        self.banks_done = False
+        self.job_status = ""
+        self.job_running = False
+        self._job_stop = threading.Event()
         self._widgets: dict[str, Any] = {}
 
     # ----- layout -------------------------------------------------------------------------
@@ -157,7 +190,7 @@ class ExplorerApp(App[None]):
         found = self._widgets.get(selector)
         if found is None:
             found = self._widgets[selector] = self.screen_stack[0].query_one(selector, kind)
-        return found  # type: ignore[return-value]
+        return found  # type: ignore[no-any-return]
 
     @property
     def table(self) -> VectorTable:
@@ -189,7 +222,7 @@ class ExplorerApp(App[None]):
         for path in self.bank_paths:
             try:
                 views.append(open_bank_view(path))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001  shown as a notification, never a traceback
                 errors.append(error_line(exc))
         self.post_message(BanksLoaded(views, errors))
 
@@ -197,7 +230,7 @@ class ExplorerApp(App[None]):
     def load_model(self) -> None:
         try:
             description = self.backend.load()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  shown as a notification, never a traceback
             self.post_message(ModelLoaded(None, error_line(exc)))
             return
         self.post_message(ModelLoaded(description, None))
@@ -205,6 +238,7 @@ class ExplorerApp(App[None]):
     @on(BanksLoaded)
     @guarded
     def _banks_loaded(self, message: BanksLoaded) -> None:
+        self.banks_done = True
         for error in message.errors:
             self.notify(error, severity="error", timeout=10)
         if not message.views:
@@ -215,11 +249,12 @@ class ExplorerApp(App[None]):
         self.views = message.views
         self.selections = [set() for _ in self.views]
         meta = self.views[0].bank.meta
-        o = self._overrides
+        max_new_tokens, temperature, seed = self._sampling
         self.settings = ExploreSettings(
-            prompt=o["prompt"] if o["prompt"] is not None else (meta.prompts[0] if meta.prompts else "Hello"),
-            system=o["system"] if o["system"] is not None else meta.system_prompt,
-            raw=o["raw"] if o["raw"] is not None else meta.raw_prompts,
+            prompt=self._prompt if self._prompt is not None else (meta.prompts[0] if meta.prompts else "Hello"),
+            system=self._system if self._system is not None else meta.system_prompt,
+            raw=self._raw if self._raw is not None else meta.raw_prompts,
+            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
         )
         self.show_view(0)
         if self.model_ready:
@@ -259,9 +294,7 @@ class ExplorerApp(App[None]):
         for view in list(self.views):
             if view.has("kl") or view.digest in self.fit_errors:
                 continue
-            last = [0.0]
-
-            def progress(done: int, total: int, view: BankView = view) -> None:
+            def progress(done: int, total: int, view: BankView = view, last: list[float] = [0.0]) -> None:  # noqa: B006
                 now = time.perf_counter()
                 if now - last[0] > 0.3 or done == total:
                     last[0] = now
@@ -269,14 +302,14 @@ class ExplorerApp(App[None]):
 
             try:
                 values = self.backend.metrics(view.bank, lambda: worker.is_cancelled or self._quitting.is_set(), progress)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001  shown as a notification
                 self.post_message(MetricsReady(view, None, error_line(exc)))
                 continue
             self.post_message(MetricsReady(view, values, None))
 
     @on(MetricsProgress)
     def _metrics_progress(self, message: MetricsProgress) -> None:
-        self.metrics_status = f"KL {message.done}/{message.total}"
+        self.metrics_status = f"measuring KL {message.done}/{message.total}"
         self.refresh_status()
 
     @on(MetricsReady)
@@ -288,7 +321,8 @@ class ExplorerApp(App[None]):
         elif message.values is not None and len(message.values.get("kl", [])) == len(message.view):
             for name, values in message.values.items():
                 message.view.set_metric(name, values)
-            self.metrics_status = "KL measured"
+            self.metrics_status = ""
+            self.notify(f"KL measured for {message.view.name}", timeout=3)
             if message.view is self.view:
                 self.refill_table()
                 self._widget("#sparklines", BankSparklines).set_view(message.view)
@@ -365,7 +399,7 @@ class ExplorerApp(App[None]):
             row = target.rows[0]
             text.append(f"  norm {abs(target.scale) * view.value('norm', row):.2f}")
             kl = view.value("kl", row)
-            text.append(f"  KL {kl:.4f}" if kl == kl and target.scale == 1.0 else "")
+            text.append(f"  KL {kl:.4f}" if not math.isnan(kl) and target.scale == 1.0 else "")
             if view.labels[row]:
                 text.append(f"  [{view.labels[row]}]", style="italic")
         else:
@@ -452,7 +486,7 @@ class ExplorerApp(App[None]):
         if target.is_composition:
             try:
                 self.post_message(TargetMeasured(gen, self.backend.target_metrics(view.bank, target)))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001  shown in the panel
                 self.post_message(TargetMeasured(gen, {"error": 0.0}))
                 self.post_message(Finished(gen, "steered", None, error_line(exc)))
                 return
@@ -461,17 +495,19 @@ class ExplorerApp(App[None]):
                 return
             slot_target = self.slot_target_for(view, slot, target)
             try:
-                result = self.backend.stream(
-                    GenerationRequest(view.bank, slot_target, settings),
-                    lambda piece, slot=slot: self.post_message(Piece(gen, slot, piece)),
-                    should_stop,
-                )
-            except Exception as exc:
+                result = self.backend.stream(GenerationRequest(view.bank, slot_target, settings), self._poster(gen, slot), should_stop)
+            except Exception as exc:  # noqa: BLE001  shown in the panel
                 self.post_message(Finished(gen, slot, None, error_line(exc)))
                 continue
             if not result.stopped:
                 self._remember(view, slot_target, settings, result)
             self.post_message(Finished(gen, slot, result))
+
+    def _poster(self, gen: int, slot: str) -> Callable[[str], None]:
+        def post(piece: str) -> None:
+            self.post_message(Piece(gen, slot, piece))
+
+        return post
 
     @staticmethod
     def slot_target_for(view: BankView, slot: str, target: Target) -> Target:
@@ -574,24 +610,26 @@ class ExplorerApp(App[None]):
     def refresh_status(self) -> None:
         view = self.view
         parts = [self.model_status]
+        if self._streaming:
+            parts.append("generating…")
+        if self.metrics_status:
+            parts.append(self.metrics_status)
+        if self.job_status:
+            parts.append(self.job_status)
         if view is None:
-            parts.append("loading bank…" if not self.views else "")
+            parts.append("loading bank…" if not self.banks_done else "no bank opened")
         else:
             bank = f"bank {self.view_index + 1}/{len(self.views)} {view.name}" if len(self.views) > 1 else view.name
             parts.append(f"{bank} ({self.table.row_count}/{len(view)} rows)")
             if self.filter_text:
                 parts.append(f"filter: {self.filter_text}")
-            parts.append(f"sort: {self.sort_key}{' ↓' if self.sort_reverse else ''}")
             if self.selected:
                 parts.append(f"selected {len(self.selected)}")
-            if self.settings is not None:
-                parts.append(f"compose: {self.settings.mode} x{self.settings.scale:g}")
             if self.range_anchor is not None:
                 parts.append(f"range from {self.range_anchor}")
-        if self.metrics_status:
-            parts.append(self.metrics_status)
-        if self._streaming:
-            parts.append("generating…")
+            parts.append(f"sort: {self.sort_key}{' ↓' if self.sort_reverse else ''}")
+            if self.settings is not None:
+                parts.append(f"compose: {self.settings.mode} x{self.settings.scale:g}")
         self._widget("#status", Static).update(" │ ".join(p for p in parts if p))
 
     # ----- actions ------------------------------------------------------------------------
@@ -806,6 +844,115 @@ class ExplorerApp(App[None]):
         for path in written:
             cache.export(path)
         self.notify(f"exported {len(cache)} completions to {written[0]} and {written[1].name}", timeout=8)
+
+    # ----- background MELBO-ortho -----------------------------------------------------------
+
+    @guarded
+    def action_ortho(self) -> None:
+        view, row = self.view, self.current_row()
+        if view is None or row is None:
+            raise MelboError("no bank open yet")
+        if not self.model_ready:
+            raise MelboError(self.model_error or "the model is still loading")
+        if self.job_running:
+            raise MelboError("a background job is already running (O stops it)")
+        self.push_screen(
+            LineInputScreen(f"MELBO-ortho from vector {row} of {view.name}: how many orthogonal vectors?", "64", "e.g. 64"),
+            functools.partial(self.start_ortho, view, row),
+        )
+
+    @guarded
+    def start_ortho(self, view: BankView, row: int, text: str | None) -> None:
+        if text is None or not text.strip():
+            return
+        try:
+            count = int(text.strip())
+        except ValueError:
+            raise MelboError(f"'{text.strip()}' is not a number of vectors") from None
+        if not 0 < count < view.bank.hidden_size:
+            raise MelboError(f"the count must be 1..{view.bank.hidden_size - 1} (d_model - 1)")
+        out = ortho_output_path(view.path, row)
+        self.job_running = True
+        self._job_stop.clear()
+        self.job_status = f"ortho from {row}: starting"
+        self.notify(f"MELBO-ortho from vector {row}: {count} vectors into {out}", timeout=5)
+        self.ortho_job(view, row, count, out)
+        self.refresh_status()
+
+    @work(thread=True, exclusive=True, group="job", exit_on_error=False)
+    def ortho_job(self, view: BankView, row: int, count: int, out: Path) -> None:
+        worker = get_current_worker()
+        seen = [-1, 0.0]  # vectors saved at the last checkpoint we opened, time of the last update
+
+        def stop() -> bool:
+            return worker.is_cancelled or self._quitting.is_set() or self._job_stop.is_set()
+
+        def progress(p: JobProgress) -> None:
+            if p.done != seen[0]:
+                seen[0] = p.done
+                self._post_checkpoint(out)
+            now = time.perf_counter()
+            if now - seen[1] > 0.25:
+                seen[1] = now
+                self.post_message(JobUpdate(p))
+
+        try:
+            message = self.backend.run_ortho(view.bank, view.path, row, count, out, progress, stop)
+        except Exception as exc:  # noqa: BLE001  shown as a notification
+            self.post_message(JobDone(None, error_line(exc)))
+            return
+        self._post_checkpoint(out)
+        self.post_message(JobDone(message, None))
+
+    def _post_checkpoint(self, out: Path) -> None:
+        try:
+            self.post_message(JobCheckpoint(open_bank_view(out)))
+        except MelboError:
+            pass  # not written yet; the next checkpoint opens it
+
+    @on(JobUpdate)
+    def _job_update(self, message: JobUpdate) -> None:
+        p = message.progress
+        filled = int(10 * p.done / max(1, p.count))
+        self.job_status = f"ortho {p.done}/{p.count} [{'█' * filled}{'░' * (10 - filled)}] step {p.step}/{p.steps} loss {p.loss:.3g}"
+        self.refresh_status()
+
+    @on(JobCheckpoint)
+    @guarded
+    def _job_checkpoint(self, message: JobCheckpoint) -> None:
+        new = message.view
+        for i, old in enumerate(self.views):
+            if old.path.resolve() == new.path.resolve():
+                self.views[i] = new
+                if i == self.view_index:
+                    self._widget("#sparklines", BankSparklines).set_view(new)
+                    self.refill_table()
+                break
+        else:
+            self.views.append(new)
+            self.selections.append(set())
+            self.notify(f"opened {new.name}: it fills in as blocks are saved (n switches banks)", timeout=6)
+        self.refresh_status()
+
+    @on(JobDone)
+    @guarded
+    def _job_done(self, message: JobDone) -> None:
+        self.job_running = False
+        self.job_status = ""
+        if message.error is not None:
+            self.notify(f"MELBO-ortho failed: {message.error}", severity="error", timeout=10)
+        else:
+            self.notify(message.message or "MELBO-ortho finished", timeout=8)
+            self.compute_missing_metrics()
+        self.refresh_status()
+
+    @guarded
+    def action_stop_job(self) -> None:
+        if not self.job_running:
+            raise MelboError("no background job is running")
+        self._job_stop.set()
+        self.job_status = "ortho: stopping after this step…"
+        self.refresh_status()
 
     @guarded
     def action_help(self) -> None:

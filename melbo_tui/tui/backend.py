@@ -16,18 +16,35 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from melbo_tui.errors import MelboError, ModelError
 from melbo_tui.tui.settings import ExploreSettings, Target
 
 if TYPE_CHECKING:
+    import torch
+
     from melbo_tui.bank import VectorBank
     from melbo_tui.models import LoadedModel
 
 OnText = Callable[[str], None]
 ShouldStop = Callable[[], bool]
 OnProgress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """Where a background MELBO-ortho run is: `done` of `count` vectors saved in `out`."""
+
+    done: int
+    count: int
+    step: int
+    steps: int
+    loss: float
+
+
+OnJobProgress = Callable[[JobProgress], None]
 
 
 @dataclass(frozen=True)
@@ -70,9 +87,13 @@ class Backend(Protocol):
     def target_metrics(self, bank: VectorBank, target: Target) -> dict[str, float]:
         """`norm` and `kl` to the base vector of a composed target."""
 
+    def run_ortho(self, bank: VectorBank, bank_path: Path, base_row: int, count: int, out: Path,
+                  on_progress: OnJobProgress, should_stop: ShouldStop) -> str:
+        """MELBO-ortho from row `base_row` into `out`, checkpointed per block; returns a summary line."""
 
-def compose_target(bank: VectorBank, target: Target):  # -> torch.Tensor [d_model] | None
-    """The steering vector a target stands for (None for the unsteered baseline)."""
+
+def compose_target(bank: VectorBank, target: Target) -> torch.Tensor | None:
+    """The steering vector `[d_model]` a target stands for (None for the unsteered baseline)."""
     if not target.rows:
         return None
     from melbo_tui.compose import ComposeMode, Composition, compose
@@ -154,8 +175,8 @@ class EngineBackend:
             sub = _sub_bank(bank, torch.cat([base[None], rows]))
             with self._lock:
                 values = compute_metrics(lm, sub, ids)
-            for name in out:
-                out[name].extend(float(v) for v in values[name][1:])
+            for name, column in out.items():
+                column.extend(float(v) for v in values[name][1:])
             on_progress(min(start + self.METRICS_CHUNK, n), n)
         return out
 
@@ -177,7 +198,40 @@ class EngineBackend:
         result["kl"] = float(values["kl"][1])
         return result
 
-    def _bank_prompt_ids(self, bank: VectorBank):  # -> torch.Tensor [1, T]
+    def run_ortho(self, bank: VectorBank, bank_path: Path, base_row: int, count: int, out: Path,
+                  on_progress: OnJobProgress, should_stop: ShouldStop) -> str:
+        from melbo_tui.ortho import OrthoConfig, OrthoProgress, OrthoSource, run_ortho
+        from melbo_tui.prompts import encode
+
+        lm = self._model()
+        meta = bank.meta
+        if not meta.prompts:
+            raise ModelError("the bank records no prompt to run MELBO-ortho on")
+        source = OrthoSource(parent=bank, parent_path=str(bank_path), base_row=base_row, prompts=list(meta.prompts),
+                             system=meta.system_prompt, raw=meta.raw_prompts)
+
+        def progress(p: OrthoProgress) -> None:
+            on_progress(JobProgress(p.vectors_done, p.count, p.step, p.steps, p.loss))
+            self._yield_model(should_stop)  # between steps no hook is live: a generation may run
+
+        with self._lock:
+            inputs = [encode(lm, prompt, meta.system_prompt, meta.raw_prompts) for prompt in meta.prompts]
+            result = run_ortho(lm, source, inputs, OrthoConfig(count=count), out, created_by="melbo-tui explorer",
+                               on_progress=progress, should_stop=should_stop)
+        return result.message
+
+    def _yield_model(self, should_stop: ShouldStop) -> None:
+        """Called with the lock held: let waiting generations have the model, then take it back."""
+        if not self._waiting:
+            return
+        self._lock.release()
+        try:
+            while self._waiting and not should_stop():
+                time.sleep(0.005)
+        finally:
+            self._lock.acquire()
+
+    def _bank_prompt_ids(self, bank: VectorBank) -> torch.Tensor:  # [1, T]
         from melbo_tui.prompts import encode
 
         meta = bank.meta
@@ -199,7 +253,7 @@ class _held:
         self._lock.release()
 
 
-def _compute_metrics_fn():  # -> Callable
+def _compute_metrics_fn() -> Callable[..., dict[str, torch.Tensor]]:
     try:
         from melbo_tui.metrics import compute_metrics
     except ImportError:
@@ -207,7 +261,7 @@ def _compute_metrics_fn():  # -> Callable
     return compute_metrics
 
 
-def _sub_bank(bank: VectorBank, vectors):  # vectors: [k, d_model], row 0 = base
+def _sub_bank(bank: VectorBank, vectors: torch.Tensor) -> VectorBank:  # vectors: [k, d_model], row 0 = base
     import dataclasses
 
     from melbo_tui.bank import VectorBank
@@ -242,6 +296,7 @@ class ScriptedBackend:
         self.started: list[GenerationRequest] = []
         self.finished: list[tuple[GenerationRequest, StreamResult]] = []
         self.metrics_calls = 0
+        self.job_block, self.job_steps, self.job_step_seconds = 4, 5, 0.01
 
     @property
     def model_name(self) -> str:
@@ -294,3 +349,32 @@ class ScriptedBackend:
     def target_metrics(self, bank: VectorBank, target: Target) -> dict[str, float]:
         vector = compose_target(bank, target)
         return {} if vector is None else {"norm": float(vector.norm()), "kl": 0.123}
+
+    def run_ortho(self, bank: VectorBank, bank_path: Path, base_row: int, count: int, out: Path,
+                  on_progress: OnJobProgress, should_stop: ShouldStop) -> str:
+        """Appends random orthogonal rows in blocks of `job_block`, saving after each like the real run."""
+        import dataclasses
+
+        import torch
+
+        from melbo_tui.bank import VectorBank, save_bank
+
+        theta0 = bank.vectors[base_row]
+        meta = dataclasses.replace(bank.meta, kind="ortho", base_index=0)
+        rows = theta0[None].clone()
+        save_bank(VectorBank(vectors=rows, meta=meta), out)
+        gen = torch.Generator().manual_seed(base_row)
+        while len(rows) - 1 < count:
+            for step in range(1, self.job_steps + 1):
+                if should_stop():
+                    return f"stopped: {len(rows) - 1} vectors saved in {out}"
+                time.sleep(self.job_step_seconds)
+                on_progress(JobProgress(len(rows) - 1, count, step, self.job_steps, 1.0 / step))
+            k = min(self.job_block, count - (len(rows) - 1))
+            block = torch.randn(k, rows.shape[1], generator=gen)
+            basis, _ = torch.linalg.qr(torch.cat([rows, block]).T)  # [d, n+k] orthonormal columns
+            new = basis.T[len(rows):] * float(theta0.norm())
+            rows = torch.cat([rows, new])
+            save_bank(VectorBank(vectors=rows, meta=meta), out)
+        on_progress(JobProgress(len(rows) - 1, count, self.job_steps, self.job_steps, 0.0))
+        return f"{len(rows) - 1} orthogonal vectors in {out}"

@@ -12,6 +12,7 @@ import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from melbo_tui.errors import InputError
 from melbo_tui.tui.bankview import BankView
@@ -22,7 +23,7 @@ FIELDS = {
     "norm": "norm", "cos": "cos_base", "cos_base": "cos_base",
     "label": "label", "sel": "sel", "selected": "sel",
 }
-_OPS: dict[str, Callable[[object, object], bool]] = {
+_OPS: dict[str, Callable[[Any, Any], bool]] = {
     "<=": operator.le, ">=": operator.ge, "!=": operator.ne, "==": operator.eq,
     "<": operator.lt, ">": operator.gt, "=": operator.eq, "~": lambda a, b: str(b).lower() in str(a).lower(),
 }

@@ -17,7 +17,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,9 @@ APP_KEYS: tuple[KeySpec, ...] = (
     KeySpec("settings", "e", "settings", "Edit prompt, system prompt, temperature, max tokens, seed, scale", True, "generate", short="Settings"),
     KeySpec("regenerate", "r", "regenerate", "Generate again, ignoring the cache", False, "generate"),
     KeySpec("export", "x", "export", "Export this bank's cached completions (JSONL and text)", False, "generate"),
+    KeySpec("ortho", "o", "ortho", "MELBO-ortho from the highlighted vector, in the background (its bank opens at once)",
+            False, "jobs"),
+    KeySpec("stop_job", "O", "stop_job", "Stop the background job (what it saved stays)", False, "jobs"),
     KeySpec("plots", "p", "plots", "Plots: KL (moving average), norm, cos to base", True, "app", short="Plots"),
 )
 
@@ -83,7 +86,7 @@ BUILTIN_KEYS: tuple[tuple[str, str], ...] = (
 )
 
 
-def bindings(specs: tuple[KeySpec, ...]) -> list[Binding]:
+def bindings(specs: tuple[KeySpec, ...]) -> list[BindingType]:
     return [Binding(s.keys, s.action, s.footer, show=s.show, id=s.id, tooltip=s.description) for s in specs]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from textual.message import Message
 
-from melbo_tui.tui.backend import StreamResult
+from melbo_tui.tui.backend import JobProgress, StreamResult
 from melbo_tui.tui.bankview import BankView
 
 
@@ -54,6 +54,27 @@ class MetricsProgress(Message):
         self.view = view
         self.done = done
         self.total = total
+
+
+class JobUpdate(Message):
+    def __init__(self, progress: JobProgress) -> None:
+        super().__init__()
+        self.progress = progress
+
+
+class JobCheckpoint(Message):
+    """The job's bank file was saved again: `view` is its current content."""
+
+    def __init__(self, view: BankView) -> None:
+        super().__init__()
+        self.view = view
+
+
+class JobDone(Message):
+    def __init__(self, message: str | None, error: str | None) -> None:
+        super().__init__()
+        self.message = message
+        self.error = error
 
 
 class MetricsReady(Message):

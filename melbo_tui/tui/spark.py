@@ -16,7 +16,8 @@ def scaled(values: Sequence[float], log: bool = False) -> list[float]:
         return [math.nan] * len(xs)
     lo, hi = min(finite), max(finite)
     span = hi - lo
-    return [math.nan if not math.isfinite(x) else (0.5 if span == 0 else (x - lo) / span) for x in xs]
+    flat = span <= 1e-4 * max(abs(lo), abs(hi)) or span == 0  # float noise on equal values is not a signal
+    return [math.nan if not math.isfinite(x) else (0.5 if flat else (x - lo) / span) for x in xs]
 
 
 def block(level: float) -> str:

@@ -55,7 +55,7 @@ def make_app(tmp_path: Path) -> Callable[..., ExplorerApp]:
     return factory
 
 
-async def wait_for(pilot, condition: Callable[[], bool], timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+async def wait_for(pilot, condition: Callable[[], bool], timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
     """Let the app run until `condition()` holds; fail the test with a clear message otherwise."""
     import time
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import itertools
 import time
 from pathlib import Path
 
@@ -143,7 +145,7 @@ async def test_sort_by_column(bank_path: Path, make_app, backend: ScriptedBacken
         await pilot.press("S")  # largest KL first
         shown = [int(k.value) for k in app.table.rows]
         kl = app.view.values["kl"]
-        assert shown[0] == 39 and all(kl[a] >= kl[b] for a, b in zip(shown, shown[1:]))
+        assert shown[0] == 39 and all(kl[a] >= kl[b] for a, b in itertools.pairwise(shown))
         assert "sort: kl ↓" in screen_text(app)
 
 
@@ -181,7 +183,7 @@ def _help_plain(app) -> str:  # type: ignore[no-untyped-def]
 
     from melbo_tui.tui.components.help_screen import help_table
 
-    console = Console(width=160, record=True, color_system=None, file=open("/dev/null", "w"))
+    console = Console(width=160, record=True, color_system=None, file=io.StringIO())
     console.print(help_table(app.keymap_overrides))
     return console.export_text()
 
@@ -221,14 +223,17 @@ async def test_invalid_bank_file_is_a_notification(tmp_path: Path, make_app, bac
     async with only_bad.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: "no bank could be opened" in screen_text(only_bad))
         assert "not a readable safetensors bank" in only_bad.panel.column("steered").note
-        assert "readable" in screen_text(only_bad)
+        await wait_for(pilot, lambda: "readable" in screen_text(only_bad), timeout=1)
+        assert "no bank opened" in screen_text(only_bad)
 
 
 async def test_bank_for_another_model_is_refused_with_a_message(tmp_path: Path, make_app) -> None:
     path = make_bank(tmp_path / "wide.safetensors", 5, hidden=64)
     app = make_app([path], ScriptedBackend(hidden_size=576, tokens=4))
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: "hidden size 64" in screen_text(app))
+        await wait_for(pilot, lambda: "hidden size 64" in app.panel.column("steered").note)
+        await wait_for(pilot, lambda: "⚠ bank was made for hidden" in screen_text(app))
+        assert any("hidden size 64" in n for n in notifications(app))
         await pilot.press("j")
         assert app.current_row() == 1
 
@@ -330,7 +335,7 @@ async def test_metrics_are_computed_on_demand(tmp_path: Path, make_app, backend:
         await wait_for(pilot, lambda: app.view.has("kl"))
         await pilot.pause(0.1)
         assert backend.metrics_calls == 1
-        assert "KL measured" in screen_text(app)
+        assert any("KL measured" in n for n in notifications(app))
         row = app.table.get_row("5")
         assert row[4].strip() == f"{app.view.value('kl', 5):.3f}"
 
@@ -367,3 +372,51 @@ async def test_quit_while_generating(bank_path: Path, make_app) -> None:
         await pilot.pause(0.2)
         assert not app.is_running
     assert backend.finished and backend.finished[0][1].stopped
+
+
+async def test_mouse_click_highlights_and_header_sorts(bank_path: Path, make_app, backend: ScriptedBackend) -> None:
+    app = make_app([bank_path], backend)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.table.row_count == 40)
+        await pilot.click("#vectors", offset=(8, 5))  # header is line 0: line 5 is row 4
+        assert app.current_row() == 4
+        await wait_for(pilot, lambda: "mean_4_x1.0-w11" in steered(app))
+        kl_x = screen_text(app).splitlines()[3].index(" KL ") + 2
+        await pilot.click("#vectors", offset=(kl_x, 0))
+        assert app.sort_key == "kl"
+        await pilot.click("#vectors", offset=(kl_x, 0))
+        assert app.sort_reverse and int(app.table.rows and next(iter(app.table.rows)).value) == 39
+
+
+async def test_background_ortho_job_opens_its_bank_and_fills_in(tmp_path: Path, make_app) -> None:
+    bank = make_bank(tmp_path / "parent.safetensors", 10)
+    backend = ScriptedBackend(token_seconds=0.002, tokens=6)
+    backend.job_block, backend.job_steps, backend.job_step_seconds = 4, 10, 0.02
+    app = make_app([bank], backend)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.model_ready and app.table.row_count == 10)
+        await pilot.press("colon", *"3", "enter", "o", "ctrl+u", *"8", "enter")
+        out = tmp_path / "parent.ortho-from3.safetensors"
+        await wait_for(pilot, lambda: len(app.views) == 2)  # opened at once (row 0 = theta0)
+        await wait_for(pilot, lambda: "ortho 4/8" in screen_text(app))
+        await pilot.press("j")  # browsing and streaming go on meanwhile
+        await wait_for(pilot, lambda: "mean_4_x1.0-w5" in steered(app))
+        await wait_for(pilot, lambda: not app.job_running)
+        assert out.is_file() and len(app.views[1]) == 9
+        await pilot.press("n")
+        assert app.table.row_count == 9 and "parent.ortho-from3.safetensors" in screen_text(app)
+        await wait_for(pilot, lambda: app.views[1].has("kl"))  # measured once the job is done
+
+
+async def test_background_job_can_be_stopped(tmp_path: Path, make_app) -> None:
+    bank = make_bank(tmp_path / "parent.safetensors", 10)
+    backend = ScriptedBackend(token_seconds=0.002, tokens=6)
+    backend.job_block, backend.job_steps, backend.job_step_seconds = 2, 50, 0.02
+    app = make_app([bank], backend)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.model_ready and app.table.row_count == 10)
+        await pilot.press("o", "ctrl+u", *"20", "enter")
+        await wait_for(pilot, lambda: app.job_running and "ortho 0/20" in screen_text(app))
+        await pilot.press("O")
+        await wait_for(pilot, lambda: not app.job_running)
+        assert any("stopped" in n for n in notifications(app))

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
@@ -15,7 +16,7 @@ from textual.widgets import Static
 from melbo_tui.tui.keymap import APP_KEYS, BUILTIN_KEYS, PLOT_KEYS, effective_keys
 
 GROUPS = (("app", "App"), ("browse", "Browse the list"), ("compose", "Select and compose"),
-          ("generate", "Completions"), ("plots", "Plots screen"))
+          ("generate", "Completions"), ("jobs", "Background jobs"), ("plots", "Plots screen"))
 
 ABOUT = (
     "Columns: KL = KL(P_i || P_0) and KL-rev = KL(P_0 || P_i) of the next-token distribution at the "
@@ -51,7 +52,7 @@ def help_table(keymap: dict[str, str]) -> Table:
 
 class HelpScreen(ModalScreen[None]):
     DEFAULT_CSS = (Path(__file__).with_suffix(".tcss")).read_text(encoding="utf-8")
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape,q,question_mark", "dismiss_help", "Close help", show=True),
     ]
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
+from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import Footer, Static
 
 from melbo_tui.errors import MelboError
 from melbo_tui.tui.backend import StreamResult
@@ -31,7 +33,7 @@ def sweep_targets(n: int, base_index: int, mode: str, scale: float) -> list[Targ
 
 class SweepScreen(Screen[None]):
     DEFAULT_CSS = (Path(__file__).with_suffix(".tcss")).read_text(encoding="utf-8")
-    BINDINGS = [Binding("escape,w", "close", "Back (stops the sweep)", show=True)]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,w", "close", "Back (stops the sweep)", show=True)]
 
     def __init__(self, targets: list[Target], caption: str, generate: Generate) -> None:
         super().__init__()
@@ -43,15 +45,13 @@ class SweepScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Static(self.caption, id="sweep-caption", markup=False)
-        yield DataTable(id="sweep-table", cursor_type="row")
+        with VerticalScroll(id="sweep-rows"):
+            for t in self.targets:
+                k = len(t.rows)
+                yield Static(f"k={k:<5}…", id=f"sweep-k{k}", classes="sweep-row", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:
-        table = self.query_one(DataTable)
-        table.add_column("k", key="k", width=5)
-        table.add_column("completion", key="text")
-        for t in self.targets:
-            table.add_row(str(len(t.rows)), "…", key=str(len(t.rows)))
         self.run_sweep()
 
     @work(thread=True, exclusive=True, group="sweep")
@@ -75,7 +75,7 @@ class SweepScreen(Screen[None]):
 
     def _show(self, k: int, text: str) -> None:
         flat = " ".join(text.split())
-        self.query_one(DataTable).update_cell(str(k), "text", flat, update_width=False)
+        self.query_one(f"#sweep-k{k}", Static).update(f"k={k:<5}{flat}")
 
     def action_close(self) -> None:
         self._stop.set()

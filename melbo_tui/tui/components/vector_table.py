@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 from textual.widgets import DataTable
-from textual.widgets.data_table import RowDoesNotExist
+from textual.widgets.data_table import CellDoesNotExist, RowDoesNotExist
 
 from melbo_tui.tui import spark
 from melbo_tui.tui.bankview import BankView
@@ -76,7 +76,7 @@ class VectorTable(DataTable[str]):
             return None
         try:
             key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key
-        except Exception:  # cursor outside the rows while the table refills
+        except (RowDoesNotExist, CellDoesNotExist, IndexError):  # cursor outside the rows while the table refills
             return None
         return int(key.value) if key.value is not None else None
 
