@@ -205,9 +205,9 @@ def _steering_row(lm: LoadedModel, config: BenchConfig, ids: torch.Tensor) -> Ro
     def tokens_per_second(v: torch.Tensor | None) -> float:
         with torch.no_grad(), steer(lm, config.source_layer, v):
             t0 = time.perf_counter()
-            lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                              do_sample=False, temperature=None, top_p=None, top_k=None,
-                              pad_token_id=lm.tokenizer.pad_token_id)
+            lm.model.generate(  # type: ignore[operator]
+                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=lm.tokenizer.pad_token_id)
             return n / (time.perf_counter() - t0)
 
     tokens_per_second(None)  # warm-up
@@ -292,7 +292,7 @@ def _tui_latency(config: BenchConfig) -> Row | None:
     numbers = measure(quick=config.quick)
     median = numbers.get("median_ms") if isinstance(numbers, dict) else None
     return {"name": "TUI key-to-repaint latency", "ours": f"{median:.1f} ms" if median is not None else "?",
-            "baseline": "-", "ratio": None, "notes": ", ".join(f"{k} {v:.3g}" for k, v in numbers.items()),
+            "baseline": "-", "ratio": None, "notes": ", ".join(f"{k} {v:g}" for k, v in numbers.items()),
             "detail": numbers}
 
 

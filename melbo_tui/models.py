@@ -163,6 +163,7 @@ def embedded_model_dir() -> Path:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _sweep_stale_staging(target.parent)
     with _quiet():
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -178,6 +179,17 @@ def embedded_model_dir() -> Path:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _sweep_stale_staging(directory: Path, max_age_s: float = 3600.0) -> None:
+    """Remove staging folders of conversions killed midway (an hour old: surely not running)."""
+    import time
+
+    if not directory.is_dir():
+        return
+    for stale in directory.glob(".convert-*"):
+        if time.time() - stale.stat().st_mtime > max_age_s:
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _load_hf(

@@ -394,9 +394,10 @@ def run_ortho(
         init = project_block(init, basis)
         init = (init / init.norm(dim=1, keepdim=True) * theta0_norm).float()
 
-        def report(step: int, active: int, loss: float, norm: float, first: int = first, k: int = k) -> None:
+        def report(step: int, active: int, loss: float, norm: float, first: int = first, k: int = k,
+                   done: int = found) -> None:
             if on_progress is not None:
-                on_progress(OrthoProgress(found, cfg.count, first, k, step, cfg.steps or 0, active, loss, norm,
+                on_progress(OrthoProgress(done, cfg.count, first, k, step, cfg.steps or 0, active, loss, norm,
                                           time.perf_counter() - start))
 
         try:

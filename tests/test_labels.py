@@ -9,7 +9,12 @@ import pytest
 
 from melbo_tui.errors import InputError
 from melbo_tui.labels import (
-    DEFAULT_RULES, classify, labels_path, load_rules, read_labels, save_labels,
+    DEFAULT_RULES,
+    classify,
+    labels_path,
+    load_rules,
+    read_labels,
+    save_labels,
 )
 
 CODE = '''class Bomb:

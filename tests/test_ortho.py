@@ -13,7 +13,12 @@ from melbo_tui.bank import load_bank, save_bank
 from melbo_tui.errors import BankError, InputError
 from melbo_tui.models import LoadedModel
 from melbo_tui.ortho import (
-    OrthoConfig, OrthoSource, extend_basis, max_abs_cos, project_block, run_ortho,
+    OrthoConfig,
+    OrthoSource,
+    extend_basis,
+    max_abs_cos,
+    project_block,
+    run_ortho,
 )
 
 
@@ -74,7 +79,7 @@ def test_fast_with_blocks_of_one_equals_the_sequential_loop(tiny_llama: LoadedMo
     # cached prefix + grouped prompts must give the seed's full forward, step for step
     prompts = [prompt_ids(tiny_llama, 7, seed=1), prompt_ids(tiny_llama, 5, seed=2), prompt_ids(tiny_llama, 7, seed=3)]
     source = _source(tiny_llama, prompts=["a", "b", "c"])
-    common = dict(count=3, steps=25, lr=0.02, patience=10_000, schedule="constant")
+    common = {"count": 3, "steps": 25, "lr": 0.02, "patience": 10_000, "schedule": "constant"}
     fast = run_ortho(tiny_llama, source, prompts, OrthoConfig(strategy="fast", block_size=1, **common), tmp_path / "f.safetensors")
     seq = run_ortho(tiny_llama, source, prompts, OrthoConfig(strategy="sequential", **common), tmp_path / "s.safetensors")
     assert torch.allclose(fast.bank.vectors, seq.bank.vectors, atol=1e-4, rtol=1e-4)

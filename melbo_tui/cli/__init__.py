@@ -15,24 +15,34 @@ from melbo_tui.cli.app import app
 from melbo_tui.errors import MelboError
 
 
-def _register() -> None:
-    # imported for their @app.command side effects; each module owns its commands
+_HEAVY_MODULES = {
+    "engine_cmds": ("train", "calibrate", "generate", "info", "import"),
+    "ortho_cmds": ("ortho", "eval", "dump", "label", "export", "bench"),
+}
+
+
+def _register(argv: list[str]) -> None:
+    """Import the command modules (their @app.command decorators register the commands).
+
+    The explorer (no command, or `open`) must draw its first frame within a second, so when
+    the command line names no engine command and asks for no help, only `explore_cmds` is
+    imported: the engine commands import torch and transformers (~3 s) at module level.
+    """
     import importlib
 
-    for name in ("engine_cmds", "ortho_cmds", "explore_cmds"):
-        try:
-            importlib.import_module(f"melbo_tui.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"melbo_tui.cli.{name}":
-                raise
-
-
-_register()
+    words = set(argv)
+    wanted = ["explore_cmds"]
+    for module, commands in _HEAVY_MODULES.items():
+        if words & {"--help", "-h"} or words & set(commands):
+            wanted.append(module)
+    for module in wanted:
+        importlib.import_module(f"melbo_tui.cli.{module}")
 
 
 def main() -> None:
     """Console-script entry point."""
     try:
+        _register(sys.argv[1:])
         app(standalone_mode=False)
     except MelboError as exc:
         _fail(str(exc), 2)

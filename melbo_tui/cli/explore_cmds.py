@@ -6,6 +6,11 @@ in background workers, so the first frame appears before torch has even been imp
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -63,7 +68,26 @@ def run_explorer(
     backend = EngineBackend(model, device=device, dtype=dtype)
     app = ExplorerApp(banks, backend, prompt=prompt, system=system, raw=raw if raw else None,
                       max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    app.run()
+    loop = asyncio.new_event_loop()  # asyncio.run() would wait for every worker thread at exit
+    app.run(loop=loop)
+    _leave_without_waiting_for_workers(app.return_code or 0)
+
+
+def _leave_without_waiting_for_workers(code: int, grace: float = 1.0) -> None:
+    """Quit now even if a worker thread is inside a model call that cannot be interrupted.
+
+    A model load or a forward pass can take seconds and Python would wait for it at exit. Every
+    file the app writes is written atomically (banks) or line by line (the completion cache,
+    whose torn last line is skipped on load), so after a short grace period we leave at once.
+    """
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+            return
+        time.sleep(0.05)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 @app.callback(invoke_without_command=True)

@@ -205,11 +205,11 @@ def label(
 
     rule_list = load_rules(rules)
     bank = load_bank(bank_path)
-    records = [r for r in read_dump(from_dump) if isinstance(r.get("row"), int)]
+    records = [(row, str(r.get("text", ""))) for r in read_dump(from_dump) if isinstance(row := r.get("row"), int)]
     if not records:
         raise InputError(f"{from_dump} holds no completions of bank rows")
-    labels = label_texts([str(r.get("text", "")) for r in records], rule_list)
-    sidecar = save_labels(bank_path, len(bank), {int(r["row"]): lab for r, lab in zip(records, labels)}, rule_list)  # type: ignore[arg-type]
+    labels = label_texts([text for _, text in records], rule_list)
+    sidecar = save_labels(bank_path, len(bank), {row: lab for (row, _), lab in zip(records, labels)}, rule_list)
     counts = Counter(labels)
     err.print(f"labelled {len(labels)} rows in {sidecar}: {', '.join(f'{k} {v}' for k, v in counts.most_common())}")
 
@@ -247,10 +247,18 @@ def export(
 def bench(
     quick: Annotated[bool, typer.Option(help="Small sizes (CI): well under two minutes.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's; 1 is steadier on a busy machine).")] = None,
     model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
 ) -> None:
     """Side-by-side speed ratios measured in one run: ortho, eval, dump, steering, loading, FLOP/s."""
+    import torch
+
     from melbo_tui.bench import BenchConfig, render_table, run_bench
+
+    if threads is not None:
+        if threads <= 0:
+            raise InputError(f"--threads must be positive, got {threads}")
+        torch.set_num_threads(threads)
 
     config = BenchConfig.for_ci() if quick else BenchConfig()
     with err.status("benchmarking ...") as status:

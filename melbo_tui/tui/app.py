@@ -49,6 +49,7 @@ from melbo_tui.tui.messages import (
     JobCheckpoint,
     JobDone,
     JobUpdate,
+    MetricsIdle,
     MetricsProgress,
     MetricsReady,
     ModelLoaded,
@@ -96,7 +97,7 @@ def ortho_output_path(parent: Path, row: int) -> Path:
 
 
 class ExplorerApp(App[None]):
-    CSS_PATH = "app.tcss"
+    CSS_PATH = Path(__file__).with_name("app.tcss")
     TITLE = "melbo-tui"
     BINDINGS = bindings(APP_KEYS)
 
@@ -128,6 +129,7 @@ class ExplorerApp(App[None]):
         self.caches: dict[str, CompletionCache] = {}
         self.settings: ExploreSettings | None = None
         self.composition: Target | None = None  # set by `compose`, cleared when the highlight moves
+        self._composed_at: int | None = None  # the row highlighted when `compose` was pressed
         self.baselines = False
         self.filter_text = ""
         self._predicate: Predicate | None = None
@@ -152,6 +154,8 @@ class ExplorerApp(App[None]):
         self.banks_done = False
         self.job_status = ""
         self.job_running = False
+        self._metrics_running = False
+        self._metrics_again = False
         self._job_stop = threading.Event()
         self._widgets: dict[str, Any] = {}
 
@@ -256,9 +260,11 @@ class ExplorerApp(App[None]):
             raw=self._raw if self._raw is not None else meta.raw_prompts,
             max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
         )
+        if self.model_ready:
+            self._check_fits()
         self.show_view(0)
         if self.model_ready:
-            self._after_model_and_banks()
+            self.request_metrics()
 
     @on(ModelLoaded)
     @guarded
@@ -277,16 +283,34 @@ class ExplorerApp(App[None]):
             self._after_model_and_banks()
 
     def _after_model_and_banks(self) -> None:
+        self._check_fits()
+        self.request_metrics()
+        self._shown_key = None
+        self.schedule_generation(immediate=True)
+
+    def _check_fits(self) -> None:
         for view in self.views:
             try:
                 self.backend.check_bank(view.bank)
             except MelboError as exc:
                 self.fit_errors[view.digest] = str(exc)
                 self.notify(f"{view.name}: {exc}", severity="error", timeout=10)
-        self.compute_missing_metrics()
-        self.schedule_generation(immediate=True)
 
     # ----- metrics on demand --------------------------------------------------------------
+
+    def request_metrics(self) -> None:
+        """Measure KL for every open bank lacking it; one pass at a time, never restarting a running one."""
+        if self._metrics_running:
+            self._metrics_again = True
+            return
+        self._metrics_running, self._metrics_again = True, False
+        self.compute_missing_metrics()
+
+    @on(MetricsIdle)
+    def _metrics_idle(self) -> None:
+        self._metrics_running = False
+        if self._metrics_again:
+            self.request_metrics()
 
     @work(thread=True, exclusive=True, group="metrics", exit_on_error=False)
     def compute_missing_metrics(self) -> None:
@@ -306,6 +330,7 @@ class ExplorerApp(App[None]):
                 self.post_message(MetricsReady(view, None, error_line(exc)))
                 continue
             self.post_message(MetricsReady(view, values, None))
+        self.post_message(MetricsIdle())
 
     @on(MetricsProgress)
     def _metrics_progress(self, message: MetricsProgress) -> None:
@@ -365,6 +390,8 @@ class ExplorerApp(App[None]):
         if row is None:
             return
         self._widget("#sparklines", BankSparklines).cursor = row
+        if self.composition is not None and row == self._composed_at:
+            return  # a late event for the move that came before `compose`: the composition stays
         self.composition = None
         self.schedule_generation()
 
@@ -600,6 +627,8 @@ class ExplorerApp(App[None]):
             return StreamResult(entry.text, entry.num_tokens, entry.seconds, False)
         if not self.model_ready:
             raise MelboError(self.model_error or "the model is still loading")
+        if view.digest in self.fit_errors:
+            raise MelboError(self.fit_errors[view.digest])
         result = self.backend.stream(GenerationRequest(view.bank, target, settings), on_text, should_stop)
         if not result.stopped:
             self._remember(view, target, settings, result)
@@ -705,6 +734,7 @@ class ExplorerApp(App[None]):
         if not self.selected:
             raise MelboError("nothing selected: press space on vectors (or v for a range) first")
         self.composition = Target(tuple(sorted(self.selected)), self.settings.mode, self.settings.scale)
+        self._composed_at = self.current_row()
         self.schedule_generation(immediate=True)
 
     @guarded
@@ -856,6 +886,8 @@ class ExplorerApp(App[None]):
             raise MelboError(self.model_error or "the model is still loading")
         if self.job_running:
             raise MelboError("a background job is already running (O stops it)")
+        if view.digest in self.fit_errors:
+            raise MelboError(self.fit_errors[view.digest])
         self.push_screen(
             LineInputScreen(f"MELBO-ortho from vector {row} of {view.name}: how many orthogonal vectors?", "64", "e.g. 64"),
             functools.partial(self.start_ortho, view, row),
@@ -943,7 +975,7 @@ class ExplorerApp(App[None]):
             self.notify(f"MELBO-ortho failed: {message.error}", severity="error", timeout=10)
         else:
             self.notify(message.message or "MELBO-ortho finished", timeout=8)
-            self.compute_missing_metrics()
+            self.request_metrics()
         self.refresh_status()
 
     @guarded

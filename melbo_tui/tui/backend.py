@@ -70,7 +70,9 @@ class Backend(Protocol):
     """What the explorer asks of a model. Errors a user can cause raise `MelboError`."""
 
     @property
-    def model_name(self) -> str: ...
+    def model_name(self) -> str:
+        """Stable name of the requested model (part of the completion cache key)."""
+        ...
 
     def load(self) -> str:
         """Load the model (blocking); returns a one-line description."""
@@ -117,7 +119,8 @@ class EngineBackend:
 
     @property
     def model_name(self) -> str:
-        return self._lm.name if self._lm is not None else (self._spec or "embedded")
+        # the requested spec, not the loaded name: cache keys must match before the model is loaded
+        return self._spec or "embedded"
 
     def load(self) -> str:
         from melbo_tui.models import load_model

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from melbo_tui.tui.backend import Backend, ScriptedBackend
+
 
 @dataclass(frozen=True)
 class LatencyReport:
@@ -27,7 +29,7 @@ class LatencyReport:
     max_ms: float
     first_frame_ms: float  # app start to the first rendered frame (bank still loading)
     table_ready_ms: float  # app start to the list showing every row
-    pieces_streamed: int  # tokens the scripted model generated while keys were pressed
+    pieces_streamed: int  # tokens the scripted model generated while keys were pressed (0 for a real backend)
 
 
 def measure_key_latency(
@@ -36,11 +38,27 @@ def measure_key_latency(
     size: tuple[int, int] = (120, 40),
     interval: float = 0.03,
     token_seconds: float = 0.01,
+    backend: Backend | None = None,
 ) -> LatencyReport:
-    """Press j (then k, wandering) `presses` times, `interval` seconds apart; no printing."""
+    """Press j (then k, wandering) `presses` times, `interval` seconds apart; no printing.
+
+    `backend` defaults to a scripted model streaming a token every `token_seconds`; pass an
+    `EngineBackend` to measure with real torch generation competing for the CPU.
+    """
     with tempfile.TemporaryDirectory(prefix="melbo-latency-") as tmp:
         bank = _make_bank(Path(tmp) / "latency.safetensors", rows)
-        return asyncio.run(_measure(bank, Path(tmp) / "cache", presses, size, interval, token_seconds))
+        backend = backend or ScriptedBackend(token_seconds=token_seconds, tokens=100_000)
+        return asyncio.run(_measure(bank, Path(tmp) / "cache", presses, size, interval, backend))
+
+
+def measure_latency(quick: bool = False) -> dict[str, float]:
+    """The benchmark's entry point (`melbo_tui.bench`): numbers only, 200 presses (50 if quick)."""
+    report = measure_key_latency(presses=50 if quick else 200)
+    return {
+        "median_ms": report.median_ms, "p95_ms": report.p95_ms, "max_ms": report.max_ms,
+        "presses": float(report.presses), "rows": float(report.rows),
+        "first_frame_ms": report.first_frame_ms, "table_ready_ms": report.table_ready_ms,
+    }
 
 
 def _make_bank(path: Path, rows: int) -> Path:
@@ -58,15 +76,13 @@ def _make_bank(path: Path, rows: int) -> Path:
     return path
 
 
-async def _measure(bank: Path, cache: Path, presses: int, size: tuple[int, int], interval: float, token_seconds: float) -> LatencyReport:
+async def _measure(bank: Path, cache: Path, presses: int, size: tuple[int, int], interval: float, backend: Backend) -> LatencyReport:
     from rich.console import Console
     from textual import events
     from textual._compositor import CompositorUpdate
 
     from melbo_tui.tui.app import ExplorerApp
-    from melbo_tui.tui.backend import ScriptedBackend
 
-    backend = ScriptedBackend(token_seconds=token_seconds, tokens=100_000)
     app = ExplorerApp([bank], backend, cache_root=cache, keymap={}, debounce=0.0)
     console = Console(file=io.StringIO(), width=size[0], height=size[1], force_terminal=True, color_system="256")
     frames: list[tuple[float, int]] = []  # (time, cursor row) per rendered frame
@@ -89,11 +105,13 @@ async def _measure(bank: Path, cache: Path, presses: int, size: tuple[int, int],
         rows = len(app.view)
         table_ready = time.perf_counter() - started
         while not app._streaming:
+            if app.model_error:
+                raise RuntimeError(f"the model failed to load: {app.model_error}")
             await asyncio.sleep(0.01)
         driver = app._driver
         assert driver is not None
         latencies: list[float] = []
-        tokens_before = sum(r.num_tokens for _, r in backend.finished)
+        tokens_before = _tokens(backend)
         for i in range(presses):
             key = "j" if (i // 50) % 2 == 0 else "k"
             expected = app.table.cursor_row + (1 if key == "j" else -1)
@@ -109,7 +127,7 @@ async def _measure(bank: Path, cache: Path, presses: int, size: tuple[int, int],
             done = next(t for t, row in frames[mark:] if row == expected)
             latencies.append(done - t0)
             await asyncio.sleep(max(0.0, interval - (time.perf_counter() - t0)))
-        streamed = sum(r.num_tokens for _, r in backend.finished) - tokens_before
+        streamed = _tokens(backend) - tokens_before
         await pilot.press("q")
     ms = sorted(x * 1000 for x in latencies)
     return LatencyReport(
@@ -118,3 +136,9 @@ async def _measure(bank: Path, cache: Path, presses: int, size: tuple[int, int],
         first_frame_ms=first_frame * 1000, table_ready_ms=table_ready * 1000, pieces_streamed=streamed,
     )
 
+
+
+def _tokens(backend: Backend) -> int:
+    """Tokens generated so far (the scripted backend counts them; others report 0)."""
+    finished = getattr(backend, "finished", [])
+    return sum(result.num_tokens for _, result in finished)

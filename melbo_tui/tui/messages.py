@@ -56,6 +56,10 @@ class MetricsProgress(Message):
         self.total = total
 
 
+class MetricsIdle(Message):
+    """The KL worker finished its pass over the open banks."""
+
+
 class JobUpdate(Message):
     def __init__(self, progress: JobProgress) -> None:
         super().__init__()

@@ -7,6 +7,8 @@ import itertools
 import time
 from pathlib import Path
 
+import pytest
+
 from melbo_tui.tui.backend import ScriptedBackend
 from melbo_tui.tui.components.help_screen import HelpScreen
 from melbo_tui.tui.components.plots_screen import PlotsScreen
@@ -227,15 +229,19 @@ async def test_invalid_bank_file_is_a_notification(tmp_path: Path, make_app, bac
         assert "no bank opened" in screen_text(only_bad)
 
 
-async def test_bank_for_another_model_is_refused_with_a_message(tmp_path: Path, make_app) -> None:
+@pytest.mark.parametrize("load_seconds", [0.0, 0.4])  # model ready before / after the bank
+async def test_bank_for_another_model_is_refused_with_a_message(tmp_path: Path, make_app, load_seconds: float) -> None:
     path = make_bank(tmp_path / "wide.safetensors", 5, hidden=64)
-    app = make_app([path], ScriptedBackend(hidden_size=576, tokens=4))
+    backend = ScriptedBackend(hidden_size=576, tokens=4, load_seconds=load_seconds)
+    app = make_app([path], backend)
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: "hidden size 64" in app.panel.column("steered").note)
         await wait_for(pilot, lambda: "⚠ bank was made for hidden" in screen_text(app))
         assert any("hidden size 64" in n for n in notifications(app))
         await pilot.press("j")
         assert app.current_row() == 1
+        await pilot.pause(0.1)
+        assert backend.started == []  # nothing was ever steered with a misfit bank
 
 
 async def test_cache_hit_survives_a_restart(bank_path: Path, make_app, tmp_path: Path) -> None:
@@ -245,11 +251,12 @@ async def test_cache_hit_survives_a_restart(bank_path: Path, make_app, tmp_path:
         await wait_for(pilot, lambda: "w7" in steered(app) and len(first.finished) == 1)
         await pilot.pause(0.05)
         generated = steered(app)
-    second = ScriptedBackend(tokens=8, load_seconds=5)  # the model is not even loaded: the cache answers
+    second = ScriptedBackend(tokens=8, load_seconds=1.5)  # the model is not even loaded: the cache answers
     again = make_app([bank_path], second)
     async with again.run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: steered(again) == generated, timeout=1.5)
-        await wait_for(pilot, lambda: "cached" in screen_text(again), timeout=0.5)
+        await wait_for(pilot, lambda: steered(again) == generated, timeout=1.0)
+        await wait_for(pilot, lambda: "cached" in screen_text(again), timeout=0.4)
+        assert not second.loaded.is_set()
         assert second.started == []
 
 
@@ -420,3 +427,49 @@ async def test_background_job_can_be_stopped(tmp_path: Path, make_app) -> None:
         await pilot.press("O")
         await wait_for(pilot, lambda: not app.job_running)
         assert any("stopped" in n for n in notifications(app))
+
+
+async def test_typing_in_a_form_never_triggers_app_keys(bank_path: Path, make_app, backend: ScriptedBackend) -> None:
+    app = make_app([bank_path], backend)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.table.row_count == 40)
+        await pilot.press("slash", *"label~q?s", "enter")  # q, ? and s are app keys outside the input
+        assert app.is_running and app.filter_text == "label~q?s" and app.sort_key == "idx"
+        assert app.table.row_count == 0
+        assert any("no vector matches" in n for n in notifications(app))
+
+
+async def test_random_keys_never_crash_the_app(bank_path: Path, make_app, tmp_path: Path, monkeypatch) -> None:
+    import random
+
+    monkeypatch.chdir(tmp_path)  # x exports into the working directory
+    backend = ScriptedBackend(token_seconds=0.001, tokens=5)
+    backend.job_block, backend.job_steps, backend.job_step_seconds = 2, 3, 0.001
+    app = make_app([bank_path], backend)
+    keys = ["j", "k", "g", "G", "space", "v", "u", "c", "m", "plus", "minus", "b", "r", "s", "S", "n", "escape",
+            "enter", "slash", "colon", "e", "p", "w", "question_mark", "x", "o", "O", "z", "left_square_bracket",
+            "1", "0", "a", "=", "<", "backspace", "pagedown", "pageup", "tab", "ctrl+o", "ctrl+u"]
+    rng = random.Random(7)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.table.row_count == 40)
+        for _ in range(100):
+            await pilot.press(rng.choice(keys))
+            assert app.is_running
+        await pilot.pause(0.2)
+        assert app.is_running
+        assert not [n for n in notifications(app) if n.startswith("internal error")]
+
+
+async def test_fast_typing_select_then_compose_keeps_the_composition(bank_path: Path, make_app, backend: ScriptedBackend) -> None:
+    from textual import events
+
+    app = make_app([bank_path], backend)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.table.row_count == 40)
+        for key, char in (("j", "j"), ("space", " "), ("space", " "), ("space", " "), ("c", "c")):
+            event = events.Key(key, char)  # all queued at once, as a real terminal delivers a fast typist
+            event.set_sender(app)
+            app._driver.send_message(event)
+        await wait_for(pilot, lambda: "mean_1,2,3_x1.0-w11" in steered(app))
+        await pilot.pause(0.2)
+        assert "mean[1-3] (k=3)" in screen_text(app) and app.composition is not None
