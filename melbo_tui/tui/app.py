@@ -30,7 +30,7 @@ from textual.widgets import DataTable, Footer, Static
 from textual.worker import get_current_worker
 
 from melbo_tui.errors import MelboError
-from melbo_tui.tui.backend import Backend, GenerationRequest, JobProgress, StreamResult
+from melbo_tui.tui.backend import Backend, GenerationRequest, JobProgress, MelboJob, StreamResult
 from melbo_tui.tui.bankview import BankView, open_bank_view
 from melbo_tui.tui.cache import CachedCompletion, CompletionCache, completion_key
 from melbo_tui.tui.components.bank_sparklines import BankSparklines
@@ -96,6 +96,27 @@ def ortho_output_path(parent: Path, row: int) -> Path:
     return candidate
 
 
+def melbo_output_path(parent: Path, source_layer: int, radius: float) -> Path:
+    """`bank.safetensors` -> `bank.melbo-L8-R40.safetensors` beside it (or in the cwd), never overwriting."""
+    directory = parent.parent if os.access(parent.parent, os.W_OK) else Path.cwd()
+    stem = f"{parent.stem}.melbo-L{source_layer}-R{radius:g}"
+    candidate = directory / f"{stem}.safetensors"
+    n = 2
+    while candidate.exists():
+        candidate = directory / f"{stem}-{n}.safetensors"
+        n += 1
+    return candidate
+
+
+# The list's actions: screens drawn over the list (plots, sweep, help) own their keys, so these
+# are off there (a `j` on the plots screen must not move the list hidden underneath).
+LIST_ACTIONS = frozenset(spec.action.split("(")[0] for spec in APP_KEYS) - {"quit", "help"}
+OWN_KEYS_SCREENS = (PlotsScreen, SweepScreen, HelpScreen)
+
+MELBO_RADIUS = 40.0  # when the bank records none
+MELBO_STEPS = 300
+
+
 class ExplorerApp(App[None]):
     CSS_PATH = Path(__file__).with_name("app.tcss")
     TITLE = "melbo-tui"
@@ -127,6 +148,7 @@ class ExplorerApp(App[None]):
         self.view_index = 0
         self.selections: list[set[int]] = []
         self.caches: dict[str, CompletionCache] = {}
+        self._cache_moved: dict[str, str] = {}  # digest of a superseded checkpoint -> digest of its successor
         self.settings: ExploreSettings | None = None
         self.composition: Target | None = None  # set by `compose`, cleared when the highlight moves
         self._composed_at: int | None = None  # the row highlighted when `compose` was pressed
@@ -154,6 +176,8 @@ class ExplorerApp(App[None]):
         self.banks_done = False
         self.job_status = ""
         self.job_running = False
+        self.job_name = "ortho"  # the status line's name of the running job
+        self.job_out: Path | None = None
         self._metrics_running = False
         self._metrics_again = False
         self._job_stop = threading.Event()
@@ -213,9 +237,33 @@ class ExplorerApp(App[None]):
         return self.selections[self.view_index] if self.selections else set()
 
     def cache_for(self, view: BankView) -> CompletionCache:
-        if view.digest not in self.caches:
-            self.caches[view.digest] = CompletionCache(view.digest, self._cache_root)
-        return self.caches[view.digest]
+        digest = view.digest
+        while digest in self._cache_moved:  # a late result for an earlier checkpoint of a growing bank
+            digest = self._cache_moved[digest]
+        if digest not in self.caches:
+            self.caches[digest] = CompletionCache(digest, self._cache_root)
+        return self.caches[digest]
+
+    def _carry_cache(self, old: BankView, new: BankView) -> None:
+        """A job's bank grew: its file hash changed, but every row it had is still there, bit for bit.
+
+        The completions cached for the old checkpoint then hold for the new one too (a target names
+        rows, and those rows are the same vectors at the same layer), so the cache moves along.
+        """
+        if old.digest == new.digest or old.digest in self._cache_moved:
+            return
+        a, b = old.bank, new.bank
+        n = len(a)
+        if (len(b) < n or a.meta.base_index != b.meta.base_index or a.meta.source_layer != b.meta.source_layer
+                or a.vectors.shape[1:] != b.vectors.shape[1:] or not bool((a.vectors == b.vectors[:n]).all())):
+            return
+        cache = self.cache_for(old)
+        if new.digest in self.caches:
+            return  # already open under its own digest: keep that one
+        cache.move_to(new.digest)
+        self.caches.pop(old.digest, None)
+        self.caches[new.digest] = cache
+        self._cache_moved[old.digest] = new.digest
 
     # ----- loading ------------------------------------------------------------------------
 
@@ -452,14 +500,16 @@ class ExplorerApp(App[None]):
         if view is None or settings is None or target is None:
             return
         slots = ("steered", "unsteered", "base") if self.baselines else ("steered",)
-        key = (view.digest, target, settings, slots, self.model_ready)
+        cache = self.cache_for(view)
+        # the cache stands for the bank: it stays the same object while a job's bank grows, so a
+        # checkpoint does not restart the completion of a row that was already there
+        key = (cache, target, settings, slots, self.model_ready)
         if key == self._shown_key and not force:
             return
         self.stop_generation(quiet=True)
         self._shown_key = key
         self.gen += 1
         self._target_values = {}
-        cache = self.cache_for(view)
         missing: list[str] = []
         for slot in slots:
             entry = None if force else cache.get(completion_key(self.backend.model_name, self.slot_target_for(view, slot, target), settings))
@@ -904,15 +954,65 @@ class ExplorerApp(App[None]):
         if not 0 < count < view.bank.hidden_size:
             raise MelboError(f"the count must be 1..{view.bank.hidden_size - 1} (d_model - 1)")
         out = ortho_output_path(view.path, row)
-        self.job_running = True
-        self._job_stop.clear()
-        self.job_status = f"ortho from {row}: starting"
+        self._start_job("ortho", f"ortho from {row}: starting", out)
         self.notify(f"MELBO-ortho from vector {row}: {count} vectors into {out}", timeout=5)
-        self.ortho_job(view, row, count, out)
+        backend = self.backend
+        self.run_job(out, lambda progress, stop: backend.run_ortho(view.bank, view.path, row, count, out, progress, stop))
+        self.refresh_status()
+
+    def _start_job(self, name: str, status: str, out: Path) -> None:
+        self.job_running = True
+        self.job_name, self.job_out = name, out
+        self._job_stop.clear()
+        self.job_status = status
+
+    @guarded
+    def action_train(self) -> None:
+        view, s = self.view, self.settings
+        if view is None or s is None:
+            raise MelboError("no bank open yet")
+        if not self.model_ready:
+            raise MelboError(self.model_error or "the model is still loading")
+        if self.job_running:
+            raise MelboError("a background job is already running (O stops it)")
+        if view.digest in self.fit_errors:
+            raise MelboError(self.fit_errors[view.digest])
+        meta = view.bank.meta
+        radius = meta.radius if meta.radius else MELBO_RADIUS
+        self.push_screen(
+            LineInputScreen(f"MELBO on {s.prompt!r}, layers {meta.source_layer}->{meta.target_layer}, R={radius:g}: "
+                            f"how many vectors [and steps, default {MELBO_STEPS}]?", "8", "e.g. 8 or 8 100"),
+            functools.partial(self.start_melbo, view, radius),
+        )
+
+    @guarded
+    def start_melbo(self, view: BankView, radius: float, text: str | None) -> None:
+        if text is None or not text.strip() or self.settings is None:
+            return
+        words = text.split()
+        try:
+            count = int(words[0])
+            steps = int(words[1]) if len(words) > 1 else MELBO_STEPS
+        except ValueError:
+            raise MelboError(f"'{text.strip()}' is not a number of vectors (and of steps), e.g. 8 or 8 100") from None
+        if len(words) > 2 or not 0 < count <= view.bank.hidden_size:
+            raise MelboError(f"give the number of vectors, 1..{view.bank.hidden_size} (d_model), and optionally the steps")
+        if steps <= 0:
+            raise MelboError("the number of steps must be positive")
+        s, meta = self.settings, view.bank.meta
+        job = MelboJob(prompt=s.prompt, system=s.system, raw=s.raw, source_layer=meta.source_layer,
+                       target_layer=meta.target_layer, radius=radius, count=count, steps=steps,
+                       batch_vectors=min(4, count))
+        out = melbo_output_path(view.path, meta.source_layer, radius)
+        self._start_job("melbo", "melbo: starting", out)
+        self.notify(f"MELBO: {count} vectors on {s.prompt!r} into {out}; its bank opens after the first batch", timeout=6)
+        backend = self.backend
+        self.run_job(out, lambda progress, stop: backend.run_melbo(job, out, progress, stop))
         self.refresh_status()
 
     @work(thread=True, exclusive=True, group="job", exit_on_error=False)
-    def ortho_job(self, view: BankView, row: int, count: int, out: Path) -> None:
+    def run_job(self, out: Path, run: Callable[[Callable[[JobProgress], None], Callable[[], bool]], str]) -> None:
+        """Run a bank-making job (`run(progress, should_stop)`), opening `out` again at each checkpoint."""
         worker = get_current_worker()
         seen = [-1, 0.0]  # vectors saved at the last checkpoint we opened, time of the last update
 
@@ -929,7 +1029,7 @@ class ExplorerApp(App[None]):
                 self.post_message(JobUpdate(p))
 
         try:
-            message = self.backend.run_ortho(view.bank, view.path, row, count, out, progress, stop)
+            message = run(progress, stop)
         except Exception as exc:  # noqa: BLE001  shown as a notification
             self.post_message(JobDone(None, error_line(exc)))
             return
@@ -939,14 +1039,14 @@ class ExplorerApp(App[None]):
     def _post_checkpoint(self, out: Path) -> None:
         try:
             self.post_message(JobCheckpoint(open_bank_view(out)))
-        except MelboError:
+        except (MelboError, OSError):
             pass  # not written yet; the next checkpoint opens it
 
     @on(JobUpdate)
     def _job_update(self, message: JobUpdate) -> None:
         p = message.progress
         filled = int(10 * p.done / max(1, p.count))
-        self.job_status = f"ortho {p.done}/{p.count} [{'█' * filled}{'░' * (10 - filled)}] step {p.step}/{p.steps} loss {p.loss:.3g}"
+        self.job_status = f"{self.job_name} {p.done}/{p.count} [{'█' * filled}{'░' * (10 - filled)}] step {p.step}/{p.steps} loss {p.loss:.3g}"
         self.refresh_status()
 
     @on(JobCheckpoint)
@@ -955,10 +1055,12 @@ class ExplorerApp(App[None]):
         new = message.view
         for i, old in enumerate(self.views):
             if old.path.resolve() == new.path.resolve():
+                self._carry_cache(old, new)
+                keep = self.current_row() if i == self.view_index else None
                 self.views[i] = new
                 if i == self.view_index:
                     self._widget("#sparklines", BankSparklines).set_view(new)
-                    self.refill_table()
+                    self.refill_table(keep=keep)  # the highlight stays where the user left it
                 break
         else:
             self.views.append(new)
@@ -971,10 +1073,11 @@ class ExplorerApp(App[None]):
     def _job_done(self, message: JobDone) -> None:
         self.job_running = False
         self.job_status = ""
+        title = "MELBO-ortho" if self.job_name == "ortho" else "MELBO"
         if message.error is not None:
-            self.notify(f"MELBO-ortho failed: {message.error}", severity="error", timeout=10)
+            self.notify(f"{title} failed: {message.error}", severity="error", timeout=10)
         else:
-            self.notify(message.message or "MELBO-ortho finished", timeout=8)
+            self.notify(message.message or f"{title} finished", timeout=8)
             self.request_metrics()
         self.refresh_status()
 
@@ -983,8 +1086,11 @@ class ExplorerApp(App[None]):
         if not self.job_running:
             raise MelboError("no background job is running")
         self._job_stop.set()
-        self.job_status = "ortho: stopping after this step…"
+        self.job_status = f"{self.job_name}: stopping after this step…"
         self.refresh_status()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return not (action in LIST_ACTIONS and isinstance(self.screen, OWN_KEYS_SCREENS))
 
     @guarded
     def action_help(self) -> None:
@@ -992,6 +1098,8 @@ class ExplorerApp(App[None]):
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
+        if isinstance(screen, OWN_KEYS_SCREENS):
+            return
         for spec in APP_KEYS:
             if spec.id not in ("quit", "help"):
                 yield SystemCommand(spec.description.split(":")[0], f"key: {spec.keys} ({spec.id})",

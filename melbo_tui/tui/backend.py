@@ -48,6 +48,21 @@ OnJobProgress = Callable[[JobProgress], None]
 
 
 @dataclass(frozen=True)
+class MelboJob:
+    """A fresh MELBO run from inside the explorer: `count` vectors on one prompt, saved per batch."""
+
+    prompt: str
+    system: str | None
+    raw: bool
+    source_layer: int
+    target_layer: int
+    radius: float
+    count: int = 8
+    steps: int = 300
+    batch_vectors: int = 4
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     bank: VectorBank
     target: Target
@@ -92,6 +107,9 @@ class Backend(Protocol):
     def run_ortho(self, bank: VectorBank, bank_path: Path, base_row: int, count: int, out: Path,
                   on_progress: OnJobProgress, should_stop: ShouldStop) -> str:
         """MELBO-ortho from row `base_row` into `out`, checkpointed per block; returns a summary line."""
+
+    def run_melbo(self, job: MelboJob, out: Path, on_progress: OnJobProgress, should_stop: ShouldStop) -> str:
+        """Train MELBO vectors into `out`, saved after each batch (so a stop leaves a valid bank)."""
 
 
 def compose_target(bank: VectorBank, target: Target) -> torch.Tensor | None:
@@ -223,6 +241,32 @@ class EngineBackend:
                                on_progress=progress, should_stop=should_stop)
         return result.message
 
+    def run_melbo(self, job: MelboJob, out: Path, on_progress: OnJobProgress, should_stop: ShouldStop) -> str:
+        from melbo_tui.bank import save_bank
+        from melbo_tui.melbo import MelboConfig, TrainProgress, melbo_bank, train_melbo
+
+        lm = self._model()
+        config = MelboConfig(job.source_layer, job.target_layer, job.radius, num_vectors=job.count, steps=job.steps,
+                             batch_vectors=job.batch_vectors)
+        prompts = [job.prompt]
+        saved = [0]
+
+        def progress(p: TrainProgress) -> None:
+            on_progress(JobProgress(p.vectors_done, p.num_vectors, p.step, p.steps, p.loss))
+            self._yield_model(should_stop)  # between steps no hook is live: a generation may run
+
+        def checkpoint(vectors: torch.Tensor) -> None:  # [n, d_model], every vector so far
+            save_bank(melbo_bank(lm, config, vectors, prompts, job.system, job.raw, "melbo-tui explorer"), out)
+            saved[0] = len(vectors)
+            on_progress(JobProgress(len(vectors), job.count, 0, job.steps, 0.0))
+
+        with self._lock:
+            vectors = train_melbo(lm, config, prompts, job.system, job.raw, on_progress=progress,
+                                  should_stop=should_stop, on_batch=checkpoint)
+        if len(vectors) < job.count:
+            return f"stopped: {saved[0]} MELBO vectors saved in {out}" if saved[0] else "stopped before the first batch: nothing saved"
+        return f"{len(vectors)} MELBO vectors in {out}"
+
     def _yield_model(self, should_stop: ShouldStop) -> None:
         """Called with the lock held: let waiting generations have the model, then take it back."""
         if not self._waiting:
@@ -300,6 +344,7 @@ class ScriptedBackend:
         self.finished: list[tuple[GenerationRequest, StreamResult]] = []
         self.metrics_calls = 0
         self.job_block, self.job_steps, self.job_step_seconds = 4, 5, 0.01
+        self.melbo_jobs: list[MelboJob] = []
 
     @property
     def model_name(self) -> str:
@@ -381,3 +426,34 @@ class ScriptedBackend:
             save_bank(VectorBank(vectors=rows, meta=meta), out)
         on_progress(JobProgress(len(rows) - 1, count, self.job_steps, self.job_steps, 0.0))
         return f"{len(rows) - 1} orthogonal vectors in {out}"
+
+    def run_melbo(self, job: MelboJob, out: Path, on_progress: OnJobProgress, should_stop: ShouldStop) -> str:
+        """Random orthogonal rows of norm `radius` in batches of `job.batch_vectors`, saved after each batch.
+
+        Like the real run, nothing is written before the first batch is done.
+        """
+        import torch
+
+        from melbo_tui.bank import BankMeta, VectorBank, save_bank
+
+        self.melbo_jobs.append(job)
+        hidden = self.hidden_size or 576
+        meta = BankMeta(kind="melbo", model="scripted", hidden_size=hidden, num_layers=30,
+                        source_layer=job.source_layer, target_layer=job.target_layer, prompts=[job.prompt],
+                        system_prompt=job.system, radius=job.radius, base_index=0, created_by="melbo-tui explorer",
+                        raw_prompts=job.raw)
+        rows = torch.zeros(0, hidden)
+        gen = torch.Generator().manual_seed(len(job.prompt))
+        while len(rows) < job.count:
+            for step in range(1, self.job_steps + 1):
+                if should_stop():
+                    return f"stopped: {len(rows)} MELBO vectors saved in {out}" if len(rows) else "stopped before the first batch: nothing saved"
+                time.sleep(self.job_step_seconds)
+                on_progress(JobProgress(len(rows), job.count, step, self.job_steps, -1.0 * step))
+            k = min(job.batch_vectors, job.count - len(rows))
+            block = torch.randn(k, hidden, generator=gen)
+            basis, _ = torch.linalg.qr(torch.cat([rows, block]).T)  # [d, n+k] orthonormal columns
+            rows = torch.cat([rows, basis.T[len(rows):] * job.radius])
+            save_bank(VectorBank(vectors=rows, meta=meta), out)
+            on_progress(JobProgress(len(rows), job.count, 0, self.job_steps, 0.0))
+        return f"{len(rows)} MELBO vectors in {out}"

@@ -87,6 +87,26 @@ class CompletionCache:
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(asdict(entry), sort_keys=True) + "\n")
 
+    def move_to(self, digest: str) -> None:
+        """Become the cache of bank file `digest`, taking every entry along (a growing bank's new checkpoint).
+
+        The entries merge with what the new file already held; the old file is removed. A disk
+        that refuses only costs the persistence: the entries stay in memory.
+        """
+        new_path = self.path.with_name(f"{digest[:24]}.jsonl")
+        if new_path == self.path:
+            return
+        old_path, self.path = self.path, new_path
+        self._load()  # entries the new file already had (keys match: ours win only where absent)
+        try:
+            if self._entries:
+                text = "".join(json.dumps(asdict(e), sort_keys=True) + "\n" for e in self._entries.values())
+                new_path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(new_path, text)
+            old_path.unlink(missing_ok=True)
+        except OSError:
+            pass
+
     def entries(self) -> list[CachedCompletion]:
         return list(self._entries.values())
 

@@ -62,14 +62,18 @@ APP_KEYS: tuple[KeySpec, ...] = (
     KeySpec("export", "x", "export", "Export this bank's cached completions (JSONL and text)", False, "generate"),
     KeySpec("ortho", "o", "ortho", "MELBO-ortho from the highlighted vector, in the background (its bank opens at once)",
             False, "jobs"),
+    KeySpec("train", "T", "train", "MELBO: train new vectors on the current prompt with this bank's layers and radius, "
+            "in the background (its bank opens after the first batch)", False, "jobs"),
     KeySpec("stop_job", "O", "stop_job", "Stop the background job (what it saved stays)", False, "jobs"),
     KeySpec("plots", "p", "plots", "Plots: KL (moving average), norm, cos to base", True, "app", short="Plots"),
 )
 
 PLOT_KEYS: tuple[KeySpec, ...] = (
     KeySpec("plot_close", "escape,p", "close", "Back to the list", True, "plots", short="Back"),
-    KeySpec("plot_left", "left,h", "move(-1)", "Cursor one vector left", False, "plots"),
-    KeySpec("plot_right", "right,l", "move(1)", "Cursor one vector right", False, "plots"),
+    KeySpec("plot_left", "left,h,k", "move(-1)", "Cursor one vector left (the previous vector)", False, "plots"),
+    KeySpec("plot_right", "right,l,j", "move(1)", "Cursor one vector right (the next vector)", False, "plots"),
+    KeySpec("plot_first", "home,g", "move_to(0)", "Cursor to the first vector", False, "plots"),
+    KeySpec("plot_last", "end,G", "move_to(-1)", "Cursor to the last vector", False, "plots"),
     KeySpec("plot_window_down", "left_square_bracket", "window(-1)", "Smaller moving-average window", True, "plots", short="Window-"),
     KeySpec("plot_window_up", "right_square_bracket", "window(1)", "Larger moving-average window", True, "plots", short="Window+"),
     KeySpec("plot_zoom_in", "z", "zoom(1)", "Zoom in around the cursor", True, "plots", short="Zoom in"),

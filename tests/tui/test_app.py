@@ -447,7 +447,7 @@ async def test_random_keys_never_crash_the_app(bank_path: Path, make_app, tmp_pa
     backend.job_block, backend.job_steps, backend.job_step_seconds = 2, 3, 0.001
     app = make_app([bank_path], backend)
     keys = ["j", "k", "g", "G", "space", "v", "u", "c", "m", "plus", "minus", "b", "r", "s", "S", "n", "escape",
-            "enter", "slash", "colon", "e", "p", "w", "question_mark", "x", "o", "O", "z", "left_square_bracket",
+            "enter", "slash", "colon", "e", "p", "w", "question_mark", "x", "o", "O", "T", "z", "left_square_bracket",
             "1", "0", "a", "=", "<", "backspace", "pagedown", "pageup", "tab", "ctrl+o", "ctrl+u"]
     rng = random.Random(7)
     async with app.run_test(size=(100, 30)) as pilot:
@@ -473,3 +473,108 @@ async def test_fast_typing_select_then_compose_keeps_the_composition(bank_path: 
         await wait_for(pilot, lambda: "mean_1,2,3_x1.0-w11" in steered(app))
         await pilot.pause(0.2)
         assert "mean[1-3] (k=3)" in screen_text(app) and app.composition is not None
+
+
+async def test_background_melbo_training_opens_its_bank_and_grows(tmp_path: Path, make_app) -> None:
+    from melbo_tui.bank import load_bank
+
+    bank = make_bank(tmp_path / "parent.safetensors", 10)
+    backend = ScriptedBackend(token_seconds=0.002, tokens=6)
+    backend.job_steps, backend.job_step_seconds = 10, 0.03
+    app = make_app([bank], backend, prompt="Tell me a story.", system="Be brief.")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.model_ready and app.table.row_count == 10)
+        await pilot.press("T", "ctrl+u", *"x", "enter")  # not a number: a notification, no job
+        await wait_for(pilot, lambda: any("not a number of vectors" in n for n in notifications(app)))
+        assert not app.job_running
+        await pilot.press("T", "ctrl+u", *"12 50", "enter")
+        await wait_for(pilot, lambda: app.job_running and "melbo 0/12" in screen_text(app))
+        job = backend.melbo_jobs[-1]
+        assert (job.prompt, job.system, job.source_layer, job.target_layer, job.radius, job.count, job.steps) == (
+            "Tell me a story.", "Be brief.", 8, 16, 40.0, 12, 50)  # the bank records no radius: 40
+        out = tmp_path / "parent.melbo-L8-R40.safetensors"
+        await wait_for(pilot, lambda: len(app.views) == 2 and len(app.views[1]) == 4)  # opened at the first batch
+        await pilot.press("j")  # browsing and streaming go on meanwhile
+        await wait_for(pilot, lambda: "mean_1_x1.0-w5" in steered(app))
+        await wait_for(pilot, lambda: len(app.views[1]) == 8)  # grew at the next checkpoint
+        await pilot.press("O")
+        await wait_for(pilot, lambda: not app.job_running)
+        assert any("stopped: 8 MELBO vectors" in n for n in notifications(app))
+        saved = load_bank(out)  # what the stop left is a valid bank
+        assert len(saved) == 8 and saved.meta.prompts == ["Tell me a story."] and saved.meta.radius == 40.0
+        await pilot.press("n")
+        assert app.table.row_count == 8 and out.name in screen_text(app)
+
+
+async def test_train_key_is_in_help_and_palette(bank_path: Path, make_app, backend: ScriptedBackend) -> None:
+    spec = next(s for s in APP_KEYS if s.id == "train")
+    assert spec.keys == "T" and spec.group == "jobs"
+    app = make_app([bank_path], backend)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.table.row_count == 40)
+        commands = [c.help for c in app.get_system_commands(app.screen)]
+        assert any("(train)" in h for h in commands)
+    assert "(train)" in _help_plain(app)
+
+
+async def test_plots_and_sweep_screens_own_their_keys(tmp_path: Path, make_app, backend: ScriptedBackend) -> None:
+    path = make_bank(tmp_path / "big.safetensors", 100)
+    app = make_app([path], backend)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.table.row_count == 100)
+        await pilot.press("colon", *"50", "enter", "p")
+        plots = app.screen
+        assert isinstance(plots, PlotsScreen) and plots.cursor == 50
+        await pilot.press("j", "j", "k", "space", "s", "u", "c")  # list keys: j/k move the plot cursor, the rest do nothing
+        assert plots.cursor == 51 and app.current_row() == 51
+        assert not app.selected and app.sort_key == "idx" and app.composition is None
+        await pilot.press("G")
+        assert plots.cursor == 99 and app.current_row() == 99
+        await pilot.press("g")
+        assert plots.cursor == 0 and app.current_row() == 0
+        assert "(cursor_down)" not in " ".join(c.help for c in app.get_system_commands(plots))
+        await pilot.press("escape")
+        assert not isinstance(app.screen, PlotsScreen) and app.current_row() == 0
+        await pilot.press("w")
+        sweep = app.screen
+        assert isinstance(sweep, SweepScreen)
+        await pilot.press("j", "j", "G", "space", "s", "n")  # scroll the sweep rows; the list stays as it was
+        await pilot.pause(0.05)
+        assert app.current_row() == 0 and not app.selected and app.sort_key == "idx"
+        await pilot.press("escape")
+        assert not isinstance(app.screen, SweepScreen)
+        await pilot.press("j")  # back on the list, j moves the list again
+        assert app.current_row() == 1
+
+
+async def test_cache_of_a_growing_bank_survives_its_checkpoints(tmp_path: Path, make_app) -> None:
+    bank = make_bank(tmp_path / "parent.safetensors", 10)
+    backend = ScriptedBackend(token_seconds=0.002, tokens=6)
+    backend.job_steps, backend.job_step_seconds = 10, 0.05
+    app = make_app([bank], backend)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.model_ready and app.table.row_count == 10)
+        await pilot.press("T", "ctrl+u", *"12", "enter")
+        await wait_for(pilot, lambda: len(app.views) == 2 and len(app.views[1]) == 4)
+        await pilot.press("n", "j")  # on the growing bank: vector 1 streams, then vector 2
+        await wait_for(pilot, lambda: app.current_row() == 1 and "mean_1_x1.0-w5" in steered(app))
+        await pilot.press("j")
+        await wait_for(pilot, lambda: "mean_2_x1.0-w5" in steered(app))
+        first_digest = app.views[1].digest
+        await wait_for(pilot, lambda: len(app.views[1]) == 8)  # a checkpoint: a new file hash
+        assert app.views[1].digest != first_digest and app.current_row() == 2  # the highlight stayed
+        started = len(backend.started)
+        await pilot.press("k")  # back to vector 1: from the cache, not generated again
+        await wait_for(pilot, lambda: app.current_row() == 1 and "mean_1_x1.0-w5" in steered(app) and "cached" in screen_text(app))
+        await pilot.pause(0.1)
+        assert len(backend.started) == started
+        await wait_for(pilot, lambda: not app.job_running, timeout=15)
+    # a restart on the finished bank still finds the completions made while it grew
+    out = tmp_path / "parent.melbo-L8-R40.safetensors"
+    backend2 = ScriptedBackend(token_seconds=0.002, tokens=6)
+    app2 = make_app([out], backend2)
+    async with app2.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app2.model_ready and app2.table.row_count == 12)
+        await pilot.press("j")
+        await wait_for(pilot, lambda: "mean_1_x1.0-w5" in steered(app2) and "cached" in screen_text(app2))
+        assert not [r for r in backend2.started if r.target.rows == (1,)]

@@ -34,7 +34,9 @@ async def test_main_screen_snapshot(tmp_path: Path, make_app, size: tuple[int, i
     app = make_app([bank], backend)
     async with app.run_test(size=size) as pilot:
         await pilot.press("j", "j", "space")
-        await wait_for(pilot, lambda: "tok/s]" in app.panel.column("steered").note)
+        # vector 3's own completion, not vector 2's finishing before the space moved the cursor on
+        await wait_for(pilot, lambda: app.current_row() == 3 and "mean_3_x1.0-w9" in app.panel.texts()["steered"]
+                       and "tok/s]" in app.panel.column("steered").note)
         await pilot.pause(0.1)
         text = normalised(screen_text(app))
     expected = SNAPSHOTS / f"main_{size[0]}x{size[1]}.txt"

@@ -93,6 +93,9 @@ class PlotsScreen(Screen[None]):
         self._on_move(self.cursor)
         self.redraw()
 
+    def action_move_to(self, row: int) -> None:
+        self.action_move((row % len(self.view)) - self.cursor)
+
     def action_window(self, step: int) -> None:
         self.window_index = max(0, min(len(WINDOWS) - 1, self.window_index + step))
         self.redraw()

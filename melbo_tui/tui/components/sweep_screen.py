@@ -33,7 +33,15 @@ def sweep_targets(n: int, base_index: int, mode: str, scale: float) -> list[Targ
 
 class SweepScreen(Screen[None]):
     DEFAULT_CSS = (Path(__file__).with_suffix(".tcss")).read_text(encoding="utf-8")
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,w", "close", "Back (stops the sweep)", show=True)]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,w", "close", "Back (stops the sweep)", show=True),
+        Binding("j,down", "scroll_rows('down')", "Scroll down", show=False),
+        Binding("k,up", "scroll_rows('up')", "Scroll up", show=False),
+        Binding("pagedown", "scroll_rows('page_down')", "Page down", show=False),
+        Binding("pageup", "scroll_rows('page_up')", "Page up", show=False),
+        Binding("g,home", "scroll_rows('home')", "Top", show=False),
+        Binding("G,end", "scroll_rows('end')", "Bottom", show=False),
+    ]
 
     def __init__(self, targets: list[Target], caption: str, generate: Generate) -> None:
         super().__init__()
@@ -76,6 +84,10 @@ class SweepScreen(Screen[None]):
     def _show(self, k: int, text: str) -> None:
         flat = " ".join(text.split())
         self.query_one(f"#sweep-k{k}", Static).update(f"k={k:<5}{flat}")
+
+    def action_scroll_rows(self, where: str) -> None:
+        rows = self.query_one("#sweep-rows", VerticalScroll)
+        getattr(rows, f"scroll_{where}")(animate=False)
 
     def action_close(self) -> None:
         self._stop.set()
