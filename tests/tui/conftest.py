@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -50,9 +53,37 @@ def make_app(tmp_path: Path) -> Callable[..., ExplorerApp]:
         kwargs.setdefault("cache_root", tmp_path / "cache")
         kwargs.setdefault("keymap", {})
         kwargs.setdefault("debounce", 0.05)
-        return ExplorerApp(banks, backend, **kwargs)  # type: ignore[arg-type]
+        app = ExplorerApp(banks, backend, **kwargs)  # type: ignore[arg-type]
+        app.run_test = _ready_first(app, app.run_test)  # type: ignore[method-assign]
+        return app
 
     return factory
+
+
+def _ready_first(app: ExplorerApp, run_test: Callable[..., Any]) -> Callable[..., Any]:
+    """`run_test` that hands over the pilot once the first bank's rows are in the table.
+
+    Banks load in a worker; keys pressed before the rows exist move nothing (as for a user who
+    types within the first ~0.1 s), which made key-counting tests race the loader. A bank that
+    never loads (error tests) just waits out the short grace period.
+    """
+
+    @contextlib.asynccontextmanager
+    async def ready(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        async with run_test(*args, **kwargs) as pilot:
+            deadline = time.monotonic() + 3.0
+            while time.monotonic() < deadline and not _has_rows(app):
+                await pilot.pause(0.02)
+            yield pilot
+
+    return ready
+
+
+def _has_rows(app: ExplorerApp) -> bool:
+    try:
+        return app.table.row_count > 0
+    except Exception:  # not mounted yet
+        return False
 
 
 async def wait_for(pilot, condition: Callable[[], bool], timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
