@@ -121,11 +121,7 @@ def eval_(
     load_bank(bank_path)  # fail on a bad file before loading a model
     lm = open_model(model, device, dtype, trust_remote_code)
     bank = open_bank(bank_path, lm)
-    text = prompt or (bank.meta.prompts[0] if bank.meta.prompts else None)
-    if not text:
-        raise InputError(f"{bank_path} records no prompt: give --prompt")
-    system = system if system is not None else bank.meta.system_prompt
-    raw = raw or bank.meta.raw_prompts
+    text, system, raw = _prompt_for(bank, bank_path, prompt, system, raw)
     with err.status(f"evaluating {len(bank)} vectors ..."):
         bank = evaluate_bank(lm, bank, encode(lm, text, system, raw), text, system, raw, batch_size)
     save_bank(bank, bank_path)
@@ -164,11 +160,7 @@ def dump(
     picked = parse_selection(rows, len(bank)) if rows else list(range(len(bank)))
     lm = open_model(model, device, dtype, trust_remote_code)
     bank = open_bank(bank_path, lm)
-    text = prompt or (bank.meta.prompts[0] if bank.meta.prompts else None)
-    if not text:
-        raise InputError(f"{bank_path} records no prompt: give --prompt")
-    system = system if system is not None else bank.meta.system_prompt
-    raw = raw or bank.meta.raw_prompts
+    text, system, raw = _prompt_for(bank, bank_path, prompt, system, raw)
     compositions = sweep_compositions(bank) if compose_sweep else []
     with _progress() as progress:
         task = progress.add_task("completions", total=len(picked) + len(compositions), info="")
@@ -288,3 +280,10 @@ def _print_summary(bank: VectorBank, title: str) -> None:
                   f"{statistics.median(losses):.4g}" if losses else "-")
     Console(stderr=True).print(table)
 
+
+def _prompt_for(bank: VectorBank, bank_path: Path, prompt: str | None, system: str | None, raw: bool) -> tuple[str, str | None, bool]:
+    """The prompt to measure or complete: the user's, else the bank's first, with its system prompt."""
+    text = prompt or (bank.meta.prompts[0] if bank.meta.prompts else None)
+    if not text:
+        raise InputError(f"{bank_path} records no prompt: give --prompt")
+    return text, system if system is not None else bank.meta.system_prompt, raw or bank.meta.raw_prompts

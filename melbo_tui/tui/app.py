@@ -927,17 +927,21 @@ class ExplorerApp(App[None]):
 
     # ----- background MELBO-ortho -----------------------------------------------------------
 
-    @guarded
-    def action_ortho(self) -> None:
-        view, row = self.view, self.current_row()
-        if view is None or row is None:
-            raise MelboError("no bank open yet")
+    def _check_job_can_start(self, view: BankView) -> None:
+        """A background job needs the model, no other job, and a bank that fits the model."""
         if not self.model_ready:
             raise MelboError(self.model_error or "the model is still loading")
         if self.job_running:
             raise MelboError("a background job is already running (O stops it)")
         if view.digest in self.fit_errors:
             raise MelboError(self.fit_errors[view.digest])
+
+    @guarded
+    def action_ortho(self) -> None:
+        view, row = self.view, self.current_row()
+        if view is None or row is None:
+            raise MelboError("no bank open yet")
+        self._check_job_can_start(view)
         self.push_screen(
             LineInputScreen(f"MELBO-ortho from vector {row} of {view.name}: how many orthogonal vectors?", "64", "e.g. 64"),
             functools.partial(self.start_ortho, view, row),
@@ -971,12 +975,7 @@ class ExplorerApp(App[None]):
         view, s = self.view, self.settings
         if view is None or s is None:
             raise MelboError("no bank open yet")
-        if not self.model_ready:
-            raise MelboError(self.model_error or "the model is still loading")
-        if self.job_running:
-            raise MelboError("a background job is already running (O stops it)")
-        if view.digest in self.fit_errors:
-            raise MelboError(self.fit_errors[view.digest])
+        self._check_job_can_start(view)
         meta = view.bank.meta
         radius = meta.radius if meta.radius else MELBO_RADIUS
         self.push_screen(
