@@ -87,19 +87,17 @@ def error_line(exc: BaseException) -> str:
 
 def ortho_output_path(parent: Path, row: int) -> Path:
     """`bank.safetensors` -> `bank.ortho-from7.safetensors` beside it (or in the cwd), never overwriting."""
-    directory = parent.parent if os.access(parent.parent, os.W_OK) else Path.cwd()
-    candidate = directory / f"{parent.stem}.ortho-from{row}.safetensors"
-    n = 2
-    while candidate.exists():
-        candidate = directory / f"{parent.stem}.ortho-from{row}-{n}.safetensors"
-        n += 1
-    return candidate
+    return _free_path(parent, f"{parent.stem}.ortho-from{row}")
 
 
 def melbo_output_path(parent: Path, source_layer: int, radius: float) -> Path:
     """`bank.safetensors` -> `bank.melbo-L8-R40.safetensors` beside it (or in the cwd), never overwriting."""
+    return _free_path(parent, f"{parent.stem}.melbo-L{source_layer}-R{radius:g}")
+
+
+def _free_path(parent: Path, stem: str) -> Path:
+    """`stem.safetensors` beside `parent` (cwd if that is read-only), `stem-2`, `-3`... if taken."""
     directory = parent.parent if os.access(parent.parent, os.W_OK) else Path.cwd()
-    stem = f"{parent.stem}.melbo-L{source_layer}-R{radius:g}"
     candidate = directory / f"{stem}.safetensors"
     n = 2
     while candidate.exists():
