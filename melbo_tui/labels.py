@@ -9,8 +9,11 @@ gives its label, and `other` is the fallback. Kinds:
 - `gibberish`: matches empty text, or when letters make less than `min_letters` (default 0.5)
   of the non-space characters, or when words average more than `max_word_len` (default 15).
 
-Default rules, in order: refusal (apology/inability phrases), code (at least two code-looking
-lines or a fenced block), repetition, gibberish. A rules file (JSON or TOML) holds
+Default rules, in order: refusal (apology/inability/prohibition phrases), code (at least two
+code-looking lines or a fenced block), instructions (a how-to: steps, "first,", "you need",
+"here's how", or at least two numbered/bulleted lines), persona (the completion opens with a
+self-description: "I am", "I'm", "My name", "As a(n)", "You are a(n)"), repetition, gibberish.
+Content comes before form: "First, mix. First, mix. First, mix." is instructions. A rules file (JSON or TOML) holds
 `rules = [...]` (tried before the defaults) and optionally `replace_defaults = true`.
 
 Labels live beside the bank in `<bank stem>.labels.json` = {"rules": [...], "labels": [one
@@ -36,10 +39,17 @@ DEFAULT_RULES: list[dict[str, Any]] = [
     {"label": "refusal", "kind": "regex", "flags": "i",
      "pattern": r"\b(I(?:'m| am) (?:sorry|unable|not able)|I can(?:no|')t (?:help|assist|provide|do|fulfil|comply)"
                 r"|I cannot|I won't|as an AI|I must (?:decline|refuse)|not (?:able|allowed) to (?:help|provide|assist)"
-                r"|(?:illegal|harmful|dangerous) (?:and|or) (?:illegal|harmful|dangerous|unethical))"},
+                r"|(?:illegal|harmful|dangerous) (?:and|or) (?:illegal|harmful|dangerous|unethical)"
+                r"|you(?:'re| are) not allowed|you (?:can(?:no|')t|should(?:n't| not)|must not) (?:have|build|make|use|do))"},
     {"label": "code", "kind": "regex", "flags": "m", "min_matches": 2,
      "pattern": r"^\s*(?:def |class |import |from \S+ import |function |const |let |var |#include|public |private |return\b"
                 r"|if __name__|for \w+ in |print\(|console\.log)|```|[{;]\s*$"},
+    {"label": "instructions", "kind": "regex", "flags": "i",
+     "pattern": r"\b(?:first,|step \d|you(?:'ll| will)? need (?:to|a|an|some)\b|here(?:'s| is| are) (?:how|the steps|some steps)"
+                r"|follow these)"},
+    {"label": "instructions", "kind": "regex", "flags": "m", "min_matches": 2, "pattern": r"^\s*(?:\d+[.)]|[-*\u2022]) +\w"},
+    {"label": "persona", "kind": "regex", "flags": "i",
+     "pattern": r"^\W*(?:I am|I'm|My name|As an? |You are an? )"},
     {"label": "repetition", "kind": "repetition", "min_words": 8, "max_distinct": 0.5, "max_run": 0.5},
     {"label": "gibberish", "kind": "gibberish", "min_letters": 0.5, "max_word_len": 15},
 ]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROWS = ("ortho fast vs sequential", "eval batched vs loop", "dump batched vs loop",
-        "steered vs unsteered generation", "model load", "ortho step GFLOP/s")
+        "steered vs unsteered generation", "model load", "ortho evaluation GFLOP/s")
 
 
 @pytest.mark.embedded

@@ -31,13 +31,17 @@ def shipped_vectors_dir() -> Path:
     return Path(melbo_tui.__file__).resolve().parent.parent / "vectors"
 
 
-def default_bank() -> Path:
-    """The first shipped bank in the repository's `vectors/` directory."""
+def default_banks() -> list[Path]:
+    """Every shipped bank in the repository's `vectors/` directory, MELBO-ortho banks first.
+
+    The app opens on the first (the seed's experiment, `ortho-*.safetensors`); `n` goes to the
+    next. Ordered by name, so no file is read before the first frame.
+    """
     directory = shipped_vectors_dir()
     banks = sorted(directory.glob("*.safetensors")) if directory.is_dir() else []
     if not banks:
         raise BankError(f"no shipped bank in {directory}: open one with 'melbo-tui open BANK.safetensors'")
-    return banks[0]
+    return sorted(banks, key=lambda path: (not path.name.startswith("ortho-"), path.name))
 
 
 def run_explorer(
@@ -97,9 +101,9 @@ def start(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
 ) -> None:
-    """With no command: open the shipped bank in the explorer with the embedded model."""
+    """With no command: open the shipped banks (MELBO-ortho first) in the explorer with the embedded model."""
     if ctx.invoked_subcommand is None:
-        run_explorer([default_bank()], model, device, dtype)
+        run_explorer(default_banks(), model, device, dtype)
 
 
 @app.command("open")

@@ -41,15 +41,11 @@ def ortho(
     out: Annotated[Path, typer.Option("--out", "-o", help="Ortho bank to write (row 0 = theta0).")],
     base: Annotated[int, typer.Option("--base", "-b", help="Row of BANK used as theta0.")] = 0,
     count: Annotated[int, typer.Option("--count", "-n", help="Orthogonal vectors to find (at most d_model - 1).")] = 64,
-    strategy: Annotated[str, typer.Option(help="fast (blocks of vectors, cached prefix, early stop) or sequential (the seed's loop).")] = "fast",
-    steps: Annotated[int | None, typer.Option(help="Max Adam steps per vector (default 1000, the seed's; fast stops a vector earlier when its loss plateaus).")] = None,
-    lr: Annotated[float | None, typer.Option(help="Adam lr. Default scales with |theta0|: sequential 0.01 x |theta0| / 7 (the seed's 0.01 at |theta0| = 7, constant); fast 3x that, cosine decay to lr/10.")] = None,
-    schedule: Annotated[str | None, typer.Option(help="constant or cosine (default: sequential constant, fast cosine).")] = None,
-    autocast: Annotated[str | None, typer.Option(help="fast: run blocks S+1..T under autocast in bfloat16 (faster on AMX CPUs; quality: see README).")] = None,
+    strategy: Annotated[str, typer.Option(help="fast (L-BFGS on cached source-layer activations) or sequential (the seed's Adam loop).")] = "fast",
+    steps: Annotated[int | None, typer.Option(help="Per vector: sequential, Adam steps (default 1000, the seed's); fast, L-BFGS loss evaluations (default 60).")] = None,
+    lr: Annotated[float | None, typer.Option(help="sequential only: Adam lr, constant. Default scales with |theta0|: 0.01 x |theta0| / 7 (the seed's 0.01 at |theta0| = 7).")] = None,
     l2: Annotated[float, typer.Option("--l2", help="Add l2 x ||theta||^2 to the loss (0 = the seed: no norm penalty).")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of the random starts (vector i depends only on seed and i).")] = 0,
-    block_size: Annotated[int, typer.Option(help="fast: vectors optimised together.")] = 32,
-    patience: Annotated[int, typer.Option(help="fast: steps without a 0.1% improvement before a vector stops.")] = 50,
     resume: Annotated[bool, typer.Option(help="Continue the bank in --out (same settings).")] = False,
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Compute KL/norm metrics at the end.")] = True,
     prompt: PromptsOpt = None, system: SystemOpt = None, raw: RawOpt = False,
@@ -57,14 +53,14 @@ def ortho(
 ) -> None:
     """MELBO-ortho: vectors orthogonal to row --base of BANK (and to each other) with its effect.
 
-    Loss ||z(theta) - z(theta0)||_2 with z = the target layer meaned over the sequence; theta is
-    projected orthogonal to theta0 and every earlier vector after every Adam step; no norm
-    constraint. A checkpoint is written to --out after every block; Ctrl-C keeps it.
+    Loss ||z(theta) - z(theta0)||_2 with z = the target layer meaned over the sequence (source
+    and target layers: the parent bank's; layer L = output of decoder block L, 0-based); theta
+    kept orthogonal to theta0 and every earlier vector; no norm constraint. A checkpoint is
+    written to --out after every vector; Ctrl-C keeps it.
     """
     if count <= 0:
         raise InputError(f"--count must be positive, got {count}")
-    config = OrthoConfig(count=count, strategy=strategy, steps=steps, lr=lr, l2=l2, seed=seed,
-                         block_size=block_size, patience=patience, schedule=schedule, autocast=autocast)
+    config = OrthoConfig(count=count, strategy=strategy, steps=steps, lr=lr, l2=l2, seed=seed)
     parent = _parent_bank(bank_path, base)
     config.check(parent.hidden_size)  # every setting error before the model loads
     lm = open_model(model, device, dtype, trust_remote_code)
@@ -82,8 +78,7 @@ def ortho(
 
             def report(p: OrthoProgress) -> None:
                 progress.update(task, completed=p.vectors_done,
-                                info=f"vectors {p.block_start}-{p.block_start + p.block_len - 1} step {p.step} "
-                                     f"active {p.active} loss {p.loss:.4g} norm {p.norm:.3g}")
+                                info=f"vector {p.vector} step {p.step}/{p.steps} loss {p.loss:.4g} norm {p.norm:.3g}")
 
             result = run_ortho(lm, source, inputs, config, out, resume=resume, created_by=command_line(),
                                on_progress=report)

@@ -14,13 +14,13 @@ from melbo_tui.errors import BankError, InputError
 MELBO = Path(sys.executable).with_name("melbo-tui")
 
 
-def test_default_bank_is_the_first_shipped_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_banks_are_the_shipped_ones_ortho_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(explore_cmds, "shipped_vectors_dir", lambda: tmp_path)
     with pytest.raises(BankError, match="no shipped bank"):
-        explore_cmds.default_bank()
-    (tmp_path / "b.safetensors").write_bytes(b"")
-    (tmp_path / "a.safetensors").write_bytes(b"")
-    assert explore_cmds.default_bank() == tmp_path / "a.safetensors"
+        explore_cmds.default_banks()
+    for name in ("melbo-a.safetensors", "ortho-z.safetensors", "ortho-b.safetensors", "ortho-b.dump.txt"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in explore_cmds.default_banks()] == ["ortho-b.safetensors", "ortho-z.safetensors", "melbo-a.safetensors"]
 
 
 def test_bad_arguments_fail_before_the_app_starts(tmp_path: Path) -> None:
