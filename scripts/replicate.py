@@ -10,7 +10,8 @@ that reads these numbers is docs/replication.md. Sections, per ortho bank in vec
 - the rescaling test: every vector rescaled to |theta0|, KL to theta0 and to the unsteered model;
 - compositions: mean of the first k and mean x sqrt(k), KL to theta0 and to unsteered;
 - generalisation: KL(P_i || P_0) on prompts that were not used to find the vectors;
-- hypothesis 2: the `--l2` banks beside the same base without a penalty.
+- hypothesis 2: the `--l2` banks beside the same base without a penalty;
+- fast vs sequential (the seed's Adam loop) on a real MELBO base: the first vectors of each.
 KL is always at the last prompt position, in nats, as `melbo-tui eval` computes it.
 """
 
@@ -66,6 +67,7 @@ def main() -> int:
         out += section_compositions(lm, bank, path)
         out += section_generalisation(lm, bank)
     out += section_l2(args.vectors)
+    out += section_strategies(lm, banks[0])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(out) + "\n")
     print(f"wrote {args.out}")
@@ -289,6 +291,33 @@ def section_l2(directory: Path) -> list[str]:
         out.append(f"| {path.name} | {bank.meta.hyperparameters.get('l2')} | {n} | {float(bank.norms()[0]):.0f} | "
                    f"{median(norms):.0f} | {float(norms.min()):.0f} | {counts(kl)} | {median(kl):.3g} | {plain} |")
     return [*out, ""]
+
+
+def section_strategies(lm: LoadedModel, path: Path, count: int = 3) -> list[str]:
+    """The seed's loop (sequential) beside the shipped fast bank: same base, the first `count` vectors."""
+    import tempfile
+
+    from melbo_tui.ortho import OrthoConfig, OrthoSource, run_ortho
+
+    fast = load_bank(path)
+    extra, meta = fast.meta.extra, fast.meta
+    parent_path = Path(str(extra["parent_bank"]))
+    source = OrthoSource(load_bank(parent_path), str(parent_path), int(extra["parent_row"]), list(meta.prompts),
+                         meta.system_prompt, meta.raw_prompts)
+    ids = [encode(lm, prompt, meta.system_prompt, meta.raw_prompts) for prompt in meta.prompts]
+    with tempfile.TemporaryDirectory() as tmp:
+        seq = run_ortho(lm, source, ids, OrthoConfig(count=count, strategy="sequential"), Path(tmp) / "seq.safetensors")
+    seq_kl = kl_to(lm, fast, fast.vectors[0], seq.bank.vectors[1:])
+    fast_loss, seq_loss = extra["ortho_loss"][1:count + 1], seq.bank.meta.extra["ortho_loss"][1:]
+    fast_kl = fast.metrics["kl"][1:count + 1]
+    out = [f"## Fast (L-BFGS, 60 evaluations) vs sequential (the seed's Adam, 1000 steps): {path.name}, vectors 1-{count}", "",
+           "| vector | loss fast | loss sequential | KL fast | KL sequential | norm fast | norm sequential |",
+           "|---|---|---|---|---|---|---|"]
+    for i in range(count):
+        out.append(f"| {i + 1} | {fast_loss[i]:.3g} | {seq_loss[i]:.3g} | {float(fast_kl[i]):.3g} | {float(seq_kl[i]):.3g} | "
+                   f"{float(fast.vectors[i + 1].norm()):.0f} | {float(seq.bank.vectors[i + 1].norm()):.0f} |")
+    out += ["", f"Sequential took {seq.seconds / count:.1f} s per vector in this run.", ""]
+    return out
 
 
 if __name__ == "__main__":

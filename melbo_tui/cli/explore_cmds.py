@@ -35,13 +35,14 @@ def default_banks() -> list[Path]:
     """Every shipped bank in the repository's `vectors/` directory, MELBO-ortho banks first.
 
     The app opens on the first (the seed's experiment, `ortho-*.safetensors`); `n` goes to the
-    next. Ordered by name, so no file is read before the first frame.
+    next. Ordered by name without the extension (so `ortho-x` comes before its variants
+    `ortho-x-l2-...`); no file is read before the first frame.
     """
     directory = shipped_vectors_dir()
     banks = sorted(directory.glob("*.safetensors")) if directory.is_dir() else []
     if not banks:
         raise BankError(f"no shipped bank in {directory}: open one with 'melbo-tui open BANK.safetensors'")
-    return sorted(banks, key=lambda path: (not path.name.startswith("ortho-"), path.name))
+    return sorted(banks, key=lambda path: (not path.name.startswith("ortho-"), path.stem))
 
 
 def run_explorer(
