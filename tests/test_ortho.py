@@ -87,7 +87,8 @@ def test_cached_prefix_objective_equals_the_full_forward(tiny_llama: LoadedModel
     assert torch.allclose(cached.distance(thetas), expected, rtol=1e-4, atol=1e-5)
 
 
-def test_fast_finds_lower_loss_than_the_seeds_loop_with_fewer_evaluations(tiny_llama: LoadedModel, tmp_path: Path) -> None:
+def test_fast_beats_the_seeds_loop_on_a_tiny_model_with_60_evaluations(tiny_llama: LoadedModel, tmp_path: Path) -> None:
+    # on the embedded model the seed's loop can reach the lower loss (README, Benchmark); here L-BFGS converges
     ids = [prompt_ids(tiny_llama)]
     fast = run_ortho(tiny_llama, _source(tiny_llama), ids, OrthoConfig(count=3), tmp_path / "f.safetensors")
     seq = run_ortho(tiny_llama, _source(tiny_llama), ids, OrthoConfig(count=3, strategy="sequential"), tmp_path / "s.safetensors")
