@@ -29,8 +29,11 @@ def test_bench_quick_json(embedded: object) -> None:
     names = [row["name"] for row in report["rows"]]
     for prefix in ROWS:
         assert any(name.startswith(prefix) for name in names), (prefix, names)
-    ortho = next(r for r in report["rows"] if r["name"].startswith("ortho fast"))
+    ortho = next(r for r in report["rows"] if r["name"].startswith("ortho fast vs"))
     assert ortho["ratio"] > 0 and ortho["detail"]["fast"]["vectors"] == 8
+    longer = next(r for r in report["rows"] if r["name"].startswith("ortho fast --steps 80"))
+    assert longer["detail"]["fast"]["mean_steps"] > ortho["detail"]["fast"]["mean_steps"]  # the larger budget was used
+    assert longer["detail"]["sequential"] == ortho["detail"]["sequential"]  # one sequential run, shared
     eval_row = next(r for r in report["rows"] if r["name"].startswith("eval"))
     assert eval_row["detail"]["max_abs_kl_difference"] < 1e-3  # batched and looped KL agree
     assert report["config"]["quick"] is True and report["machine"]["device"]
