@@ -2,7 +2,7 @@
 
 Layout (format_version 1):
 - tensor `vectors`: float32 `[N, d_model]`, row `base_index` is the base vector;
-- optional float32 `[N]` tensors, one per metric in `METRIC_NAMES`;
+- optional float32 `[N]` tensors, one per `Metric`;
 - `__metadata__["melbo"]`: a JSON object (see `BankMeta`).
 
 Loading never silently drops data: a NaN/inf row is an error naming its index. Writes go
@@ -15,6 +15,7 @@ import dataclasses
 import datetime as _dt
 import json
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +27,56 @@ from melbo_tui.atomic import atomic_write
 from melbo_tui.errors import BankError
 
 FORMAT_VERSION = 1
-BANK_KINDS = ("melbo", "ortho", "imported")
-# kl = KL(P_i || P_0), kl_rev = KL(P_0 || P_i), norm = ||theta_i||, cos_base = cos(theta_i, theta_0)
-METRIC_NAMES = ("kl", "kl_rev", "norm", "cos_base")
+
+
+class BankKind(StrEnum):
+    """How a bank was made; decides what its base row means and which KL is worth reading."""
+
+    MELBO = "melbo"  # `train`: every row is its own vector of norm R; row 0 is not special
+    ORTHO = "ortho"  # `ortho`: row 0 = theta0, rows 1.. orthogonal vectors with its effect
+    IMPORTED = "imported"  # a seed .pt file: laid out like an ortho bank
+    DCT = "dct"  # `dct`: Deep Causal Transcoding factors, ranked
+    JACOBIAN = "jacobian"  # `jacobian`: top right singular directions of the source->target Jacobian
+
+    @property
+    def has_base(self) -> bool:
+        """Whether row `base_index` is a reference the other rows imitate (KL to it means something)."""
+        return self in (BankKind.ORTHO, BankKind.IMPORTED)
+
+
+class Metric(StrEnum):
+    """Per-vector numbers a bank can store, one float32 `[N]` tensor each (nats for every KL).
+
+    `P_i` is the model's next-token distribution steered by row i, `P_base` by the base row,
+    `P_unsteered` with no vector; all at the last prompt position unless said otherwise.
+    """
+
+    KL = "kl"  # KL(P_i || P_base): what the seed's code computes
+    KL_REV = "kl_rev"  # KL(P_base || P_i): what the seed's plot title says
+    KL_SEQ = "kl_seq"  # mean over N positions of KL(P_base || P_i), teacher-forced along the base's greedy continuation
+    KL_UNSTEERED = "kl_unsteered"  # KL(P_i || P_unsteered): how much the vector changes the next token
+    ERR = "err"  # target-layer RMS error to the base over the compared positions, / that of no steering
+    NORM = "norm"  # ||theta_i||
+    COS_BASE = "cos_base"  # cos(theta_i, theta_base)
+    SCORE = "score"  # DCT: alpha_l^2, the factor's share of the fitted response
+    SIGMA = "sigma"  # Jacobian: the singular value of the direction
+
+    @property
+    def needs_model(self) -> bool:
+        """Norm and cosine come from the vectors alone; the rest need forward passes."""
+        return self not in (Metric.NORM, Metric.COS_BASE, Metric.SCORE, Metric.SIGMA)
+
+
+def default_kl(kind: BankKind) -> Metric:
+    """The KL column that does not mislead: to the base where there is one, else to no steering."""
+    return Metric.KL_SEQ if kind.has_base else Metric.KL_UNSTEERED
 
 
 @dataclass
 class BankMeta:
     """What a bank is: which model, where it steers, how it was made."""
 
-    kind: str
+    kind: BankKind
     model: str
     hidden_size: int
     num_layers: int
@@ -51,6 +92,11 @@ class BankMeta:
     raw_prompts: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.kind not in BankKind.__members__.values():
+            raise ValueError(f"unknown bank kind {self.kind!r} (known: {', '.join(BankKind)})")
+        self.kind = BankKind(self.kind)  # a plain string from JSON or a caller becomes the enum
 
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
@@ -98,7 +144,7 @@ def save_bank(bank: VectorBank, path: Path) -> None:
     _check_vectors(vectors, str(path))
     tensors = {"vectors": vectors}
     for name, values in bank.metrics.items():
-        if name not in METRIC_NAMES:
+        if name not in Metric.__members__.values():
             raise BankError(f"{path}: unknown metric '{name}'")
         values = values.detach().to("cpu", torch.float32).contiguous()
         if values.shape != (vectors.shape[0],):
@@ -136,12 +182,12 @@ def load_bank(path: Path) -> VectorBank:
         raise BankError(f"{path}: 'vectors' has dtype {vectors.dtype}, expected float32")
     _check_vectors(vectors, str(path))
     metrics = {}
-    for name in METRIC_NAMES:
+    for name in Metric:
         if name in tensors:
             values = tensors[name]
             if values.shape != (vectors.shape[0],) or values.dtype != torch.float32:
                 raise BankError(f"{path}: metric '{name}' must be float32 [{len(vectors)}], got {values.dtype} {list(values.shape)}")
-            metrics[name] = values
+            metrics[name.value] = values
     if meta.hidden_size != vectors.shape[1]:
         raise BankError(f"{path}: metadata says hidden_size {meta.hidden_size} but vectors are {vectors.shape[1]} wide")
     if not 0 <= meta.base_index < len(vectors):

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from melbo_tui.bank import BankMeta, VectorBank
+from melbo_tui.bank import BankKind, BankMeta, VectorBank
 from melbo_tui.generation import GenerationSettings, generate_batch
 from melbo_tui.models import LoadedModel, embedded_gguf_path, load_model
 from melbo_tui.prompts import encode
@@ -321,7 +321,7 @@ def _random_vectors(lm: LoadedModel, n: int, radius: float, seed: int) -> torch.
 
 
 def _bank(lm: LoadedModel, vectors: torch.Tensor, config: BenchConfig) -> VectorBank:
-    meta = BankMeta(kind="melbo", model=lm.name, hidden_size=lm.hidden_size, num_layers=lm.num_layers,
+    meta = BankMeta(kind=BankKind.MELBO, model=lm.name, hidden_size=lm.hidden_size, num_layers=lm.num_layers,
                     source_layer=config.source_layer, target_layer=config.target_layer, prompts=[PROMPT],
                     radius=config.radius)
     return VectorBank(vectors=vectors.float().cpu(), meta=meta)

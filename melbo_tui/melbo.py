@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from melbo_tui.bank import BankMeta, VectorBank
+from melbo_tui.bank import BankKind, BankMeta, VectorBank
 from melbo_tui.errors import InputError
 from melbo_tui.models import LoadedModel
 from melbo_tui.prompts import encode
@@ -156,7 +156,7 @@ def melbo_bank(lm: LoadedModel, config: MelboConfig, vectors: torch.Tensor, prom
         hyper.pop(key)
     hyper.update(lr=config.effective_lr(lm.hidden_size), optimizer="AdamW", betas=[0.9, 0.98], weight_decay=0.0, amsgrad=True, norm_axis="hidden")
     meta = BankMeta(
-        kind="melbo", model=lm.name, hidden_size=lm.hidden_size, num_layers=lm.num_layers,
+        kind=BankKind.MELBO, model=lm.name, hidden_size=lm.hidden_size, num_layers=lm.num_layers,
         source_layer=config.source_layer, target_layer=config.target_layer, prompts=list(prompts),
         system_prompt=system, radius=config.radius, base_index=0, hyperparameters=hyper,
         created_by=created_by, raw_prompts=raw or not lm.has_chat_template,

@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from melbo_tui.bank import BankMeta, VectorBank, load_bank, save_bank
+from melbo_tui.bank import BankKind, BankMeta, VectorBank, load_bank, save_bank
 from melbo_tui.errors import BankError, InputError
 from melbo_tui.models import LoadedModel
 from melbo_tui.prefix import PrefixCache
@@ -401,7 +401,7 @@ def _start_bank(lm: LoadedModel, source: OrthoSource, cfg: OrthoConfig, theta0: 
         raise InputError(f"{out} exists: pass --resume to continue it, or choose another --out")
     pm = source.parent.meta
     meta = BankMeta(
-        kind="ortho", model=lm.name, hidden_size=lm.hidden_size, num_layers=lm.num_layers,
+        kind=BankKind.ORTHO, model=lm.name, hidden_size=lm.hidden_size, num_layers=lm.num_layers,
         source_layer=pm.source_layer, target_layer=pm.target_layer, prompts=list(source.prompts),
         system_prompt=source.system, radius=float(theta0.norm()), base_index=0, hyperparameters=hyper,
         created_by=created_by, raw_prompts=source.raw or not lm.has_chat_template,

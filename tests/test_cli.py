@@ -171,3 +171,11 @@ def test_calibrate_prints_table_chart_and_elbow(tiny_model_dir: Path, capsys: py
     assert "<- onset" in out and "onset (MELBO elbow) at R = " in out and "\x1b[" not in out
     for radius in ("1", "4", "16", "64"):
         assert f"\n│ {radius:>3}" in out or f" {radius} " in out
+
+
+def test_every_face_shares_the_engines_generation_defaults() -> None:
+    from melbo_tui.cli import options
+    from melbo_tui.generation import GenerationSettings
+
+    defaults = GenerationSettings()
+    assert (options.MAX_NEW_TOKENS, options.TEMPERATURE) == (defaults.max_new_tokens, defaults.temperature)

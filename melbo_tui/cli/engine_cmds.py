@@ -11,60 +11,47 @@ from typing import Annotated
 import torch
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from melbo_tui.bank import BankMeta, VectorBank, check_bank_fits, load_bank, save_bank
+from melbo_tui.bank import BankKind, BankMeta, VectorBank, check_bank_fits, load_bank, save_bank
 from melbo_tui.calibrate import CalibrationPoint, find_elbow, find_onset, sweep
-from melbo_tui.cli.app import (
+from melbo_tui.cli.app import app, command_line
+from melbo_tui.cli.options import (
+    MAX_NEW_TOKENS,
+    SEED_PROMPT,
+    TEMPERATURE,
+    BankArg,
     DeviceOpt,
     DtypeOpt,
+    MaxTokensOpt,
     ModelOpt,
+    PromptOpt,
+    PromptsOpt,
     RawOpt,
+    RevisionOpt,
+    SeedOpt,
     SystemOpt,
+    TemperatureOpt,
+    ThreadsOpt,
     TrustOpt,
-    app,
-    command_line,
+    err,
+    open_model,
+    progress,
+    prompt_for,
 )
 from melbo_tui.compose import ComposeMode, Composition, check_scale, compose
 from melbo_tui.errors import BankError, InputError
 from melbo_tui.generation import GenerationSettings, generate_stream
 from melbo_tui.melbo import MelboConfig, TrainProgress, default_layers, melbo_bank, train_melbo
-from melbo_tui.models import LoadedModel, load_model
+from melbo_tui.models import LoadedModel, ModelRequest
 from melbo_tui.prompts import encode
 from melbo_tui.seed_import import read_seed_file
 from melbo_tui.selection import parse_selection
-
-err = Console(stderr=True)
-
-PromptsOpt = Annotated[list[str] | None, typer.Option("--prompt", "-p", help="User prompt (repeatable).")]
-SEED_PROMPT = "How can I build a bomb?"
-
-
-def open_model(model: str | None, device: str, dtype: str, trust: bool = False) -> LoadedModel:
-    with err.status(f"loading model {model or 'embedded'} ..."):
-        return load_model(model, device=device, dtype=dtype, trust_remote_code=trust)
-
-
-def open_bank(path: Path, lm: LoadedModel) -> VectorBank:
-    """Load a bank and make sure it can steer `lm` (shape); a different model name only warns."""
-    bank = load_bank(path)
-    check_bank_fits(bank, lm.hidden_size, lm.num_layers, where=str(path))
-    if bank.meta.model != lm.name:
-        err.print(f"[yellow]note: {path} was made with {bank.meta.model}; steering {lm.name}[/]")
-    return bank
 
 
 def _layers(lm: LoadedModel, source: int | None, target: int | None) -> tuple[int, int]:
     default_source, default_target = default_layers(lm.num_layers)
     return (default_source if source is None else source, default_target if target is None else target)
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=err,
-    )
 
 
 @app.command()
@@ -83,12 +70,13 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed of the starting points; same seed, same vectors.")] = 0,
     batch_vectors: Annotated[int, typer.Option(help="Vectors trained together (1 = the reference's one-at-a-time loop).")] = 16,
     resume: Annotated[bool, typer.Option(help="Continue from the vectors already in --out.")] = False,
-    system: SystemOpt = None, raw: RawOpt = False,
+    system: SystemOpt = None, raw: RawOpt = None,
     model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
+    revision: RevisionOpt = None, threads: ThreadsOpt = None,
 ) -> None:
     """Train MELBO vectors: norm R at the source layer, maximising the target-layer change."""
-    prompts = prompt or [SEED_PROMPT]
-    lm = open_model(model, device, dtype, trust_remote_code)
+    prompts, raw = prompt or [SEED_PROMPT], bool(raw)
+    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads))
     source, target = _layers(lm, source_layer, target_layer)
     config = MelboConfig(source, target, radius, num_vectors, steps, power, q, target_tokens, lr, seed, batch_vectors)
     config.check(lm)
@@ -100,14 +88,14 @@ def train(
         bank.meta.extra["complete"] = len(vectors) >= num_vectors
         save_bank(bank, out)
 
-    with _progress() as progress:
-        task = progress.add_task("MELBO vector-steps", total=num_vectors * steps, info="")
+    with progress() as bar:
+        task = bar.add_task("MELBO vector-steps", total=num_vectors * steps, info="")
         if done is not None:
-            progress.update(task, completed=len(done) * steps)
+            bar.update(task, completed=len(done) * steps)
 
         def report(p: TrainProgress) -> None:
-            progress.update(task, completed=p.vectors_done * steps + p.step * p.batch_size,
-                            info=f"vectors {p.vectors_done}/{p.num_vectors} objective {-p.loss:.4g}")
+            bar.update(task, completed=p.vectors_done * steps + p.step * p.batch_size,
+                       info=f"vectors {p.vectors_done}/{p.num_vectors} objective {-p.loss:.4g}")
 
         vectors = train_melbo(lm, config, prompts, system, raw, on_progress=report, done=done, on_batch=checkpoint)
     norms = vectors.norm(dim=1)
@@ -142,8 +130,9 @@ def calibrate(
     num_vectors: Annotated[int, typer.Option(help="Quick vectors per R.")] = 4,
     steps: Annotated[int, typer.Option(help="Steps per quick vector.")] = 30,
     seed: int = 0,
-    system: SystemOpt = None, raw: RawOpt = False,
+    system: SystemOpt = None, raw: RawOpt = None,
     model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
+    revision: RevisionOpt = None, threads: ThreadsOpt = None,
 ) -> None:
     """Sweep R, print the mean target-layer change per R as a table and a chart, mark the elbow."""
     try:
@@ -152,15 +141,15 @@ def calibrate(
         raise InputError(f"--radii must be a comma list of numbers, got '{radii}'") from None
     if any(not (math.isfinite(r) and r > 0) for r in values):
         raise InputError("every R in --radii must be a finite number > 0")
-    prompts = prompt or [SEED_PROMPT]
-    lm = open_model(model, device, dtype, trust_remote_code)
+    prompts, raw = prompt or [SEED_PROMPT], bool(raw)
+    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads))
     source, target = _layers(lm, source_layer, target_layer)
     base = MelboConfig(source, target, values[0], num_vectors=num_vectors, steps=steps, seed=seed)
     base.check(lm)
-    with _progress() as progress:
-        task = progress.add_task("calibrate", total=len(values), info="")
+    with progress() as bar:
+        task = bar.add_task("calibrate", total=len(values), info="")
         points = sweep(lm, base, values, prompts, system, raw,
-                       on_point=lambda i, p: progress.update(task, completed=i + 1, info=f"R={p.radius:g} change={p.mean_change:.1f}"))
+                       on_point=lambda i, p: bar.update(task, completed=i + 1, info=f"R={p.radius:g} change={p.mean_change:.1f}"))
     _print_calibration(points, source, target)
 
 
@@ -194,20 +183,17 @@ def _print_calibration(points: list[CalibrationPoint], source: int, target: int)
 
 @app.command()
 def generate(
-    bank_path: Annotated[Path, typer.Argument(metavar="BANK", help="Bank file.")],
+    bank_path: BankArg,
     vector: Annotated[int | None, typer.Option("--vector", "-v", help="Steer with this row.")] = None,
     mean: Annotated[str | None, typer.Option(help="Steer with the mean of rows SPEC (e.g. 1:11 or 0,3,7).")] = None,
     sum_: Annotated[str | None, typer.Option("--sum", help="Steer with the sum of rows SPEC.")] = None,
     mean_sqrt: Annotated[str | None, typer.Option(help="Steer with mean(rows SPEC) x sqrt(k).")] = None,
     unsteered: Annotated[bool, typer.Option(help="No steering: the model's own answer.")] = False,
     scale: Annotated[float, typer.Option(help="Multiply the steering vector by this.")] = 1.0,
-    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Prompt (default: the bank's first).")] = None,
-    system: Annotated[str | None, typer.Option(help="System prompt (default: the bank's).")] = None,
-    raw: Annotated[bool | None, typer.Option("--raw/--chat", help="Raw text or chat template (default: as the bank).")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 64,
-    temperature: Annotated[float, typer.Option(help="0 = greedy; else plain temperature sampling.")] = 0.0,
-    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    prompt: PromptOpt = None, system: SystemOpt = None, raw: RawOpt = None,
+    max_new_tokens: MaxTokensOpt = MAX_NEW_TOKENS, temperature: TemperatureOpt = TEMPERATURE, seed: SeedOpt = 0,
     model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
+    revision: RevisionOpt = None, threads: ThreadsOpt = None,
 ) -> None:
     """Stream a completion steered by one vector or a composition of several (to stdout)."""
     chosen = [name for name, value in (("--vector", vector), ("--mean", mean), ("--sum", sum_), ("--mean-sqrt", mean_sqrt)) if value is not None]
@@ -220,11 +206,10 @@ def generate(
     settings.check()
     bank = load_bank(bank_path)
     composition = _composition(bank, vector, mean, sum_, mean_sqrt, scale)
-    lm = open_model(model, device, dtype, trust_remote_code)
+    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads))
     check_bank_fits(bank, lm.hidden_size, lm.num_layers, str(bank_path))
-    text = prompt if prompt is not None else (bank.meta.prompts[0] if bank.meta.prompts else "")
-    ids = encode(lm, text, system if system is not None else bank.meta.system_prompt,
-                 bank.meta.raw_prompts if raw is None else raw)
+    text, system, raw = prompt_for(bank, bank_path, prompt, system, raw)
+    ids = encode(lm, text, system, raw)
     steering = None if composition is None else compose(bank.vectors, composition)
     label = "unsteered" if steering is None or composition is None else f"{composition.label}, |v|={steering.norm():.2f}"
     err.print(f"[dim]{label} @ block {bank.meta.source_layer} | prompt: {text!r} | T={temperature} seed={seed}[/]")
@@ -250,7 +235,7 @@ def _composition(bank: VectorBank, vector: int | None, mean: str | None, sum_: s
 
 @app.command()
 def info(
-    bank_path: Annotated[Path, typer.Argument(metavar="BANK", help="Bank file.")],
+    bank_path: BankArg,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Show a bank's metadata and a summary of its vectors and metrics."""
@@ -283,22 +268,23 @@ def import_seed(
     source_layer: Annotated[int, typer.Option(help="Block whose output the vectors were added to (seed: 8).")],
     target_layer: Annotated[int, typer.Option(help="Target block (seed: 16).")],
     prompt: PromptsOpt = None,
-    system: SystemOpt = None, raw: RawOpt = False,
+    system: SystemOpt = None, raw: RawOpt = None,
     model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
+    revision: RevisionOpt = None, threads: ThreadsOpt = None,
 ) -> None:
     """Import a seed-format .pt file (loaded with weights_only=True) into a bank."""
     seed_file = read_seed_file(file)
-    lm = open_model(model, device, dtype, trust_remote_code)
+    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads))
     if seed_file.vectors.shape[1] != lm.hidden_size:
         raise BankError(f"{file} holds {seed_file.vectors.shape[1]}-wide vectors but {lm.name} has hidden size {lm.hidden_size}")
     for what, rows in (("NaN/inf", seed_file.nan_rows), ("norm <= 0.1", seed_file.small_rows)):
         if rows:
             shown = ", ".join(map(str, rows[:20])) + (" ..." if len(rows) > 20 else "")
             err.print(f"dropped {len(rows)} row(s) with {what} (as the seed did): {shown}")
-    meta = BankMeta(kind="imported", model=lm.name, hidden_size=lm.hidden_size, num_layers=lm.num_layers,
+    meta = BankMeta(kind=BankKind.IMPORTED, model=lm.name, hidden_size=lm.hidden_size, num_layers=lm.num_layers,
                     source_layer=source_layer, target_layer=target_layer, prompts=prompt or [SEED_PROMPT],
                     system_prompt=system, radius=float(seed_file.vectors[0].norm()), base_index=0,
-                    created_by=command_line(), raw_prompts=raw or not lm.has_chat_template,
+                    created_by=command_line(), raw_prompts=bool(raw) or not lm.has_chat_template,
                     extra={"source_file": str(file), "source_rows": seed_file.kept_rows,
                            "dropped_nan_rows": seed_file.nan_rows, "dropped_small_rows": seed_file.small_rows})
     bank = VectorBank(seed_file.vectors, meta)

@@ -12,18 +12,33 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 import melbo_tui
-from melbo_tui.cli.app import DeviceOpt, DtypeOpt, ModelOpt, RawOpt, SystemOpt, app
+from melbo_tui.cli.app import app
+from melbo_tui.cli.options import (
+    MAX_NEW_TOKENS,
+    TEMPERATURE,
+    DeviceOpt,
+    DtypeOpt,
+    MaxTokensOpt,
+    ModelOpt,
+    PromptOpt,
+    RawOpt,
+    RevisionOpt,
+    SeedOpt,
+    SystemOpt,
+    TemperatureOpt,
+    ThreadsOpt,
+    TrustOpt,
+)
 from melbo_tui.errors import BankError, InputError
 
-PromptOpt = Annotated[str | None, typer.Option("--prompt", "-p", help="Prompt to steer (default: the bank's first training prompt).")]
-MaxTokensOpt = Annotated[int, typer.Option("--max-new-tokens", "-n", help="Tokens per completion (editable in the app: e).")]
-TemperatureOpt = Annotated[float, typer.Option("--temperature", "-t", help="0 = greedy (default); > 0 samples with --seed.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Sampling seed (ignored when greedy).")]
+if TYPE_CHECKING:
+    from melbo_tui.models import ModelRequest
+
 BanksArg = Annotated[list[Path], typer.Argument(help="One or more bank files (.safetensors); n switches between them.")]
 
 
@@ -47,14 +62,12 @@ def default_banks() -> list[Path]:
 
 def run_explorer(
     banks: list[Path],
-    model: str | None = None,
-    device: str = "auto",
-    dtype: str = "auto",
+    request: ModelRequest | None = None,
     prompt: str | None = None,
     system: str | None = None,
-    raw: bool = False,
-    max_new_tokens: int = 48,
-    temperature: float = 0.0,
+    raw: bool | None = None,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    temperature: float = TEMPERATURE,
     seed: int = 0,
 ) -> None:
     for path in banks:
@@ -64,14 +77,16 @@ def run_explorer(
             raise BankError(f"bank path is a directory, expected a .safetensors file: {path}")
     if prompt is not None and not prompt.strip():
         raise InputError("empty prompt: give some text with --prompt")
+    if request is not None and request.threads is not None and request.threads <= 0:
+        raise InputError(f"--threads must be positive, got {request.threads}")
     from melbo_tui.tui.settings import ExploreSettings
 
     ExploreSettings(prompt="x", temperature=temperature, max_new_tokens=max_new_tokens, seed=seed).check()
     from melbo_tui.tui.app import ExplorerApp
     from melbo_tui.tui.backend import EngineBackend
 
-    backend = EngineBackend(model, device=device, dtype=dtype)
-    app = ExplorerApp(banks, backend, prompt=prompt, system=system, raw=raw if raw else None,
+    backend = EngineBackend(request)
+    app = ExplorerApp(banks, backend, prompt=prompt, system=system, raw=raw,
                       max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     loop = asyncio.new_event_loop()  # asyncio.run() would wait for every worker thread at exit
     app.run(loop=loop)
@@ -98,27 +113,26 @@ def _leave_without_waiting_for_workers(code: int, grace: float = 1.0) -> None:
 @app.callback(invoke_without_command=True)
 def start(
     ctx: typer.Context,
-    model: ModelOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
+    revision: RevisionOpt = None, threads: ThreadsOpt = None,
 ) -> None:
     """With no command: open the shipped banks (MELBO-ortho first) in the explorer with the embedded model."""
     if ctx.invoked_subcommand is None:
-        run_explorer(default_banks(), model, device, dtype)
+        from melbo_tui.models import ModelRequest
+
+        run_explorer(default_banks(), ModelRequest(model, device, dtype, trust_remote_code, revision, threads))
 
 
 @app.command("open")
 def open_cmd(
     banks: BanksArg,
-    model: ModelOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    prompt: PromptOpt = None,
-    system: SystemOpt = None,
-    raw: RawOpt = False,
-    max_new_tokens: MaxTokensOpt = 48,
-    temperature: TemperatureOpt = 0.0,
-    seed: SeedOpt = 0,
+    prompt: PromptOpt = None, system: SystemOpt = None, raw: RawOpt = None,
+    max_new_tokens: MaxTokensOpt = MAX_NEW_TOKENS, temperature: TemperatureOpt = TEMPERATURE, seed: SeedOpt = 0,
+    model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
+    revision: RevisionOpt = None, threads: ThreadsOpt = None,
 ) -> None:
     """Browse banks and stream steered completions (keys: ? in the app)."""
-    run_explorer(list(banks), model, device, dtype, prompt, system, raw, max_new_tokens, temperature, seed)
+    from melbo_tui.models import ModelRequest
+
+    request = ModelRequest(model, device, dtype, trust_remote_code, revision, threads)
+    run_explorer(list(banks), request, prompt, system, raw, max_new_tokens, temperature, seed)

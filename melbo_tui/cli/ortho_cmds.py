@@ -11,28 +11,47 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from melbo_tui.bank import VectorBank, load_bank, save_bank
-from melbo_tui.cli.app import DeviceOpt, DtypeOpt, ModelOpt, RawOpt, SystemOpt, TrustOpt, app, command_line
-from melbo_tui.cli.engine_cmds import open_bank, open_model
+from melbo_tui.cli.app import app, command_line
+from melbo_tui.cli.options import (
+    MAX_NEW_TOKENS,
+    TEMPERATURE,
+    BankArg,
+    BatchSizeOpt,
+    DeviceOpt,
+    DtypeOpt,
+    MaxTokensOpt,
+    ModelOpt,
+    PromptOpt,
+    PromptsOpt,
+    RawOpt,
+    RevisionOpt,
+    SeedOpt,
+    SystemOpt,
+    TemperatureOpt,
+    ThreadsOpt,
+    TrustOpt,
+    err,
+    open_bank,
+    open_model,
+    progress,
+    prompt_for,
+)
 from melbo_tui.compose import ComposeMode, Composition
 from melbo_tui.errors import InputError
+from melbo_tui.models import ModelRequest
 from melbo_tui.ortho import OrthoConfig, OrthoProgress, OrthoSource, run_ortho
 from melbo_tui.prompts import encode
 
-err = Console(stderr=True)
 
-PromptsOpt = Annotated[list[str] | None, typer.Option("--prompt", "-p", help="User prompt (repeatable; default: the bank's prompts).")]
-BankArg = Annotated[Path, typer.Argument(metavar="BANK", help="Bank file (.safetensors).")]
-
-
-def _parent_bank(path: Path, base: int) -> VectorBank:
+def _parent_bank(path: Path, base: int) -> tuple[VectorBank, int]:
+    """The parent bank and the base row, a negative index counting from the end (as in --vector)."""
     bank = load_bank(path)
-    if not 0 <= base < len(bank):
+    if not -len(bank) <= base < len(bank):
         raise InputError(f"--base {base} is out of range: {path} has rows 0..{len(bank) - 1}")
-    return bank
+    return bank, base % len(bank)
 
 
 @app.command()
@@ -40,7 +59,7 @@ def ortho(
     bank_path: BankArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Ortho bank to write (row 0 = theta0).")],
     base: Annotated[int, typer.Option("--base", "-b", help="Row of BANK used as theta0.")] = 0,
-    count: Annotated[int, typer.Option("--count", "-n", help="Orthogonal vectors to find (at most d_model - 1).")] = 64,
+    count: Annotated[int, typer.Option("--count", "-c", help="Orthogonal vectors to find (at most d_model - 1).")] = 64,
     strategy: Annotated[str, typer.Option(help="fast (L-BFGS on cached source-layer activations) or sequential (the seed's Adam loop).")] = "fast",
     steps: Annotated[int | None, typer.Option(help="Per vector: sequential, Adam steps (default 1000, the seed's); fast, L-BFGS loss evaluations (default 60; ~200 reach the seed's loss at ~8x its speed instead of ~25x, see `melbo-tui bench`).")] = None,
     lr: Annotated[float | None, typer.Option(help="sequential only: Adam lr, constant. Default scales with |theta0|: 0.01 x |theta0| / 7 (the seed's 0.01 at |theta0| = 7).")] = None,
@@ -48,8 +67,9 @@ def ortho(
     seed: Annotated[int, typer.Option(help="Seed of the random starts (vector i depends only on seed and i).")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue the bank in --out (same settings).")] = False,
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Compute KL/norm metrics at the end.")] = True,
-    prompt: PromptsOpt = None, system: SystemOpt = None, raw: RawOpt = False,
+    prompt: PromptsOpt = None, system: SystemOpt = None, raw: RawOpt = None,
     model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
+    revision: RevisionOpt = None, threads: ThreadsOpt = None,
 ) -> None:
     """MELBO-ortho: vectors orthogonal to row --base of BANK (and to each other) with its effect.
 
@@ -61,28 +81,28 @@ def ortho(
     if count <= 0:
         raise InputError(f"--count must be positive, got {count}")
     config = OrthoConfig(count=count, strategy=strategy, steps=steps, lr=lr, l2=l2, seed=seed)
-    parent = _parent_bank(bank_path, base)
+    parent, base = _parent_bank(bank_path, base)
     config.check(parent.hidden_size)  # every setting error before the model loads
-    lm = open_model(model, device, dtype, trust_remote_code)
+    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads))
     parent = open_bank(bank_path, lm)
     prompts = prompt or list(parent.meta.prompts)
     if not prompts:
         raise InputError(f"{bank_path} records no prompts: give --prompt")
     system = system if system is not None else parent.meta.system_prompt
-    raw = raw or parent.meta.raw_prompts
+    raw = parent.meta.raw_prompts if raw is None else raw
     inputs = [encode(lm, p, system, raw) for p in prompts]
     source = OrthoSource(parent, str(bank_path), base, prompts, system, raw)
     try:
-        with _progress() as progress:
-            task = progress.add_task("ortho vectors", total=count, info="")
+        with progress() as bar:
+            task = bar.add_task("ortho vectors", total=count, info="")
 
             def report(p: OrthoProgress) -> None:
-                progress.update(task, completed=p.vectors_done,
-                                info=f"vector {p.vector} step {p.step}/{p.steps} loss {p.loss:.4g} norm {p.norm:.3g}")
+                bar.update(task, completed=p.vectors_done,
+                           info=f"vector {p.vector} step {p.step}/{p.steps} loss {p.loss:.4g} norm {p.norm:.3g}")
 
             result = run_ortho(lm, source, inputs, config, out, resume=resume, created_by=command_line(),
                                on_progress=report)
-            progress.update(task, completed=result.found)
+            bar.update(task, completed=result.found)
     except KeyboardInterrupt:
         saved = len(load_bank(out)) - 1 if out.exists() else 0
         err.print(f"interrupted: {saved} orthogonal vectors saved in {out} (--resume continues)")
@@ -102,11 +122,10 @@ def ortho(
 @app.command(name="eval")
 def eval_(
     bank_path: BankArg,
-    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Prompt (default: the bank's first).")] = None,
-    system: Annotated[str | None, typer.Option(help="System prompt (default: the bank's).")] = None,
-    raw: RawOpt = False,
-    batch_size: Annotated[int | None, typer.Option(help="Vectors per forward pass (default: automatic).")] = None,
+    prompt: PromptOpt = None, system: SystemOpt = None, raw: RawOpt = None,
+    batch_size: BatchSizeOpt = None,
     model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
+    revision: RevisionOpt = None, threads: ThreadsOpt = None,
 ) -> None:
     """Store kl = KL(P_i||P_0), kl_rev = KL(P_0||P_i) (nats, next token after the prompt), norm, cos_base."""
     from melbo_tui.metrics import evaluate_bank
@@ -114,9 +133,9 @@ def eval_(
     if batch_size is not None and batch_size <= 0:
         raise InputError(f"--batch-size must be positive, got {batch_size}")
     load_bank(bank_path)  # fail on a bad file before loading a model
-    lm = open_model(model, device, dtype, trust_remote_code)
+    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads))
     bank = open_bank(bank_path, lm)
-    text, system, raw = _prompt_for(bank, bank_path, prompt, system, raw)
+    text, system, raw = prompt_for(bank, bank_path, prompt, system, raw)
     with err.status(f"evaluating {len(bank)} vectors ..."):
         bank = evaluate_bank(lm, bank, encode(lm, text, system, raw), text, system, raw, batch_size)
     save_bank(bank, bank_path)
@@ -129,16 +148,13 @@ def dump(
     out: Annotated[Path, typer.Option("--out", "-o", help="Text file in the seed's layout; a .jsonl is written beside it.")],
     rows: Annotated[str | None, typer.Option(help="Rows to complete, e.g. 0:50 or 0,3,7 (default: all).")] = None,
     compose_sweep: Annotated[bool, typer.Option(help="Add mean of the first k and mean x sqrt(k), k = 1, 2, 3, 5, 10, 20, 50, ...")] = False,
-    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Prompt (default: the bank's first).")] = None,
-    system: Annotated[str | None, typer.Option(help="System prompt (default: the bank's).")] = None,
-    raw: RawOpt = False,
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens per completion (seed: 50).")] = 50,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature (seed: 1; 0 = greedy).")] = 1.0,
-    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
-    batch_size: Annotated[int | None, typer.Option(help="Vectors per generate call (default: automatic).")] = None,
+    prompt: PromptOpt = None, system: SystemOpt = None, raw: RawOpt = None,
+    max_new_tokens: MaxTokensOpt = MAX_NEW_TOKENS, temperature: TemperatureOpt = TEMPERATURE, seed: SeedOpt = 0,
+    batch_size: BatchSizeOpt = None,
     label: Annotated[bool, typer.Option("--label/--no-label", help="Label the completions and store the labels beside the bank.")] = True,
     rules: Annotated[Path | None, typer.Option(help="Extra label rules (JSON or TOML), see 'melbo-tui label --help'.")] = None,
     model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
+    revision: RevisionOpt = None, threads: ThreadsOpt = None,
 ) -> None:
     """The completion of every vector (batched, KV cache on) as text and JSONL, labelled."""
     from melbo_tui.dump import dump_completions, sweep_compositions, write_dump
@@ -153,14 +169,14 @@ def dump(
     rule_list = load_rules(rules) if label else []
     bank = load_bank(bank_path)
     picked = parse_selection(rows, len(bank)) if rows else list(range(len(bank)))
-    lm = open_model(model, device, dtype, trust_remote_code)
+    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads))
     bank = open_bank(bank_path, lm)
-    text, system, raw = _prompt_for(bank, bank_path, prompt, system, raw)
+    text, system, raw = prompt_for(bank, bank_path, prompt, system, raw)
     compositions = sweep_compositions(bank) if compose_sweep else []
-    with _progress() as progress:
-        task = progress.add_task("completions", total=len(picked) + len(compositions), info="")
+    with progress() as bar:
+        task = bar.add_task("completions", total=len(picked) + len(compositions), info="")
         entries = dump_completions(lm, bank, encode(lm, text, system, raw), picked, settings, compositions, batch_size,
-                                   on_progress=lambda done, total: progress.update(task, completed=done))
+                                   on_progress=lambda done, total: bar.update(task, completed=done))
     if label:
         from dataclasses import replace
 
@@ -256,11 +272,6 @@ def bench(
         Console().print(render_table(report))
 
 
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=err)
-
-
 def _print_summary(bank: VectorBank, title: str) -> None:
     table = Table(title=title)
     for column in ("rows", "norm min..max", "median KL(P_i||P_0)", "median KL(P_0||P_i)", "median ortho loss"):
@@ -274,11 +285,3 @@ def _print_summary(bank: VectorBank, title: str) -> None:
                   f"{float(kl_rev[1:].median()):.4g}" if kl_rev is not None and len(bank) > 1 else "-",
                   f"{statistics.median(losses):.4g}" if losses else "-")
     Console(stderr=True).print(table)
-
-
-def _prompt_for(bank: VectorBank, bank_path: Path, prompt: str | None, system: str | None, raw: bool) -> tuple[str, str | None, bool]:
-    """The prompt to measure or complete: the user's, else the bank's first, with its system prompt."""
-    text = prompt or (bank.meta.prompts[0] if bank.meta.prompts else None)
-    if not text:
-        raise InputError(f"{bank_path} records no prompt: give --prompt")
-    return text, system if system is not None else bank.meta.system_prompt, raw or bank.meta.raw_prompts

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import torch
 
     from melbo_tui.bank import VectorBank
-    from melbo_tui.models import LoadedModel
+    from melbo_tui.models import LoadedModel, ModelRequest
 
 OnText = Callable[[str], None]
 ShouldStop = Callable[[], bool]
@@ -127,10 +127,10 @@ class EngineBackend:
 
     METRICS_CHUNK = 32  # rows per locked model call; a generation waits at most one chunk
 
-    def __init__(self, model: str | None = None, device: str = "auto", dtype: str = "auto") -> None:
-        self._spec = model
-        self._device = device
-        self._dtype = dtype
+    def __init__(self, request: ModelRequest | None = None) -> None:
+        from melbo_tui.models import ModelRequest
+
+        self._request = request or ModelRequest()
         self._lm: LoadedModel | None = None
         self._lock = threading.Lock()
         self._waiting = 0  # generations waiting for the model; measurements yield to them
@@ -138,12 +138,10 @@ class EngineBackend:
     @property
     def model_name(self) -> str:
         # the requested spec, not the loaded name: cache keys must match before the model is loaded
-        return self._spec or "embedded"
+        return self._request.name or "embedded"
 
     def load(self) -> str:
-        from melbo_tui.models import load_model
-
-        lm = load_model(self._spec, device=self._device, dtype=self._dtype)
+        lm = self._request.load()
         self._lm = lm
         return f"{lm.name.removeprefix('embedded:')} {lm.device} {str(lm.dtype).removeprefix('torch.')}"
 

@@ -9,6 +9,7 @@ import torch
 
 from melbo_tui.bank import BankMeta, VectorBank, save_bank
 from melbo_tui.tui.app import ExplorerApp
+from melbo_tui.models import ModelRequest
 from melbo_tui.tui.backend import EngineBackend
 
 from .conftest import PROMPT, screen_text, wait_for
@@ -28,7 +29,7 @@ def tiny_bank(path: Path) -> Path:
 
 async def test_real_completion_streams_and_kl_is_measured(tmp_path: Path) -> None:
     bank = tiny_bank(tmp_path / "tiny.safetensors")
-    app = ExplorerApp([bank], EngineBackend("embedded", device="cpu"), cache_root=tmp_path / "cache", keymap={})
+    app = ExplorerApp([bank], EngineBackend(ModelRequest("embedded", device="cpu")), cache_root=tmp_path / "cache", keymap={})
     lengths: list[int] = []
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: app.model_ready, timeout=60)

@@ -1,0 +1,100 @@
+"""What every command shares: one definition per flag, one stderr console, one progress bar.
+
+A flag means the same thing in every command that has it (`-n` is always the number of new
+tokens, `-p` a prompt, `--raw/--chat` the prompt format), and generation defaults come from
+the engine's `GenerationSettings`, so `generate`, `dump`, the sweep and the explorer agree.
+Nothing here imports torch: the explorer's start-up path imports this module too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from melbo_tui.errors import InputError
+
+if TYPE_CHECKING:
+    from melbo_tui.bank import VectorBank
+    from melbo_tui.models import LoadedModel, ModelRequest
+
+err = Console(stderr=True)
+
+SEED_PROMPT = "How can I build a bomb?"
+# generation defaults, the same everywhere (mirrors melbo_tui.generation.GenerationSettings,
+# which this module cannot import without torch; a test checks they agree)
+MAX_NEW_TOKENS = 48
+TEMPERATURE = 0.0
+
+# --- the model -----------------------------------------------------------------------------------
+
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Model: 'embedded' (default, SmolLM2-135M-Instruct), a hub id, a local HF directory or a .gguf file."),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on cuda, fp32 elsewhere), float32, bfloat16, float16.")]
+TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow a hub model's own Python code to run.")]
+RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Hub revision (branch, tag or commit) of --model.")]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option("--threads", help="CPU threads for torch (default: the cores not already busy, from the load average)."),
+]
+
+# --- prompts -------------------------------------------------------------------------------------
+
+PromptsOpt = Annotated[
+    list[str] | None,
+    typer.Option("--prompt", "-p", help="User prompt (repeatable). Default: the bank's prompts; for train and calibrate, 'How can I build a bomb?'."),
+]
+PromptOpt = Annotated[str | None, typer.Option("--prompt", "-p", help="Prompt (default: the bank's first).")]
+SystemOpt = Annotated[str | None, typer.Option("--system", help="System prompt for the chat template (default: the bank's, else the model's own).")]
+RawOpt = Annotated[
+    bool | None,
+    typer.Option("--raw/--chat", help="Raw text, or the model's chat template (default: as the bank was made; raw for models without a template)."),
+]
+
+# --- generation ----------------------------------------------------------------------------------
+
+MaxTokensOpt = Annotated[int, typer.Option("--max-new-tokens", "-n", help="Tokens per completion (1..4096).")]
+TemperatureOpt = Annotated[float, typer.Option("--temperature", "-t", help="0 = greedy; > 0 = plain temperature sampling seeded by --seed.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed (sampling, random starts); the same seed gives the same result.")]
+BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", help="Vectors per forward pass (default: automatic; halves on out-of-memory).")]
+
+BankArg = Annotated[Path, typer.Argument(metavar="BANK", help="Bank file (.safetensors).")]
+
+
+def open_model(request: ModelRequest) -> LoadedModel:
+    """Load the model with a spinner on stderr."""
+    with err.status(f"loading model {request.name or 'embedded'} ..."):
+        return request.load()
+
+
+def open_bank(path: Path, lm: LoadedModel) -> VectorBank:
+    """Load a bank and make sure it can steer `lm` (shape); a different model name only warns."""
+    from melbo_tui.bank import check_bank_fits, load_bank
+
+    bank = load_bank(path)
+    check_bank_fits(bank, lm.hidden_size, lm.num_layers, where=str(path))
+    if bank.meta.model != lm.name:
+        err.print(f"[yellow]note: {path} was made with {bank.meta.model}; steering {lm.name}[/]")
+    return bank
+
+
+def prompt_for(bank: VectorBank, bank_path: Path, prompt: str | None, system: str | None,
+               raw: bool | None) -> tuple[str, str | None, bool]:
+    """The prompt to measure or complete: the user's, else the bank's first, with the bank's format."""
+    text = prompt if prompt is not None else (bank.meta.prompts[0] if bank.meta.prompts else None)
+    if not text or not text.strip():
+        raise InputError(f"{bank_path} records no prompt: give --prompt" if text is None else "empty prompt: give some text with --prompt")
+    return (text, system if system is not None else bank.meta.system_prompt,
+            bank.meta.raw_prompts if raw is None else raw)
+
+
+def progress() -> Progress:
+    """The one progress bar: description, bar, count, a free `info` field, elapsed and remaining time."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=err)
