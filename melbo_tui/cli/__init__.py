@@ -12,7 +12,7 @@ import os
 import sys
 
 from melbo_tui.cli.app import app
-from melbo_tui.errors import MelboError
+from melbo_tui.errors import MelboError, spell
 
 
 _HEAVY_MODULES = {
@@ -45,7 +45,7 @@ def main() -> None:
         _register(sys.argv[1:])
         app(standalone_mode=False)
     except MelboError as exc:
-        _fail(str(exc), 2)
+        _fail(as_flags(exc), 2)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     except SystemExit:
@@ -59,6 +59,19 @@ def main() -> None:
         if os.environ.get("MELBO_TUI_DEBUG"):
             raise
         _fail(f"internal error: {type(exc).__name__}: {exc} (set MELBO_TUI_DEBUG=1 for a traceback)", 1)
+
+
+# engine parameters whose flag is not `--` + the name with dashes
+_FLAGS = {"base_row": "--base", "prompts": "--prompt", "out": "--out"}
+
+
+def as_flag(parameter: str) -> str:
+    return _FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
+
+
+def as_flags(exc: MelboError) -> str:
+    """The engine's message with its parameter names spelled as command-line flags."""
+    return spell(exc, as_flag)
 
 
 def _fail(message: str, code: int) -> None:
