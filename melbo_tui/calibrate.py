@@ -59,7 +59,13 @@ def sweep(
 
 
 def find_onset(xs: list[float], ys: list[float]) -> int:
-    """Index of the interior point where the slope increases the most (slopes per unit of x)."""
+    """Index of the interior point where the slope increases the most (slopes per unit of x).
+
+    Only the curve up to its maximum counts: quick vectors at large R are noisy, and a dip
+    after the peak followed by a rise would otherwise look like the steepest take-off.
+    """
+    peak = max(range(len(ys)), key=ys.__getitem__)
+    xs, ys = xs[: max(peak + 1, 3)], ys[: max(peak + 1, 3)]
     if len(xs) < 3:
         return 0
     slopes = [(ys[i + 1] - ys[i]) / max(xs[i + 1] - xs[i], 1e-12) for i in range(len(xs) - 1)]

@@ -116,3 +116,6 @@ def test_defaults_and_helpers() -> None:
     radii = [10, 20, 30, 40, 50, 55, 60, 70, 80, 100, 120]
     change = [52.0, 101.3, 169.4, 234.8, 338.2, 381.6, 426.4, 514.4, 594.8, 722.3, 811.9]
     assert (find_onset(radii, change), find_elbow(radii, change)) == (3, 8)
+    # measured with the sink left out (4 quick vectors of 30 steps): noisy past the peak; the onset stays at 40
+    noisy = [18.9, 39.5, 63.4, 114.6, 227.4, 275.8, 337.5, 516.3, 669.9, 471.5, 623.9]
+    assert find_onset(radii, noisy) == 3
