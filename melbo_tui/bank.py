@@ -6,7 +6,9 @@ Layout (format_version 1):
 - `__metadata__["melbo"]`: a JSON object (see `BankMeta`).
 
 Loading never silently drops data: a NaN/inf row is an error naming its index. Writes go
-through `atomic.atomic_write` so a checkpoint is always a complete bank.
+through `atomic.atomic_write` so a checkpoint is always a complete bank, under the bank's
+write lock (`locking.bank_lock`); a read-modify-write of a bank that another process may be
+growing goes through `update_bank`, which re-reads the file under that lock.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -25,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from melbo_tui.atomic import atomic_write
 from melbo_tui.errors import BankError
+from melbo_tui.locking import bank_lock
 
 FORMAT_VERSION = 1
 
@@ -153,7 +157,20 @@ def save_bank(bank: VectorBank, path: Path) -> None:
     if not bank.meta.created_at:
         bank.meta.created_at = now_iso()
     metadata = {"melbo": bank.meta.to_json()}
-    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    with bank_lock(path):
+        atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def update_bank(path: Path, change: Callable[[VectorBank], VectorBank]) -> VectorBank:
+    """Read the bank as it is on disk now, apply `change`, write the result: all under its lock.
+
+    For writers that worked on an older copy (eval, labels): `change` sees what another
+    process (say `ortho --resume`) has appended meanwhile and must keep it. Returns what was written.
+    """
+    with bank_lock(path):
+        bank = change(load_bank(path))
+        save_bank(bank, path)
+    return bank
 
 
 def load_bank(path: Path) -> VectorBank:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import statistics
 import sys
@@ -9,11 +11,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from melbo_tui.bank import VectorBank, load_bank, save_bank
+from melbo_tui.bank import VectorBank, load_bank
 from melbo_tui.cli.app import app, command_line
 from melbo_tui.cli.options import (
     MAX_NEW_TOKENS,
@@ -40,8 +43,8 @@ from melbo_tui.cli.options import (
     prompt_for,
 )
 from melbo_tui.compose import ComposeMode, Composition
-from melbo_tui.errors import InputError
-from melbo_tui.models import ModelRequest
+from melbo_tui.errors import BankError, InputError
+from melbo_tui.models import LoadedModel, ModelRequest
 from melbo_tui.ortho import OrthoConfig, OrthoProgress, OrthoSource, run_ortho
 from melbo_tui.prompts import encode
 
@@ -109,11 +112,8 @@ def ortho(
         sys.exit(130)  # SystemExit passes through click untouched; typer.Exit's code would be lost
     bank = result.bank
     if evaluate and len(bank) > 1:
-        from melbo_tui.metrics import evaluate_bank
-
         with err.status("computing KL / norm metrics ..."):
-            bank = evaluate_bank(lm, bank, inputs[0], prompts[0], system, raw)
-        save_bank(bank, out)
+            bank = store_metrics(out, bank, lm, inputs[0], prompts[0], system, raw)
     per_vector = result.seconds / result.new if result.new else 0.0
     err.print(result.message)
     _print_summary(bank, f"{result.new} new vectors, {per_vector:.2f} s/vector")
@@ -127,9 +127,11 @@ def eval_(
     model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
     revision: RevisionOpt = None, threads: ThreadsOpt = None,
 ) -> None:
-    """Store kl = KL(P_i||P_0), kl_rev = KL(P_0||P_i) (nats, next token after the prompt), norm, cos_base."""
-    from melbo_tui.metrics import evaluate_bank
+    """Store kl = KL(P_i||P_0), kl_rev = KL(P_0||P_i) (nats, next token after the prompt), norm, cos_base.
 
+    Safe while another process (ortho --resume) grows the bank: rows appended meanwhile are
+    kept and measured too.
+    """
     if batch_size is not None and batch_size <= 0:
         raise InputError(f"--batch-size must be positive, got {batch_size}")
     load_bank(bank_path)  # fail on a bad file before loading a model
@@ -137,8 +139,7 @@ def eval_(
     bank = open_bank(bank_path, lm)
     text, system, raw = prompt_for(bank, bank_path, prompt, system, raw)
     with err.status(f"evaluating {len(bank)} vectors ..."):
-        bank = evaluate_bank(lm, bank, encode(lm, text, system, raw), text, system, raw, batch_size)
-    save_bank(bank, bank_path)
+        bank = store_metrics(bank_path, bank, lm, encode(lm, text, system, raw), text, system, raw, batch_size)
     _print_summary(bank, f"metrics stored in {bank_path}")
 
 
@@ -270,6 +271,50 @@ def bench(
         print(json.dumps(report, indent=2))
     else:
         Console().print(render_table(report))
+
+
+class _BankGrew(Exception):
+    def __init__(self, current: VectorBank) -> None:
+        super().__init__("bank grew")
+        self.current = current
+
+
+def store_metrics(path: Path, bank: VectorBank, lm: LoadedModel, input_ids: torch.Tensor, prompt: str,
+                  system: str | None, raw: bool, batch_size: int | None = None, attempts: int = 3) -> VectorBank:
+    """Evaluate `bank` and store its metrics in `path` without losing what another process appended.
+
+    The evaluation runs unlocked (it may take minutes); the write re-reads the file under the
+    bank's lock. Rows appended meanwhile (ortho --resume) make us evaluate again, the last
+    attempt entirely under the lock, so it always ends; a bank whose rows were replaced is
+    left alone with one error line.
+    """
+    from melbo_tui.bank import update_bank
+    from melbo_tui.locking import bank_lock
+    from melbo_tui.metrics import evaluate_bank
+
+    for attempt in range(attempts):
+        last = attempt == attempts - 1
+        with bank_lock(path) if last else contextlib.nullcontext():
+            if last:
+                bank = load_bank(path)
+            evaluated = evaluate_bank(lm, bank, input_ids, prompt, system, raw, batch_size)
+
+            def commit(current: VectorBank, evaluated: VectorBank = evaluated) -> VectorBank:
+                n = len(evaluated)
+                if len(current) < n or not torch.equal(current.vectors[:n], evaluated.vectors):
+                    raise BankError(f"{path} was rewritten by another process while it was evaluated; "
+                                    "nothing stored: run eval again")
+                if len(current) > n:
+                    raise _BankGrew(current)
+                meta = dataclasses.replace(current.meta, extra={**current.meta.extra, "eval": evaluated.meta.extra["eval"]})
+                return VectorBank(vectors=current.vectors, meta=meta, metrics=evaluated.metrics)
+
+            try:
+                return update_bank(path, commit)
+            except _BankGrew as grew:
+                err.print(f"[dim]{path} grew to {len(grew.current)} rows while it was evaluated: evaluating again[/]")
+                bank = grew.current
+    raise AssertionError("unreachable: the last attempt holds the lock")
 
 
 def _print_summary(bank: VectorBank, title: str) -> None:
