@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from melbo_tui.atomic import atomic_write
 from melbo_tui.errors import BankError
@@ -157,8 +157,9 @@ def save_bank(bank: VectorBank, path: Path) -> None:
     if not bank.meta.created_at:
         bank.meta.created_at = now_iso()
     metadata = {"melbo": bank.meta.to_json()}
+    data = save(tensors, metadata=metadata)  # serialised first: a full disk is then a plain OSError
     with bank_lock(path):
-        atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+        atomic_write(Path(path), lambda tmp: tmp.write_bytes(data))
 
 
 def update_bank(path: Path, change: Callable[[VectorBank], VectorBank]) -> VectorBank:

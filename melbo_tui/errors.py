@@ -21,3 +21,7 @@ class BankError(MelboError):
 
 class InputError(MelboError):
     """A command-line or in-app value is malformed (prompt, selection, scale, layer...)."""
+
+
+class OutputError(MelboError):
+    """An output file cannot be written (a bad path, no permission, a full disk)."""

@@ -151,19 +151,23 @@ def generate_batch(
 
 
 def run_generate(lm: LoadedModel, input_ids: torch.Tensor, settings: GenerationSettings, keys: Sequence[str],
-                 **kwargs: Any) -> torch.Tensor:
+                 min_new_tokens: int | None = None, **kwargs: Any) -> torch.Tensor:
     """The one call of `model.generate`: explicit settings, no hub defaults, no compilation.
 
-    `input_ids  # [B, T]` (no padding); returns `[B, T + new]`. Extra `kwargs` (streamer,
-    stopping_criteria, min_new_tokens...) go to generate. Steering hooks are the caller's.
+    `input_ids  # [B, T]` (no padding); returns `[B, T + new]`. `min_new_tokens` ignores the
+    stop tokens until then (the benchmark's fixed lengths); extra `kwargs` (streamer,
+    stopping_criteria) go to generate. Steering hooks are the caller's.
     """
     processors = LogitsProcessorList()
     if settings.temperature > 0:
         processors.append(RowSampler(settings.temperature, settings.seed, keys))
+    config = generation_config(lm, settings)
+    if min_new_tokens is not None:
+        config.min_new_tokens = min_new_tokens
     with neutral_model_defaults(lm):
         return lm.model.generate(  # type: ignore[operator, no-any-return]
             input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-            generation_config=generation_config(lm, settings), logits_processor=processors, **kwargs)
+            generation_config=config, logits_processor=processors, **kwargs)
 
 
 def generation_config(lm: LoadedModel, settings: GenerationSettings) -> GenerationConfig:

@@ -51,6 +51,9 @@ def main() -> None:
     except SystemExit:
         raise
     except Exception as exc:  # usage errors and real bugs alike stay one line
+        if _out_of_memory(exc):
+            _fail(f"out of memory ({_first(str(exc)) or type(exc).__name__}): try a smaller --batch-size, "
+                  "--dtype bfloat16 or float16, or a smaller model", 2)
         # typer vendors its own click, so usage errors are recognised by shape, not by class
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
             _fail(exc.format_message(), int(exc.exit_code))
@@ -59,6 +62,19 @@ def main() -> None:
         if os.environ.get("MELBO_TUI_DEBUG"):
             raise
         _fail(f"internal error: {type(exc).__name__}: {exc} (set MELBO_TUI_DEBUG=1 for a traceback)", 1)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """CUDA's torch.OutOfMemoryError, MPS's and the CPU allocator's RuntimeErrors, Python's MemoryError."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def _first(message: str) -> str:
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    return lines[0][:200] if lines else ""
 
 
 def _fail(message: str, code: int) -> None:

@@ -24,9 +24,11 @@ from melbo_tui.cli.options import (
     BankArg,
     BatchSizeOpt,
     DeviceOpt,
+    DeterministicOpt,
     DtypeOpt,
     MaxTokensOpt,
     ModelOpt,
+    OffloadOpt,
     PromptOpt,
     PromptsOpt,
     RawOpt,
@@ -36,6 +38,7 @@ from melbo_tui.cli.options import (
     TemperatureOpt,
     ThreadsOpt,
     TrustOpt,
+    check_output,
     err,
     open_bank,
     open_model,
@@ -72,7 +75,8 @@ def ortho(
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Compute KL/norm metrics at the end.")] = True,
     prompt: PromptsOpt = None, system: SystemOpt = None, raw: RawOpt = None,
     model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
-    revision: RevisionOpt = None, threads: ThreadsOpt = None,
+    revision: RevisionOpt = None, threads: ThreadsOpt = None, offload_folder: OffloadOpt = None,
+    deterministic: DeterministicOpt = False,
 ) -> None:
     """MELBO-ortho: vectors orthogonal to row --base of BANK (and to each other) with its effect.
 
@@ -83,10 +87,11 @@ def ortho(
     """
     if count <= 0:
         raise InputError(f"--count must be positive, got {count}")
+    check_output(out)
     config = OrthoConfig(count=count, strategy=strategy, steps=steps, lr=lr, l2=l2, seed=seed)
     parent, base = _parent_bank(bank_path, base)
     config.check(parent.hidden_size)  # every setting error before the model loads
-    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads))
+    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic))
     parent = open_bank(bank_path, lm)
     prompts = prompt or list(parent.meta.prompts)
     if not prompts:
@@ -125,7 +130,8 @@ def eval_(
     prompt: PromptOpt = None, system: SystemOpt = None, raw: RawOpt = None,
     batch_size: BatchSizeOpt = None,
     model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
-    revision: RevisionOpt = None, threads: ThreadsOpt = None,
+    revision: RevisionOpt = None, threads: ThreadsOpt = None, offload_folder: OffloadOpt = None,
+    deterministic: DeterministicOpt = False,
 ) -> None:
     """Store kl = KL(P_i||P_0), kl_rev = KL(P_0||P_i) (nats, next token after the prompt), norm, cos_base.
 
@@ -135,7 +141,8 @@ def eval_(
     if batch_size is not None and batch_size <= 0:
         raise InputError(f"--batch-size must be positive, got {batch_size}")
     load_bank(bank_path)  # fail on a bad file before loading a model
-    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads))
+    check_output(bank_path, "BANK")  # the metrics are written into it
+    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic))
     bank = open_bank(bank_path, lm)
     text, system, raw = prompt_for(bank, bank_path, prompt, system, raw)
     with err.status(f"evaluating {len(bank)} vectors ..."):
@@ -155,12 +162,13 @@ def dump(
     label: Annotated[bool, typer.Option("--label/--no-label", help="Label the completions and store the labels beside the bank.")] = True,
     rules: Annotated[Path | None, typer.Option(help="Extra label rules (JSON or TOML), see 'melbo-tui label --help'.")] = None,
     model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
-    revision: RevisionOpt = None, threads: ThreadsOpt = None,
+    revision: RevisionOpt = None, threads: ThreadsOpt = None, offload_folder: OffloadOpt = None,
+    deterministic: DeterministicOpt = False,
 ) -> None:
     """The completion of every vector (batched, KV cache on) as text and JSONL, labelled."""
     from melbo_tui.dump import dump_completions, sweep_compositions, write_dump
     from melbo_tui.generation import GenerationSettings
-    from melbo_tui.labels import classify, load_rules, save_labels
+    from melbo_tui.labels import classify, labels_path, load_rules, save_labels
     from melbo_tui.selection import parse_selection
 
     settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
@@ -170,7 +178,10 @@ def dump(
     rule_list = load_rules(rules) if label else []
     bank = load_bank(bank_path)
     picked = parse_selection(rows, len(bank)) if rows else list(range(len(bank)))
-    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads))
+    text_path, jsonl_path = _dump_paths(out)
+    for path in (text_path, jsonl_path, *([labels_path(bank_path)] if label else [])):
+        check_output(path, "--out" if path != labels_path(bank_path) else "labels of BANK")
+    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic))
     bank = open_bank(bank_path, lm)
     text, system, raw = prompt_for(bank, bank_path, prompt, system, raw)
     compositions = sweep_compositions(bank) if compose_sweep else []
@@ -184,8 +195,6 @@ def dump(
         entries = [replace(e, label=classify(e.text, rule_list)) for e in entries]
         sidecar = save_labels(bank_path, len(bank), {e.row: e.label for e in entries if e.row is not None}, rule_list)
         err.print(f"labels stored in {sidecar}")
-    jsonl = out.with_suffix(".jsonl") if out.suffix != ".jsonl" else out.with_suffix(".txt")
-    text_path, jsonl_path = (out, jsonl) if out.suffix != ".jsonl" else (jsonl, out)
     write_dump(entries, text_path, jsonl_path, text, settings)
     counts = Counter(e.label for e in entries if e.label)
     err.print(f"wrote {text_path} and {jsonl_path}: {len(entries)} completions"
@@ -205,8 +214,9 @@ def label(
     defaults. Labels go to <bank stem>.labels.json beside the bank (read by the explorer).
     """
     from melbo_tui.dump import read_dump
-    from melbo_tui.labels import label_texts, load_rules, save_labels
+    from melbo_tui.labels import label_texts, labels_path, load_rules, save_labels
 
+    check_output(labels_path(bank_path), "labels of BANK")
     rule_list = load_rules(rules)
     bank = load_bank(bank_path)
     records = [(row, str(r.get("text", ""))) for r in read_dump(from_dump) if isinstance(row := r.get("row"), int)]
@@ -236,6 +246,7 @@ def export(
     from melbo_tui.export import export_gguf
     from melbo_tui.selection import parse_selection
 
+    check_output(gguf, "--gguf")
     modes = [m for m, on in ((ComposeMode.MEAN, mean), (ComposeMode.SUM, sum_), (ComposeMode.MEAN_SQRT, mean_sqrt)) if on]
     if len(modes) > 1:
         raise InputError("give at most one of --mean, --sum, --mean-sqrt")
@@ -252,21 +263,19 @@ def bench(
     quick: Annotated[bool, typer.Option(help="Small sizes (CI): well under two minutes.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's; 1 is steadier on a busy machine).")] = None,
-    model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
+    model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
+    revision: RevisionOpt = None, offload_folder: OffloadOpt = None, deterministic: DeterministicOpt = False,
 ) -> None:
     """Side-by-side speed ratios measured in one run: ortho, eval, dump, steering, loading, FLOP/s."""
-    import torch
-
     from melbo_tui.bench import BenchConfig, render_table, run_bench
 
-    if threads is not None:
-        if threads <= 0:
-            raise InputError(f"--threads must be positive, got {threads}")
-        torch.set_num_threads(threads)
-
+    if threads is not None and threads <= 0:
+        raise InputError(f"--threads must be positive, got {threads}")
+    request = ModelRequest(model, device, dtype, trust_remote_code, revision, threads or torch.get_num_threads(),
+                           offload_folder, deterministic)
     config = BenchConfig.for_ci() if quick else BenchConfig()
     with err.status("benchmarking ...") as status:
-        report = run_bench(config, model, device, dtype, on_stage=lambda s: status.update(f"benchmarking: {s} ..."))
+        report = run_bench(config, request, on_stage=lambda s: status.update(f"benchmarking: {s} ..."))
     if as_json:
         print(json.dumps(report, indent=2))
     else:
@@ -315,6 +324,13 @@ def store_metrics(path: Path, bank: VectorBank, lm: LoadedModel, input_ids: torc
                 err.print(f"[dim]{path} grew to {len(grew.current)} rows while it was evaluated: evaluating again[/]")
                 bank = grew.current
     raise AssertionError("unreachable: the last attempt holds the lock")
+
+
+def _dump_paths(out: Path) -> tuple[Path, Path]:
+    """The text file and the JSONL beside it, whichever of the two --out names."""
+    if out.suffix == ".jsonl":
+        return out.with_suffix(".txt"), out
+    return out, out.with_suffix(".jsonl")
 
 
 def _print_summary(bank: VectorBank, title: str) -> None:
