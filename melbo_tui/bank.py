@@ -159,7 +159,7 @@ def save_bank(bank: VectorBank, path: Path) -> None:
     metadata = {"melbo": bank.meta.to_json()}
     data = save(tensors, metadata=metadata)  # serialised first: a full disk is then a plain OSError
     with bank_lock(path):
-        atomic_write(Path(path), lambda tmp: tmp.write_bytes(data))
+        atomic_write(Path(path), lambda tmp: _write_bytes(tmp, data))
 
 
 def update_bank(path: Path, change: Callable[[VectorBank], VectorBank]) -> VectorBank:
@@ -172,6 +172,10 @@ def update_bank(path: Path, change: Callable[[VectorBank], VectorBank]) -> Vecto
         bank = change(load_bank(path))
         save_bank(bank, path)
     return bank
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
 
 
 def load_bank(path: Path) -> VectorBank:

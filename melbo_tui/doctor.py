@@ -131,8 +131,9 @@ def environment(lm: LoadedModel | None = None) -> list[tuple[str, str]]:
         for i in range(torch.cuda.device_count()):
             free, total = torch.cuda.mem_get_info(i)
             props = torch.cuda.get_device_properties(i)
-            rows.append((f"cuda:{i}", f"{props.name}, {total / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free, "
-                                      f"compute {props.major}.{props.minor}, bf16 {torch.cuda.is_bf16_supported()}"))
+            detail = (f"{props.name}, {total / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free, "
+                      f"compute {props.major}.{props.minor}, bf16 {torch.cuda.is_bf16_supported()}")
+            rows.append((f"cuda:{i}", detail))
     else:
         rows.append(("cuda", "not available"))
     mps = getattr(torch.backends, "mps", None)
@@ -160,14 +161,14 @@ def _model_rows(lm: LoadedModel) -> list[tuple[str, str]]:
     if kinds:
         counts = {k: kinds.count(k) for k in sorted(set(kinds))}
         rows.append(("layer types", ", ".join(f"{k} x{n}" for k, n in counts.items())
-                     + (f", sliding window {text.sliding_window}" if getattr(text, "sliding_window", None) else "")))
+                     + (f", sliding window {window}" if (window := getattr(text, "sliding_window", None)) else "")))
     rows.append(("attention", str(getattr(config, "_attn_implementation", "?"))))
     rows += [("note", note) for note in lm.notes]
     return rows
 
 
 def _torch_build() -> str:
-    parts = [torch.__version__]
+    parts: list[str] = [str(torch.__version__)]
     if torch.version.cuda:
         parts.append(f"CUDA {torch.version.cuda}")
         if torch.backends.cudnn.is_available():
@@ -195,7 +196,7 @@ def _prompt_ids(lm: LoadedModel, prompt: str) -> torch.Tensor:
         from melbo_tui.prompts import encode
 
         return encode(lm, prompt)
-    vocab = lm.model.get_input_embeddings().weight.shape[0]
+    vocab = int(lm.model.get_input_embeddings().num_embeddings)
     return torch.randint(0, vocab, (1, 12), generator=torch.Generator().manual_seed(0)).to(lm.device)
 
 

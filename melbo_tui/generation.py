@@ -34,7 +34,6 @@ from melbo_tui.errors import InputError
 from melbo_tui.models import LoadedModel
 from melbo_tui.steering import steer
 
-
 MAX_NEW_TOKENS_LIMIT = 4096  # one bound for every face: beyond it a "completion" is a job, not a preview
 
 
@@ -187,7 +186,7 @@ def neutral_model_defaults(lm: LoadedModel) -> Iterator[None]:
     file sets repetition penalties, top-k/top-p, temperature or a static cache there.
     """
     model = lm.model
-    own = getattr(model, "generation_config", None)
+    own = model.generation_config
     model.generation_config = GenerationConfig(**_token_ids(lm))
     try:
         yield

@@ -132,12 +132,12 @@ def save_labels(bank_path: Path, num_rows: int, labelled: dict[int, str], rules:
 
 def _rows_on_disk(bank_path: Path) -> int:
     """How many vectors the bank file holds now (0 if it cannot be read): its header, not its data."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(bank_path), framework="pt") as handle:
             return int(handle.get_slice("vectors").get_shape()[0])
-    except Exception:  # a missing or unreadable bank: the caller's count stands
+    except (OSError, SafetensorError, KeyError, ValueError):  # a missing or unreadable bank: the caller's count stands
         return 0
 
 

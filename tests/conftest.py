@@ -35,7 +35,7 @@ TINY_CONFIGS: dict[str, Callable[[], transformers.PretrainedConfig]] = {
 # Models whose blocks differ by layer (sliding-window vs global attention, per-type RoPE bases):
 # the place where running a shortened block list can misalign per-layer settings. The window
 # (4 tokens) is shorter than the test prompts, so a sliding layer run as a global one shows.
-_WINDOW = dict(sliding_window=4)
+_WINDOW = {"sliding_window": 4}
 MIXED_LAYER_CONFIGS: dict[str, Callable[[], transformers.PretrainedConfig]] = {
     "gemma2": lambda: transformers.Gemma2Config(num_key_value_heads=2, head_dim=8, **_WINDOW, **_COMMON),
     "gemma3_mixed": lambda: transformers.Gemma3TextConfig(

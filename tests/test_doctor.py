@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_model
 from torch import nn
 from transformers import CompileConfig
 
-import melbo_tui.generation as generation
+from melbo_tui import generation
 from melbo_tui.cli import main
 from melbo_tui.doctor import GENERATED_TOKENS, PROMPT, Status, _prompt_ids, run_doctor, upcast
-from melbo_tui.models import LoadedModel, load_model
+from melbo_tui.models import load_model
 from melbo_tui.prefix import PrefixCache, swapped_blocks
-from conftest import tiny_model
 
 CHECKS = ["block discovery", "KV cache (steered)", "prefix cache vs full forward", "steering survives generation",
           "bf16 vs fp32 KL", "massive activations"]
@@ -86,7 +86,7 @@ def _shortened_run(self: PrefixCache, thetas: torch.Tensor, last: int | None = N
     @contextlib.contextmanager
     def run() -> Iterator[torch.Tensor]:
         end = self.lm.num_layers - 1 if last is None else last
-        p, t, d = self.hidden.shape
+        t, d = self.hidden.shape[1:]
         self._stream.hidden = (self.hidden[None] + thetas[:, None, None, :].to(self.hidden)).reshape(-1, t, d)
         stack = nn.ModuleList([self._stand_ins[-1], *self.lm.blocks[self.layer + 1: end + 1]])
         with swapped_blocks(self.lm, stack):

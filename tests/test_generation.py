@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_model
+from helpers_ortho import random_bank
 from transformers import CompileConfig
 
 from melbo_tui.dump import dump_completions
 from melbo_tui.generation import GenerationSettings, RowSampler, generate_batch, generate_stream
 from melbo_tui.models import LoadedModel, load_model
 from melbo_tui.steering import steer
-from conftest import tiny_model
-from helpers_ortho import random_bank
 
 IDS = torch.tensor([[5, 17, 3, 44, 9]])
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers_ortho import random_bank
 
 from melbo_tui.bank import load_bank, save_bank, update_bank
 from melbo_tui.cli import main
 from melbo_tui.labels import read_labels, save_labels
 from melbo_tui.locking import BankBusyError, bank_lock, lock_path
 from melbo_tui.models import LoadedModel
-from helpers_ortho import random_bank
 
 # A second process: runs the real CLI (argv after "--"), with `evaluate_bank` held back until
 # the file GO exists, like an eval of a large bank that takes minutes.
@@ -120,9 +120,9 @@ def test_a_lock_held_too_long_is_one_clear_error(tiny_chat: LoadedModel, tmp_pat
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(path), "20"], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        with pytest.raises(BankBusyError, match=r"b\.safetensors is being written by another process \(pid \d+"):
-            with bank_lock(path, timeout=0.3):
-                pass
+        busy = r"b\.safetensors is being written by another process \(pid \d+"
+        with pytest.raises(BankBusyError, match=busy), bank_lock(path, timeout=0.3):
+            pass
     finally:
         holder.kill()
         holder.wait()

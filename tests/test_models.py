@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 import transformers
+from helpers_ortho import random_bank
 
 from melbo_tui.errors import BankError, ModelError
 from melbo_tui.generation import GenerationSettings, generate_batch
@@ -25,7 +26,6 @@ from melbo_tui.models import (
 )
 from melbo_tui.prefix import PrefixCache
 from melbo_tui.steering import steer
-from helpers_ortho import random_bank
 
 GIB = 1 << 30
 

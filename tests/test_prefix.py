@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import MIXED_LAYER_CONFIGS, TINY_CONFIGS, tiny_model
 
 from melbo_tui.models import LoadedModel
 from melbo_tui.prefix import PrefixCache
 from melbo_tui.steering import run_to_layer, steer
-from conftest import MIXED_LAYER_CONFIGS, TINY_CONFIGS, tiny_model
 
 IDS = torch.tensor([[5, 17, 3, 44, 9, 21, 60, 7, 33, 12, 80, 2], [8, 1, 90, 14, 6, 6, 31, 52, 70, 11, 4, 29]])  # [2, 12]
 ARCHS = sorted(MIXED_LAYER_CONFIGS) + ["gemma3", "llama", "gpt2", "gpt_neox"]

@@ -15,7 +15,6 @@ import sys
 from melbo_tui.cli.app import app
 from melbo_tui.errors import MelboError
 
-
 _HEAVY_MODULES = {
     "engine_cmds": ("train", "calibrate", "generate", "info", "import"),
     "ortho_cmds": ("ortho", "eval", "dump", "label", "export", "bench"),

@@ -21,8 +21,8 @@ from melbo_tui.cli.app import app
 from melbo_tui.cli.options import (
     MAX_NEW_TOKENS,
     TEMPERATURE,
-    DeviceOpt,
     DeterministicOpt,
+    DeviceOpt,
     DtypeOpt,
     MaxTokensOpt,
     ModelOpt,
