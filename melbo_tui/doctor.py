@@ -196,7 +196,7 @@ def _prompt_ids(lm: LoadedModel, prompt: str) -> torch.Tensor:
         from melbo_tui.prompts import encode
 
         return encode(lm, prompt)
-    vocab = int(lm.model.get_input_embeddings().num_embeddings)
+    vocab = int(lm.model.get_input_embeddings().weight.shape[0])  # type: ignore[index]
     return torch.randint(0, vocab, (1, 12), generator=torch.Generator().manual_seed(0)).to(lm.device)
 
 
