@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -137,6 +138,11 @@ class VectorBank:
     def norms(self) -> torch.Tensor:
         return self.vectors.norm(dim=-1)
 
+    def fingerprint(self) -> str:
+        """A short hash of the vectors alone: the same bank after `eval` rewrote its metrics keeps it."""
+        data = self.vectors.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+        return hashlib.sha256(data).hexdigest()[:16]
+
 
 def now_iso() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
@@ -214,6 +220,11 @@ def load_bank(path: Path) -> VectorBank:
         raise BankError(f"{path}: metadata says hidden_size {meta.hidden_size} but vectors are {vectors.shape[1]} wide")
     if not 0 <= meta.base_index < len(vectors):
         raise BankError(f"{path}: base_index {meta.base_index} outside 0..{len(vectors) - 1}")
+    for name, layer in (("source", meta.source_layer), ("target", meta.target_layer)):
+        if not 0 <= layer < meta.num_layers:
+            raise BankError(f"{path}: {name} layer {layer} outside the blocks 0..{meta.num_layers - 1} of {meta.model}")
+    if meta.target_layer <= meta.source_layer:
+        raise BankError(f"{path}: target layer {meta.target_layer} does not come after source layer {meta.source_layer}")
     return VectorBank(vectors=vectors, meta=meta, metrics=metrics)
 
 

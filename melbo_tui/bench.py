@@ -2,11 +2,11 @@
 
 Every pair is measured in the same process on the same model, one after the other, so the
 ratios hold even on a busy machine (the absolute numbers do not). Rows:
-- ortho fast vs sequential: seconds per vector, each with its default settings, and the
-  quality of the first n vectors of each (median final loss, median KL(P_i || P_0)); a second
-  row runs fast with a larger evaluation budget against the same sequential run, so the
-  speed-for-loss trade of `--steps` is measured, not guessed;
-- eval batched (`metrics.compute_metrics`) vs a one-vector-at-a-time loop (full forward);
+- ortho fast vs sequential, one row per objective (tokens, seed): seconds per vector, each
+  with its default settings, and the quality of the first n vectors of each measured by
+  behaviour over a continuation (median kl_seq against the unsteered model's, median err), not
+  by the loss;
+- eval batched (`metrics.bank_metrics`) vs a one-vector-at-a-time loop (full forward);
 - dump batched (`generation.generate_batch`, B vectors per call) vs one `generate` per vector;
 - steered vs unsteered generation, tokens/s (the hook's overhead);
 - model load from the safetensors cache vs from the GGUF (dequantising);
@@ -47,8 +47,8 @@ class BenchConfig:
     radius: float = 55.0
     ortho_fast_count: int = 32
     ortho_sequential_count: int = 3
-    ortho_steps: int | None = None  # None: each strategy's default (Adam 1000 steps, L-BFGS 60 evaluations)
-    ortho_long_steps: int = 200  # the second fast row: L-BFGS evaluations per vector
+    ortho_steps: int | None = None  # None: each strategy's default (Adam 1000 steps, L-BFGS evaluations)
+    continuation: int = 32  # kl_seq: tokens of the base's greedy continuation
     eval_vectors: int = 64
     dump_vectors: int = 32  # the CLI's default batch on a CPU
     dump_tokens: int = 32
@@ -59,7 +59,7 @@ class BenchConfig:
     @classmethod
     def for_ci(cls) -> BenchConfig:
         """The `--quick` sizes."""
-        return cls(quick=True, ortho_fast_count=8, ortho_sequential_count=1, ortho_steps=40, ortho_long_steps=80, eval_vectors=16,
+        return cls(quick=True, ortho_fast_count=8, ortho_sequential_count=1, ortho_steps=40, continuation=8, eval_vectors=16,
                    dump_vectors=4, dump_tokens=8, gen_tokens=16, gguf_load=False, matmul_size=512)
 
 
@@ -87,9 +87,8 @@ def run_bench(config: BenchConfig, request: ModelRequest | None = None,
         config = replace(config, source_layer=source, target_layer=target)
     ids = encode(lm, PROMPT)
     theta0 = _random_vectors(lm, 1, config.radius, seed=0)[0]
-    parent = _bank(lm, theta0[None], config)
     stage("ortho fast vs sequential")
-    rows.extend(_ortho_rows(lm, parent, ids, config))
+    rows.extend(_ortho_rows(lm, theta0, ids, config))
     stage("eval batched vs loop")
     rows.append(_eval_row(lm, config, ids))
     stage("dump batched vs loop")
@@ -136,61 +135,47 @@ def render_table(report: dict[str, Any]) -> Any:
 # --- rows -----------------------------------------------------------------------------------------
 
 
-def _ortho_rows(lm: LoadedModel, parent: VectorBank, ids: torch.Tensor, config: BenchConfig) -> list[Row]:
-    """Fast (default budget), sequential, and fast with `ortho_long_steps`, from the same base."""
-    from melbo_tui.metrics import compute_metrics
-    from melbo_tui.ortho import OrthoConfig, OrthoSource, run_ortho
+def _ortho_rows(lm: LoadedModel, theta0: torch.Tensor, ids: torch.Tensor, config: BenchConfig) -> list[Row]:
+    """Per objective: fast vs sequential from the same base; quality of the first n by behaviour, not by the loss."""
+    from melbo_tui.metrics import measure
+    from melbo_tui.ortho import Objective, OrthoConfig, Strategy, search
 
-    source = OrthoSource(parent, "<bench>", 0, [PROMPT])
     n = config.ortho_sequential_count
-    runs = {"fast": ("fast", config.ortho_fast_count, config.ortho_steps),
-            "sequential": ("sequential", n, config.ortho_steps),
-            "fast_long": ("fast", n, config.ortho_long_steps)}
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, (strategy, count, steps) in runs.items():
-            cfg = OrthoConfig(count=count, strategy=strategy, steps=steps)
-            result = run_ortho(lm, source, [ids], cfg, Path(tmp) / f"{name}.safetensors")
-            bank = result.bank
-            kl = compute_metrics(lm, bank, ids)["kl"][1:n + 1]
-            losses = bank.meta.extra["ortho_loss"][1:n + 1]
-            used = bank.meta.extra["ortho_steps"][1:]
-            results[name] = {
-                "seconds_per_vector": result.seconds / max(result.new, 1),
-                "vectors": result.new,
-                "median_loss": statistics.median(losses) if losses else float("nan"),
-                "median_kl": float(kl.median()) if len(kl) else float("nan"),
-                "mean_steps": statistics.mean(used) if used else 0.0,
-                "median_norm": float(bank.norms()[1:n + 1].median()),
+    rows = []
+    for objective in Objective:
+        results = {}
+        for strategy, count in ((Strategy.FAST, config.ortho_fast_count), (Strategy.SEQUENTIAL, n)):
+            cfg = OrthoConfig(count=count, strategy=strategy, objective=objective, steps=config.ortho_steps)
+            found = search(lm, theta0, [ids], source_layer=config.source_layer, target_layer=config.target_layer, config=cfg)
+            rows_to_measure = torch.cat([theta0[None].cpu(), found.vectors[:n], torch.zeros(1, lm.hidden_size)])
+            values = measure(lm, rows_to_measure, ids, source_layer=config.source_layer, target_layer=config.target_layer,
+                             continuation=config.continuation).values
+            results[strategy] = {
+                "seconds_per_vector": found.seconds / max(len(found.vectors), 1), "vectors": len(found.vectors),
+                "median_kl_seq": float(values["kl_seq"][1:-1].median()), "unsteered_kl_seq": float(values["kl_seq"][-1]),
+                "median_err": float(values["err"][1:-1].median()), "median_kl": float(values["kl"][1:-1].median()),
+                "median_loss": statistics.median(found.losses[:n]), "mean_steps": statistics.mean(found.steps),
+                "median_norm": float(found.vectors[:n].norm(dim=1).median()),
             }
-    seq = results["sequential"]
-
-    def row(name: str, title: str, target: str) -> Row:
-        fast = results[name]
-        return {
-            "name": title,
-            "ours": f"{fast['seconds_per_vector']:.2f} s",
-            "baseline": f"{seq['seconds_per_vector']:.2f} s",
-            "ratio": seq["seconds_per_vector"] / fast["seconds_per_vector"],
-            "target": target,
-            "notes": (f"first {n}: loss {fast['median_loss']:.3g} vs {seq['median_loss']:.3g}, "
-                      f"KL {fast['median_kl']:.3g} vs {seq['median_kl']:.3g}; L-BFGS {fast['mean_steps']:.0f} evaluations vs "
-                      f"Adam {seq['mean_steps']:.0f} steps per vector"),
+        fast, seq = results[Strategy.FAST], results[Strategy.SEQUENTIAL]
+        rows.append({
+            "name": f"ortho fast vs sequential, --objective {objective} (s/vector)",
+            "ours": f"{fast['seconds_per_vector']:.2f} s", "baseline": f"{seq['seconds_per_vector']:.2f} s",
+            "ratio": seq["seconds_per_vector"] / fast["seconds_per_vector"], "target": ">= 20x at <= kl_seq",
+            "notes": (f"first {n}: kl_seq {fast['median_kl_seq']:.3g} vs {seq['median_kl_seq']:.3g} (unsteered "
+                      f"{fast['unsteered_kl_seq']:.3g}), err {fast['median_err']:.2f} vs {seq['median_err']:.2f}; "
+                      f"L-BFGS {fast['mean_steps']:.0f} evaluations vs Adam {seq['mean_steps']:.0f} steps"),
             "detail": {"fast": fast, "sequential": seq},
-        }
-
-    return [row("fast", "ortho fast vs sequential (s/vector)", ">= 20x at <= KL"),
-            row("fast_long", f"ortho fast --steps {config.ortho_long_steps} vs sequential (s/vector)", "loss <= sequential")]
+        })
+    return rows
 
 
 def _eval_row(lm: LoadedModel, config: BenchConfig, ids: torch.Tensor) -> Row:
-    from melbo_tui.metrics import compute_metrics
-
     vectors = _random_vectors(lm, config.eval_vectors, config.radius, seed=1)
     bank = _bank(lm, vectors, config)
-    compute_metrics(lm, _bank(lm, vectors[:2], config), ids)  # warm-up
+    _next_token(lm, _bank(lm, vectors[:2], config), ids)  # warm-up
     t0 = time.perf_counter()
-    ours = compute_metrics(lm, bank, ids)["kl"]
+    ours = _next_token(lm, bank, ids)["kl"]
     fast = time.perf_counter() - t0
     t0 = time.perf_counter()
     baseline = kl_loop(lm, vectors, config.source_layer, ids)
@@ -271,20 +256,21 @@ def _load_row(request: ModelRequest, cached: float, config: BenchConfig) -> Row:
 
 
 def _flops_row(lm: LoadedModel, config: BenchConfig, ids: torch.Tensor) -> Row:
-    from melbo_tui.ortho import _CachedForward
+    from melbo_tui.ortho import Objective, OrthoLoss, _CachedForward
+    from melbo_tui.sink import SinkRule
 
     peak = matmul_gflops(config.matmul_size, lm.dtype, lm.device)
-    objective = _CachedForward(lm, config.source_layer, config.target_layer, [ids])
+    objective = OrthoLoss(_CachedForward(lm, config.source_layer, config.target_layer, [ids]), Objective.TOKENS, SinkRule())
     theta0 = _random_vectors(lm, 1, config.radius, seed=4).to(lm.device)
     objective.set_base(theta0[0])
     k = 1  # what the fast strategy runs per loss evaluation
     thetas = torch.nn.Parameter(_random_vectors(lm, k, config.radius, seed=5).to(lm.device))
-    objective.distance(thetas).sum().backward()  # warm-up
+    objective.value(thetas).sum().backward()  # warm-up
     reps = 2 if config.quick else 5
     t0 = time.perf_counter()
     for _ in range(reps):
         thetas.grad = None
-        objective.distance(thetas).sum().backward()
+        objective.value(thetas).sum().backward()
     _sync(lm.device)
     seconds = (time.perf_counter() - t0) / reps
     blocks = lm.blocks[config.source_layer + 1: config.target_layer + 1]
@@ -329,6 +315,15 @@ def _tui_latency(config: BenchConfig) -> Row | None:
 
 
 # --- helpers ----------------------------------------------------------------------------------------
+
+
+def _next_token(lm: LoadedModel, bank: VectorBank, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Next-token metrics only (a one-token continuation): what the loop baseline computes."""
+    from melbo_tui.metrics import bank_metrics
+
+    meta = bank.meta
+    return bank_metrics(lm, bank.vectors, ids, source_layer=meta.source_layer, target_layer=meta.target_layer,
+                        base_index=meta.base_index, continuation=1)
 
 
 def _random_vectors(lm: LoadedModel, n: int, radius: float, seed: int) -> torch.Tensor:

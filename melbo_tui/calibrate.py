@@ -2,7 +2,9 @@
 
 The MELBO post picks R at the elbow of the target-layer change against R (too small: nothing
 changes; too large: gibberish). For each R a few quick vectors are trained and the mean
-per-token change ||Z_t(theta) - Z_t(0)||_2 is recorded. The curve is S-shaped, so it has two
+per-token change ||Z_t(theta) - Z_t(0)||_2 is recorded over the positions MELBO compares (the
+attention sink left out by default: its change is ~100x the others' on the embedded model and
+would make the curve a curve of the sink). The curve is S-shaped, so it has two
 knees and we report both:
 - `onset`: where the slope rises the most (the change "takes off"): the MELBO elbow;
 - `saturation`: the point farthest from the first-to-last chord with both axes scaled to
@@ -17,17 +19,17 @@ from dataclasses import dataclass, replace
 import torch
 
 from melbo_tui.errors import InputError
-from melbo_tui.melbo import MelboConfig, TrainProgress, train_melbo
+from melbo_tui.melbo import MelboConfig, MelboObjective, TrainProgress, train
 from melbo_tui.models import LoadedModel
 from melbo_tui.prompts import encode
-from melbo_tui.steering import run_to_layer, steer
+from melbo_tui.sink import SinkReport
 
 
 @dataclass(frozen=True)
 class CalibrationPoint:
     radius: float
-    mean_change: float  # mean over vectors, prompts and tokens of ||Z_t(theta) - Z_t(0)||_2
-    unsteered_norm: float  # mean ||Z_t(0)||_2, to read the change against
+    mean_change: float  # mean over vectors, prompts and compared positions of ||Z_t(theta) - Z_t(0)||_2
+    unsteered_norm: float  # mean ||Z_t(0)||_2 over the same positions, to read the change against
 
 
 def sweep(
@@ -39,15 +41,17 @@ def sweep(
     raw: bool = False,
     on_point: Callable[[int, CalibrationPoint], None] | None = None,
     on_progress: Callable[[TrainProgress], None] | None = None,
+    on_sink: Callable[[SinkReport], None] | None = None,
 ) -> list[CalibrationPoint]:
     if len(radii) < 3:
         raise InputError("give at least 3 radii to find an elbow")
     inputs = [encode(lm, p, system, raw) for p in prompts]
+    objective = MelboObjective(lm, base, inputs)
     points = []
     for i, radius in enumerate(radii):
         config = replace(base, radius=radius)
-        vectors = train_melbo(lm, config, prompts, system, raw, on_progress=on_progress)
-        point = _measure(lm, config, inputs, vectors)
+        vectors = train(lm, config, inputs, on_progress=on_progress, on_sink=on_sink if i == 0 else None)
+        point = _measure(objective, radius, vectors)
         points.append(point)
         if on_point is not None:
             on_point(i, point)
@@ -78,13 +82,11 @@ def find_elbow(xs: list[float], ys: list[float]) -> int:
     return int(distance.argmax())
 
 
-def _measure(lm: LoadedModel, config: MelboConfig, inputs: list[torch.Tensor], vectors: torch.Tensor) -> CalibrationPoint:
+def _measure(objective: MelboObjective, radius: float, vectors: torch.Tensor) -> CalibrationPoint:
     changes, norms = [], []
     with torch.no_grad():
-        for ids in inputs:
-            z0 = run_to_layer(lm, config.target_layer, ids).float()  # [1, T, d]
-            with steer(lm, config.source_layer, vectors.to(lm.device)):
-                z = run_to_layer(lm, config.target_layer, ids.expand(len(vectors), -1)).float()
-            changes.append((z - z0).norm(dim=-1).mean().item())
-            norms.append(z0.norm(dim=-1).mean().item())
-    return CalibrationPoint(config.radius, sum(changes) / len(changes), sum(norms) / len(norms))
+        for prompt, positions in enumerate(objective.positions):
+            kept = positions.kept
+            changes.append(float(objective.per_position(vectors.to(objective.lm.device), prompt)[:, kept.to(vectors.device)].mean()))
+            norms.append(float(objective.unsteered[prompt][kept.to(objective.unsteered[prompt].device)].norm(dim=-1).mean()))
+    return CalibrationPoint(radius, sum(changes) / len(changes), sum(norms) / len(norms))

@@ -108,13 +108,14 @@ def dump_completions(
 
 
 def write_dump(entries: list[DumpEntry], text_path: Path, jsonl_path: Path, prompt: str,
-               settings: GenerationSettings) -> None:
-    """The seed-style text file and the JSONL, each written atomically."""
+               settings: GenerationSettings, bank: VectorBank) -> None:
+    """The seed-style text file and the JSONL, each written atomically; every record names its bank's vectors."""
     header = (f"# prompt: {prompt!r}; temperature {settings.temperature:g}, {settings.max_new_tokens} new tokens, "
               f"seed {settings.seed}\n\n")
     blocks = [f"{e.name}{f' [{e.label}]' if e.label else ''}:\n{e.text}\n" for e in entries]
     atomic_write_text(text_path, header + "\n".join(blocks))
-    lines = [json.dumps({**asdict(e), "prompt": prompt, **asdict(settings)}, ensure_ascii=False) for e in entries]
+    origin = {"bank": bank.fingerprint(), "bank_rows": len(bank)}
+    lines = [json.dumps({**asdict(e), "prompt": prompt, **asdict(settings), **origin}, ensure_ascii=False) for e in entries]
     atomic_write_text(jsonl_path, "\n".join(lines) + "\n")
 
 

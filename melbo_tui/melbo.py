@@ -6,7 +6,11 @@ residual stream at `target_layer`:
     loss(theta) = - sum_prompts ( sum_{t in target tokens} ||Z_t(theta) - Z_t(0)||_2^p )^(1/q)
 
 with the norm over the hidden axis (the reference code takes it over the token axis; the two
-agree only for p = 2). Optimiser as in the reference: AdamW(lr, betas=(0.9, 0.98),
+agree only for p = 2). The target tokens are the `target_tokens` slice minus the attention sink
+(`sink.SinkRule`, default: positions whose unsteered target-layer norm is > 10x the others'
+median; `keep` compares them too, as the paper did): with p = 2 and every position, the sink
+holds ~all of the objective on the embedded model (REFERENCE.md s.2a). Blocks 0..S run once
+per prompt (`prefix.PrefixCache`); each step runs S+1..T. Optimiser as in the reference: AdamW(lr, betas=(0.9, 0.98),
 weight_decay=0, amsgrad=True). Each step: project the gradient orthogonal to the earlier
 vectors, remove its radial part, step, then project theta back orthogonal to the earlier
 vectors and renormalise it to R.
@@ -20,16 +24,17 @@ its batch (a QR retraction after each step). `batch_vectors=1` is the reference'
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from melbo_tui.bank import BankKind, BankMeta, VectorBank
 from melbo_tui.errors import InputError
 from melbo_tui.models import LoadedModel
-from melbo_tui.prompts import encode
-from melbo_tui.steering import check_layer, run_to_layer, steer
+from melbo_tui.prefix import PrefixCache
+from melbo_tui.sink import Positions, SinkReport, SinkRule, excluded_share, select_positions
+from melbo_tui.steering import check_layer, run_to_layer
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class MelboConfig:
     lr: float | None = None  # None: `auto_lr`
     seed: int = 0
     batch_vectors: int = 16
+    sink: SinkRule = field(default_factory=SinkRule)  # target positions left out of the objective
 
     def effective_lr(self, hidden_size: int) -> float:
         return self.lr if self.lr is not None else auto_lr(self.radius, hidden_size)
@@ -53,17 +59,17 @@ class MelboConfig:
         check_layer(lm, self.source_layer, "source layer")
         check_layer(lm, self.target_layer, "target layer")
         if self.target_layer <= self.source_layer:
-            raise InputError(f"target layer {self.target_layer} must come after source layer {self.source_layer}")
+            raise InputError(f"`target_layer` {self.target_layer} must come after `source_layer` {self.source_layer}")
         if not self.radius > 0 or self.radius == float("inf"):
-            raise InputError(f"radius must be a finite number > 0, got {self.radius}")
+            raise InputError(f"`radius` must be a finite number > 0, got {self.radius}")
         if self.num_vectors <= 0 or self.steps <= 0 or self.batch_vectors <= 0:
-            raise InputError("--num-vectors, --steps and --batch-vectors must be positive")
+            raise InputError("`num_vectors`, `steps` and `batch_vectors` must be positive")
         if self.num_vectors > lm.hidden_size:
-            raise InputError(f"at most {lm.hidden_size} mutually orthogonal vectors fit in d_model={lm.hidden_size}")
+            raise InputError(f"`num_vectors` {self.num_vectors}: at most {lm.hidden_size} mutually orthogonal vectors fit in d_model={lm.hidden_size}")
         if not self.power > 0 or not self.q > 0:
-            raise InputError("--power and --q must be > 0")
+            raise InputError("`power` and `q` must be > 0")
         if self.lr is not None and not self.lr > 0:
-            raise InputError(f"--lr must be > 0, got {self.lr}")
+            raise InputError(f"`lr` must be > 0, got {self.lr}")
         parse_token_slice(self.target_tokens)
 
 
@@ -75,6 +81,9 @@ class TrainProgress:
     step: int
     steps: int
     loss: float  # mean over the batch of the objective, negative = more change
+
+
+REPORT_SECONDS = 0.1  # progress reports at most this often
 
 
 def auto_lr(radius: float, hidden_size: int) -> float:
@@ -97,50 +106,48 @@ def parse_token_slice(text: str) -> slice:
     """A python slice such as `-3:` or `:` selecting target token positions."""
     pieces = text.split(":")
     if len(pieces) not in (2, 3):
-        raise InputError(f"--target-tokens must be a python slice such as ':' or '-3:', got '{text}'")
+        raise InputError(f"`target_tokens` must be a python slice such as ':' or '-3:', got '{text}'")
     try:
         values = [int(p) if p.strip() else None for p in pieces]
     except ValueError:
-        raise InputError(f"--target-tokens must be a python slice such as ':' or '-3:', got '{text}'") from None
+        raise InputError(f"`target_tokens` must be a python slice such as ':' or '-3:', got '{text}'") from None
     if len(values) == 3 and values[2] == 0:
-        raise InputError("--target-tokens slice step cannot be zero")
+        raise InputError("`target_tokens` slice step cannot be zero")
     return slice(*values)
 
 
-def train_melbo(
+def train(
     lm: LoadedModel,
     config: MelboConfig,
-    prompts: list[str],
-    system: str | None = None,
-    raw: bool = False,
+    inputs: list[torch.Tensor],  # encoded prompts, [1, T] each
     on_progress: Callable[[TrainProgress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     done: torch.Tensor | None = None,
     on_batch: Callable[[torch.Tensor], None] | None = None,
+    on_sink: Callable[[SinkReport], None] | None = None,
 ) -> torch.Tensor:
     """Train `config.num_vectors` mutually orthogonal vectors of norm R: `[N, d_model]` fp32 cpu.
 
     `done` holds vectors finished by an earlier, interrupted run (resume): the starting points
     of all vectors are drawn up front from `seed`, so a resumed run ends where an uninterrupted
     one would. `on_batch` gets every vector so far after each batch (for checkpoints). If
-    `should_stop` fires, the vectors of the batches already finished are returned.
+    `should_stop` fires, the vectors of the batches already finished are returned. `on_sink`
+    hears once which target positions the objective compares.
     """
     config.check(lm)
-    if not prompts:
-        raise InputError("give at least one --prompt")
-    inputs = [encode(lm, p, system, raw) for p in prompts]
-    token_slice = parse_token_slice(config.target_tokens)
-    with torch.no_grad():
-        unsteered = [run_to_layer(lm, config.target_layer, ids)[:, token_slice].float() for ids in inputs]
-    if any(z.shape[1] == 0 for z in unsteered):
-        raise InputError(f"--target-tokens {config.target_tokens} selects no token of some prompt")
+    if not inputs:
+        raise InputError("give at least one prompt (`prompts`)")
+    objective = MelboObjective(lm, config, inputs)
     starts = torch.randn(config.num_vectors, lm.hidden_size, generator=torch.Generator().manual_seed(config.seed))
+    if on_sink is not None:
+        first = _retract(starts[: config.batch_vectors].to(lm.device), torch.zeros(0, lm.hidden_size, device=lm.device), config.radius)
+        on_sink(objective.report(first))
     vectors = done.float().cpu() if done is not None else torch.zeros(0, lm.hidden_size)
     while len(vectors) < config.num_vectors:
         size = min(config.batch_vectors, config.num_vectors - len(vectors))
         init = starts[len(vectors) : len(vectors) + size]
         basis = vectors / config.radius  # finished rows are orthogonal with norm R
-        thetas = _train_batch(lm, config, inputs, unsteered, token_slice, init, basis, len(vectors), on_progress, should_stop)
+        thetas = _train_batch(lm, config, objective, init, basis, len(vectors), on_progress, should_stop)
         if thetas is None:
             break
         vectors = torch.cat([vectors, thetas])
@@ -149,40 +156,59 @@ def train_melbo(
     return vectors
 
 
-def melbo_bank(lm: LoadedModel, config: MelboConfig, vectors: torch.Tensor, prompts: list[str],
-               system: str | None, raw: bool, created_by: str) -> VectorBank:
-    hyper = asdict(config)
-    for key in ("source_layer", "target_layer", "radius"):
-        hyper.pop(key)
-    hyper.update(lr=config.effective_lr(lm.hidden_size), optimizer="AdamW", betas=[0.9, 0.98], weight_decay=0.0, amsgrad=True, norm_axis="hidden")
-    meta = BankMeta(
-        kind=BankKind.MELBO, model=lm.name, hidden_size=lm.hidden_size, num_layers=lm.num_layers,
-        source_layer=config.source_layer, target_layer=config.target_layer, prompts=list(prompts),
-        system_prompt=system, radius=config.radius, base_index=0, hyperparameters=hyper,
-        created_by=created_by, raw_prompts=raw or not lm.has_chat_template,
-    )
-    return VectorBank(vectors=vectors.float().cpu(), meta=meta)
+class MelboObjective:
+    """The objective on fixed prompts: blocks 0..S cached, the unsteered target layer, the compared positions.
 
+    Steering adds theta after block S, so blocks 0..S are the same for every theta: they run once
+    (`PrefixCache`) and each step runs only blocks S+1..T.
+    """
 
-def target_change(lm: LoadedModel, config: MelboConfig, inputs: list[torch.Tensor],
-                  unsteered: list[torch.Tensor], token_slice: slice, thetas: torch.Tensor) -> torch.Tensor:
-    """The MELBO objective per vector `[K]`: sum over prompts of (sum_t ||dZ_t||^p)^(1/q)."""
-    total = torch.zeros(thetas.shape[0], device=thetas.device)
-    for ids, z0 in zip(inputs, unsteered, strict=True):
-        batch_ids = ids.expand(thetas.shape[0], -1)
-        with steer(lm, config.source_layer, thetas):
-            z = run_to_layer(lm, config.target_layer, batch_ids)[:, token_slice].float()  # [K, t, d]
-        per_token = (z - z0.to(z.device)).norm(dim=-1)  # [K, t], norm over the hidden axis
-        total = total + per_token.pow(config.power).sum(dim=1).pow(1.0 / config.q).to(total.device)
-    return total
+    def __init__(self, lm: LoadedModel, config: MelboConfig, inputs: list[torch.Tensor]) -> None:
+        self.lm, self.config = lm, config
+        token_slice = parse_token_slice(config.target_tokens)
+        self.caches = [PrefixCache(lm, config.source_layer, ids) for ids in inputs]
+        with torch.no_grad():
+            unsteered = [run_to_layer(lm, config.target_layer, ids)[0].float() for ids in inputs]  # [T, d] each
+        self.positions: list[Positions] = []
+        for z in unsteered:
+            positions = select_positions(z.norm(dim=-1), config.sink, token_slice)
+            self.positions.append(positions)
+        self.unsteered = [z for z in unsteered]
+
+    def per_position(self, thetas: torch.Tensor, prompt: int) -> torch.Tensor:
+        """`[K, T]`: ||Z_t(theta) - Z_t(0)||_2 at every position of one prompt (norm over the hidden axis)."""
+        with self.caches[prompt].run(thetas, last=self.config.target_layer) as ids:
+            z = run_to_layer(self.lm, self.config.target_layer, ids).float()  # [K, T, d]
+        return (z - self.unsteered[prompt].to(z.device)[None]).norm(dim=-1)
+
+    def change(self, thetas: torch.Tensor) -> torch.Tensor:
+        """`[K]`: sum over prompts of (sum_{t compared} ||dZ_t||^p)^(1/q), what training maximises."""
+        total = torch.zeros(thetas.shape[0], device=thetas.device)
+        for prompt, positions in enumerate(self.positions):
+            per_token = self.per_position(thetas, prompt)[:, positions.kept.to(thetas.device)]
+            total = total + per_token.pow(self.config.power).sum(dim=1).pow(1.0 / self.config.q).to(total.device)
+        return total
+
+    def report(self, thetas: torch.Tensor) -> SinkReport:
+        """Which positions are left out, and their share of sum_t ||dZ_t||^p at `thetas` (the first starts)."""
+        flag = SinkRule(ratio=self.config.sink.ratio)
+        shares, detected_shares, detected = [], [], []
+        with torch.no_grad():
+            for prompt, positions in enumerate(self.positions):
+                terms = self.per_position(thetas, prompt).pow(self.config.power).sum(dim=0).cpu()  # [T]
+                flagged = flag.excluded(self.unsteered[prompt].norm(dim=-1))
+                detected.append(flagged)
+                shares.append(excluded_share(terms, positions))
+                detected_shares.append(float(terms[flagged].sum() / terms.sum()) if flagged else 0.0)
+        return SinkReport(self.config.sink, [p.excluded for p in self.positions], sum(shares) / len(shares),
+                          detected, sum(detected_shares) / len(detected_shares),
+                          f"sum_t ||dZ_t||^{self.config.power:g} at random vectors of norm R")
 
 
 def _train_batch(
     lm: LoadedModel,
     config: MelboConfig,
-    inputs: list[torch.Tensor],
-    unsteered: list[torch.Tensor],
-    token_slice: slice,
+    objective: MelboObjective,
     init: torch.Tensor,  # [K, d_model]
     finished: torch.Tensor,  # [F, d_model] orthonormal
     done: int,
@@ -193,19 +219,22 @@ def _train_batch(
     basis = finished.to(device)
     theta = torch.nn.Parameter(_retract(init.to(device), basis, config.radius))
     optimizer = torch.optim.AdamW([theta], lr=config.effective_lr(lm.hidden_size), betas=(0.9, 0.98), weight_decay=0.0, amsgrad=True)
+    reported = 0.0
     for step in range(config.steps):
         if should_stop is not None and should_stop():
             return None
         optimizer.zero_grad(set_to_none=True)
-        objective = target_change(lm, config, inputs, unsteered, token_slice, theta)  # [K]
-        (-objective.sum()).backward()
+        change = objective.change(theta)  # [K]
+        (-change.sum()).backward()
         with torch.no_grad():
             assert theta.grad is not None
             theta.grad = _project_gradient(theta.grad, theta.detach() / config.radius, basis)
             optimizer.step()
             theta.copy_(_retract(theta.detach(), basis, config.radius))
-        if on_progress is not None:
-            on_progress(TrainProgress(done, theta.shape[0], config.num_vectors, step + 1, config.steps, -float(objective.detach().mean())))
+        now = time.perf_counter()
+        if on_progress is not None and (now - reported >= REPORT_SECONDS or step + 1 == config.steps):
+            reported = now  # float() waits for the device: on a GPU, only a few times a second
+            on_progress(TrainProgress(done, theta.shape[0], config.num_vectors, step + 1, config.steps, -float(change.detach().mean())))
     return theta.detach().float().cpu()
 
 

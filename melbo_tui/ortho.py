@@ -38,20 +38,20 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from melbo_tui.bank import BankKind, BankMeta, VectorBank, load_bank, save_bank
-from melbo_tui.errors import BankError, InputError
+from melbo_tui.errors import InputError, Stopped
 from melbo_tui.models import LoadedModel
 from melbo_tui.prefix import PrefixCache
+from melbo_tui.sink import Positions, SinkMode, SinkReport, SinkRule, select_positions
 from melbo_tui.steering import check_layer, run_to_layer, steer
 
-STRATEGIES = ("fast", "sequential")
 SEED_LR = 0.01  # the seed's Adam lr ...
 SEED_NORM = 7.0  # ... at |theta0| = 7
 SEQUENTIAL_STEPS = 1000  # the seed's
@@ -59,12 +59,31 @@ FAST_EVALUATIONS = 60  # L-BFGS loss evaluations per vector
 LBFGS_HISTORY = 20
 
 
+class Strategy(StrEnum):
+    FAST = "fast"  # L-BFGS on cached source-layer activations
+    SEQUENTIAL = "sequential"  # the seed's Adam loop on the full forward pass
+
+
+class Objective(StrEnum):
+    """What "reproduces theta0" means at the target layer (see the module docstring)."""
+
+    TOKENS = "tokens"  # per-position match: mean_t ||Z_t(theta) - Z_t(theta0)||^2 over the compared positions
+    SEED = "seed"  # the seed's: ||mean_t Z_t(theta) - mean_t Z_t(theta0)||_2
+
+    @property
+    def default_sink(self) -> SinkRule:
+        """`seed` is the seed's loss verbatim (every position); `tokens` leaves the sink out."""
+        return SinkRule(SinkMode.KEEP) if self == Objective.SEED else SinkRule(SinkMode.EXCLUDE)
+
+
 @dataclass(frozen=True)
 class OrthoConfig:
     """How to search; `None` fields take the per-strategy defaults documented on `resolved`."""
 
     count: int  # orthogonal vectors wanted (rows 1..count of the bank)
-    strategy: str = "fast"
+    strategy: Strategy = Strategy.FAST
+    objective: Objective = Objective.TOKENS
+    sink: SinkRule | None = None  # None: the objective's default (`Objective.default_sink`)
     steps: int | None = None  # sequential: Adam steps per vector; fast: L-BFGS loss evaluations per vector
     lr: float | None = None  # sequential only: Adam lr, scaled with |theta0| (see `resolved`)
     l2: float = 0.0  # penalty l2 * ||theta||^2 (the seed's hypothesis 2)
@@ -72,32 +91,37 @@ class OrthoConfig:
     collapse_ratio: float = 0.02  # |theta| <= ratio * |theta0| counts as collapsed; 0: never
 
     def check(self, hidden_size: int) -> None:
-        if self.strategy not in STRATEGIES:
-            raise InputError(f"unknown strategy '{self.strategy}': use {' or '.join(STRATEGIES)}")
+        if self.strategy not in Strategy.__members__.values():
+            raise InputError(f"unknown `strategy` '{self.strategy}': use {' or '.join(Strategy)}")
+        if self.objective not in Objective.__members__.values():
+            raise InputError(f"unknown `objective` '{self.objective}': use {' or '.join(Objective)}")
         if self.count <= 0:
-            raise InputError(f"--count must be positive, got {self.count}")
+            raise InputError(f"`count` must be positive, got {self.count}")
         if self.count > hidden_size - 1:
-            raise InputError(f"--count {self.count}: at most d_model - 1 = {hidden_size - 1} vectors are orthogonal to theta0")
+            raise InputError(f"`count` {self.count}: at most d_model - 1 = {hidden_size - 1} vectors are orthogonal to theta0")
         if self.steps is not None and self.steps <= 0:
-            raise InputError(f"--steps must be positive, got {self.steps}")
+            raise InputError(f"`steps` must be positive, got {self.steps}")
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
-            raise InputError(f"--lr must be a finite number > 0, got {self.lr}")
-        if self.lr is not None and self.strategy == "fast":
-            raise InputError("--lr is the Adam learning rate of --strategy sequential (fast uses L-BFGS with a line search)")
+            raise InputError(f"`lr` must be a finite number > 0, got {self.lr}")
+        if self.lr is not None and self.strategy == Strategy.FAST:
+            raise InputError("`lr` is the Adam learning rate of the sequential `strategy` (fast uses L-BFGS with a line search)")
         if not (self.l2 >= 0 and math.isfinite(self.l2)):
-            raise InputError(f"--l2 must be a finite number >= 0, got {self.l2}")
+            raise InputError(f"`l2` must be a finite number >= 0, got {self.l2}")
         if not self.collapse_ratio >= 0:
             raise InputError(f"collapse ratio must be >= 0, got {self.collapse_ratio}")
 
     def resolved(self, theta0_norm: float) -> OrthoConfig:
-        """Defaults filled in, per strategy.
+        """Defaults filled in, per strategy and objective.
 
         sequential (the seed): Adam, lr 0.01 x |theta0| / 7, constant, 1000 steps.
         fast: L-BFGS, 60 loss evaluations (no lr: the line search sets the step).
+        sink: the objective's default.
         """
-        if self.strategy == "sequential":
-            return replace(self, lr=self.lr or SEED_LR * theta0_norm / SEED_NORM, steps=self.steps or SEQUENTIAL_STEPS)
-        return replace(self, steps=self.steps or FAST_EVALUATIONS)
+        cfg = replace(self, strategy=Strategy(self.strategy), objective=Objective(self.objective),
+                      sink=self.sink or Objective(self.objective).default_sink)
+        if cfg.strategy == Strategy.SEQUENTIAL:
+            return replace(cfg, lr=cfg.lr or SEED_LR * theta0_norm / SEED_NORM, steps=cfg.steps or SEQUENTIAL_STEPS)
+        return replace(cfg, steps=cfg.steps or FAST_EVALUATIONS)
 
 
 @dataclass(frozen=True)
@@ -112,24 +136,9 @@ class OrthoProgress:
     elapsed: float  # seconds since the run started (this process)
 
 
-@dataclass(frozen=True)
-class OrthoResult:
-    bank: VectorBank
-    found: int  # orthogonal vectors in the bank (rows 1..found)
-    new: int  # of which found by this process
-    seconds: float  # wall time of this process's optimisation
-    stopped: bool  # should_stop fired
-    collapsed: bool
-    message: str
-
-
 ProgressFn = Callable[[OrthoProgress], None]
 StopFn = Callable[[], bool]
 StepFn = Callable[[int, float, float], None]  # (step, loss, norm)
-
-
-class _Stopped(Exception):
-    pass
 
 
 # --- orthonormal basis -------------------------------------------------------------------------
@@ -176,59 +185,105 @@ def init_vector(index: int, seed: int, hidden_size: int) -> torch.Tensor:
 # --- forward passes ------------------------------------------------------------------------------
 
 
-class _Objective:
-    """z(theta) for a batch of thetas, and its distance to z(theta0), per prompt group."""
+class _Forward:
+    """The target layer `[K, P_g, T_g, d]` (fp32) for a batch of thetas, one prompt group at a time."""
 
     def __init__(self, lm: LoadedModel, source: int, target: int, inputs: list[torch.Tensor]) -> None:
         self.lm, self.source, self.target = lm, source, target
         self.groups = _group_by_length(inputs)  # [P_g, T_g] each
-        self.z0: list[torch.Tensor] = []
 
-    def z(self, thetas: torch.Tensor, group: int) -> torch.Tensor:
-        """`[K, P_g, d]` fp32: target layer meaned over the sequence."""
+    def hidden(self, thetas: torch.Tensor, group: int) -> torch.Tensor:
         raise NotImplementedError
 
-    def set_base(self, theta0: torch.Tensor) -> None:
-        with torch.no_grad():
-            self.z0 = [self.z(theta0[None], g)[0].detach() for g in range(len(self.groups))]
 
-    def distance(self, thetas: torch.Tensor) -> torch.Tensor:
-        """`[K]`: ||z(theta) - z(theta0)||_2 averaged over all prompts."""
-        total = torch.zeros(thetas.shape[0], device=thetas.device)
-        count = 0
-        for g in range(len(self.groups)):
-            diff = self.z(thetas, g) - self.z0[g].to(thetas.device)  # [K, P_g, d]
-            total = total + diff.norm(dim=-1).sum(dim=1)
-            count += diff.shape[1]
-        return total / count
-
-
-class _FullForward(_Objective):
+class _FullForward(_Forward):
     """The seed's forward: steer at the source layer, run from the token ids to the target."""
 
-    def z(self, thetas: torch.Tensor, group: int) -> torch.Tensor:
+    def hidden(self, thetas: torch.Tensor, group: int) -> torch.Tensor:
         ids = self.groups[group]
         rows = []
         for theta in thetas:  # one vector at a time, all prompts of the group in one batch
             with steer(self.lm, self.source, theta):
-                hidden = run_to_layer(self.lm, self.target, ids)  # [P, T, d]
-            rows.append(hidden.float().mean(dim=1).to(thetas.device))
+                rows.append(run_to_layer(self.lm, self.target, ids).float().to(thetas.device))  # [P, T, d]
         return torch.stack(rows)
 
 
-class _CachedForward(_Objective):
+class _CachedForward(_Forward):
     """Blocks 0..S run once (`PrefixCache`); each evaluation runs only S+1..T on `cache + theta`."""
 
     def __init__(self, lm: LoadedModel, source: int, target: int, inputs: list[torch.Tensor]) -> None:
         super().__init__(lm, source, target, inputs)
         self.caches = [PrefixCache(lm, source, ids) for ids in self.groups]
 
-    def z(self, thetas: torch.Tensor, group: int) -> torch.Tensor:
+    def hidden(self, thetas: torch.Tensor, group: int) -> torch.Tensor:
         cache = self.caches[group]
-        k, (p, _, d) = thetas.shape[0], cache.hidden.shape
+        k, (p, t, d) = thetas.shape[0], cache.hidden.shape
         with cache.run(thetas, last=self.target) as ids:
             hidden = run_to_layer(self.lm, self.target, ids)  # [K*P, T, d]
-        return hidden.float().mean(dim=1).reshape(k, p, d).to(thetas.device)
+        return hidden.float().reshape(k, p, t, d).to(thetas.device)
+
+
+class OrthoLoss:
+    """The objective, per prompt group: weights over positions make the sink rule one tensor.
+
+    `weights[g]  # [P_g, T_g]` is 1/k_p on the k_p compared positions of prompt p and 0 elsewhere,
+    so `seed` means over the compared positions and `tokens` averages per-position errors over them.
+    """
+
+    def __init__(self, forward: _Forward, objective: Objective, sink: SinkRule) -> None:
+        self.forward, self.objective, self.sink = forward, objective, sink
+        zero = torch.zeros(1, forward.lm.hidden_size, device=forward.lm.device)
+        with torch.no_grad():
+            self.unsteered = [forward.hidden(zero, g)[0] for g in range(len(forward.groups))]  # [P_g, T_g, d]
+        self.positions = [[select_positions(z.norm(dim=-1), sink) for z in group] for group in self.unsteered]
+        self.weights = [_weights(group, z.shape[1], z.device) for group, z in zip(self.positions, self.unsteered, strict=True)]
+        self.base: list[torch.Tensor] = []  # theta0's target layer [P_g, T_g, d]
+
+    def set_base(self, theta0: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.base = [self.forward.hidden(theta0[None], g)[0] for g in range(len(self.forward.groups))]
+
+    def value(self, thetas: torch.Tensor) -> torch.Tensor:
+        """`[K]`: what the optimiser minimises (seed: L2 of the mean difference; tokens: mean squared error)."""
+        total = torch.zeros(thetas.shape[0], device=thetas.device)
+        count = 0
+        for g, (base, weights) in enumerate(zip(self.base, self.weights, strict=True)):
+            diff = self.forward.hidden(thetas, g) - base.to(thetas.device)  # [K, P, T, d]
+            w = weights.to(thetas.device)
+            if self.objective == Objective.SEED:
+                per_prompt = (diff * w[None, :, :, None]).sum(dim=2).norm(dim=-1)  # [K, P]
+            else:
+                per_prompt = (diff.pow(2).sum(dim=-1) * w[None]).sum(dim=2)  # [K, P]
+            total = total + per_prompt.sum(dim=1)
+            count += diff.shape[1]
+        return total / count
+
+    def reported(self, value: float) -> float:
+        """The number shown and stored as `ortho_loss`: in activation units for both objectives (tokens: RMS error)."""
+        return math.sqrt(max(value, 0.0)) if self.objective == Objective.TOKENS else value
+
+    def report(self, theta0: torch.Tensor) -> SinkReport:
+        """Which positions the rule leaves out and their share of sum_t ||Z_t(0) - Z_t(theta0)||^2."""
+        excluded, detected, share_num, detected_num, total = [], [], 0.0, 0.0, 0.0
+        flag = SinkRule(SinkMode.EXCLUDE, ratio=self.sink.ratio)
+        for unsteered, base, group in zip(self.unsteered, self.base, self.positions, strict=True):
+            per_position = (unsteered - base).pow(2).sum(dim=-1)  # [P, T]
+            for p, positions in enumerate(group):
+                flagged = flag.excluded(unsteered[p].norm(dim=-1))
+                excluded.append(positions.excluded)
+                detected.append(flagged)
+                share_num += float(per_position[p, list(positions.excluded)].sum())
+                detected_num += float(per_position[p, flagged].sum())
+                total += float(per_position[p].sum())
+        return SinkReport(self.sink, excluded, share_num / total if total else 0.0, detected,
+                          detected_num / total if total else 0.0, "sum_t ||Z_t(0) - Z_t(theta0)||^2")
+
+
+def _weights(positions: list[Positions], length: int, device: torch.device) -> torch.Tensor:
+    weights = torch.zeros(len(positions), length, device=device)
+    for p, kept in enumerate(positions):
+        weights[p, kept.kept.to(device)] = 1.0 / kept.kept.numel()
+    return weights
 
 
 def _group_by_length(inputs: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -242,7 +297,7 @@ def _group_by_length(inputs: list[torch.Tensor]) -> list[torch.Tensor]:
 # --- optimisation ---------------------------------------------------------------------------------
 
 
-def adam_vector(objective: _Objective, init: torch.Tensor, basis: torch.Tensor, config: OrthoConfig,
+def adam_vector(objective: OrthoLoss, init: torch.Tensor, basis: torch.Tensor, config: OrthoConfig,
                 on_step: StepFn, should_stop: StopFn) -> torch.Tensor:
     """The seed's loop for one vector: Adam step, then project theta onto the complement of `basis`."""
     assert config.lr is not None and config.steps is not None
@@ -250,19 +305,19 @@ def adam_vector(objective: _Objective, init: torch.Tensor, basis: torch.Tensor, 
     optimizer = torch.optim.Adam([theta], lr=config.lr)
     for step in range(config.steps):
         if should_stop():
-            raise _Stopped
+            raise Stopped
         optimizer.zero_grad(set_to_none=True)
-        loss = objective.distance(theta[None])[0]
+        loss = objective.value(theta[None])[0]
         total = loss + config.l2 * theta.pow(2).sum() if config.l2 else loss
         total.backward()
         with torch.no_grad():
             optimizer.step()
             theta.copy_(project(theta[None], basis)[0])
-        on_step(step + 1, float(loss.detach()), float(theta.detach().norm()))
+        on_step(step + 1, objective.reported(float(loss.detach())), float(theta.detach().norm()))
     return theta.detach()
 
 
-def lbfgs_vector(objective: _Objective, init: torch.Tensor, basis: torch.Tensor, config: OrthoConfig,
+def lbfgs_vector(objective: OrthoLoss, init: torch.Tensor, basis: torch.Tensor, config: OrthoConfig,
                  on_step: StepFn, should_stop: StopFn) -> torch.Tensor:
     """L-BFGS on phi with theta = P phi (P: projection onto the complement of `basis`).
 
@@ -279,168 +334,138 @@ def lbfgs_vector(objective: _Objective, init: torch.Tensor, basis: torch.Tensor,
 
     def closure() -> torch.Tensor:
         if should_stop():
-            raise _Stopped
+            raise Stopped
         optimizer.zero_grad(set_to_none=True)
         theta = phi - (phi @ basis32.T) @ basis32 if basis32.shape[0] else phi
-        loss = objective.distance(theta[None])[0]
+        loss = objective.value(theta[None])[0]
         total = loss + config.l2 * theta.pow(2).sum() if config.l2 else loss
         total.backward()
         evaluations[0] += 1
-        on_step(evaluations[0], float(loss.detach()), float(theta.detach().norm()))
+        on_step(evaluations[0], objective.reported(float(loss.detach())), float(theta.detach().norm()))
         return total
 
     optimizer.step(closure)
     return project(phi.detach()[None], basis)[0]
 
 
-# --- the run -----------------------------------------------------------------------------------------
+# --- the search --------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class OrthoSource:
-    """Where theta0 comes from and what to optimise on."""
+class FoundVector:
+    """One orthogonal vector as `search` hands it over (a job checkpoints it at once)."""
 
-    parent: VectorBank
-    parent_path: str
-    base_row: int
-    prompts: list[str]
-    system: str | None = None
-    raw: bool = False
+    index: int  # 1-based: its row in an ortho bank, theta0 being row 0
+    theta: torch.Tensor  # [d_model] float32 cpu
+    loss: float  # the objective in activation units (`OrthoLoss.reported`), without the l2 penalty
+    steps: int  # Adam steps or L-BFGS loss evaluations used
 
 
-def run_ortho(
+@dataclass(frozen=True)
+class SearchResult:
+    vectors: torch.Tensor  # [n, d_model] float32 cpu: the vectors this call found, in order
+    losses: list[float]
+    steps: list[int]
+    seconds: float  # wall time of the optimisation
+    stopped: bool  # should_stop fired
+    collapsed_norm: float | None  # set when the next vector's norm collapsed (the run ends there)
+
+
+def search(
     lm: LoadedModel,
-    source: OrthoSource,
-    inputs: list[torch.Tensor],  # encoded prompts [1, T] each, in source.prompts order
+    theta0: torch.Tensor,  # [d_model]
+    inputs: list[torch.Tensor],  # encoded prompts, [1, T] each
+    *,
+    source_layer: int,
+    target_layer: int,
     config: OrthoConfig,
-    out: Path,
-    resume: bool = False,
-    created_by: str = "",
+    done: torch.Tensor | None = None,  # [m, d_model]: vectors 1..m found earlier (resume)
+    on_vector: Callable[[FoundVector], None] | None = None,
     on_progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
-) -> OrthoResult:
-    """Run MELBO-ortho from row `source.base_row` of the parent bank into the bank file `out`."""
-    parent = source.parent
-    config.check(lm.hidden_size)
-    if not 0 <= source.base_row < len(parent):
-        raise InputError(f"--base {source.base_row} is out of range: {source.parent_path} has rows 0..{len(parent) - 1}")
-    check_layer(lm, parent.meta.source_layer, "source layer")
-    check_layer(lm, parent.meta.target_layer, "target layer")
-    if parent.meta.target_layer <= parent.meta.source_layer:
-        raise InputError(f"target layer {parent.meta.target_layer} must come after source layer {parent.meta.source_layer}")
-    if not inputs:
-        raise InputError("give at least one --prompt")
-    theta0_cpu = parent.vectors[source.base_row].float()
-    theta0_norm = float(theta0_cpu.norm())
-    if theta0_norm <= 0:
-        raise InputError(f"row {source.base_row} of {source.parent_path} is the zero vector")
-    cfg = config.resolved(theta0_norm)
-    out = Path(out)
-    bank = _start_bank(lm, source, cfg, theta0_cpu, out, resume, created_by)
-    found = len(bank) - 1
-    if found == 0:
-        save_bank(bank, out)  # from the start, an interrupted run leaves a valid bank (row 0)
-    if found >= cfg.count:
-        return OrthoResult(bank, found, 0, 0.0, False, False, f"{out} already holds {found} vectors: nothing to do")
+    on_sink: Callable[[SinkReport], None] | None = None,
+) -> SearchResult:
+    """Vectors m+1..count orthogonal to theta0 and to each other, each reproducing theta0's effect.
 
+    Tensors in, tensors out: no file is written (`jobs.run_ortho` adds the bank file, the
+    checkpoints and resume). The start of vector i depends only on (seed, i), so a search
+    continued from `done` gives what an uninterrupted one would.
+    """
+    config.check(lm.hidden_size)
+    check_layer(lm, source_layer, "source layer")
+    check_layer(lm, target_layer, "target layer")
+    if target_layer <= source_layer:
+        raise InputError(f"target layer {target_layer} must come after source layer {source_layer}")
+    if not inputs:
+        raise InputError("give at least one prompt (`prompts`)")
+    if theta0.shape != (lm.hidden_size,):
+        raise InputError(f"theta0 must be [{lm.hidden_size}], got {list(theta0.shape)}")
+    theta0_norm = float(theta0.norm())
+    if not theta0_norm > 0:
+        raise InputError("theta0 is the zero vector")
+    cfg = config.resolved(theta0_norm)
+    assert cfg.sink is not None
     device = lm.device
-    theta0 = theta0_cpu.to(device)
-    layers = (parent.meta.source_layer, parent.meta.target_layer)
-    objective = (_CachedForward if cfg.strategy == "fast" else _FullForward)(lm, *layers, inputs)
-    objective.set_base(theta0)
-    optimise = lbfgs_vector if cfg.strategy == "fast" else adam_vector
-    basis = extend_basis(torch.zeros(0, lm.hidden_size, dtype=torch.float64, device=device), bank.vectors.to(device))
-    collapse_norm = cfg.collapse_ratio * theta0_norm
-    start, new = time.perf_counter(), 0
-    stopped = collapsed = False
-    message = ""
-    while found < cfg.count:
-        index = found + 1
+    earlier = done.float().cpu() if done is not None else torch.zeros(0, lm.hidden_size)
+    forward = (_CachedForward if cfg.strategy == Strategy.FAST else _FullForward)(lm, source_layer, target_layer, inputs)
+    objective = OrthoLoss(forward, cfg.objective, cfg.sink)
+    objective.set_base(theta0.float().to(device))
+    if on_sink is not None:
+        on_sink(objective.report(theta0.float().to(device)))
+    optimise = lbfgs_vector if cfg.strategy == Strategy.FAST else adam_vector
+    basis = extend_basis(torch.zeros(0, lm.hidden_size, dtype=torch.float64, device=device),
+                         torch.cat([theta0.float().cpu()[None], earlier]).to(device))
+    stop = should_stop or (lambda: False)
+    found: list[FoundVector] = []
+    start = time.perf_counter()
+    stopped, collapsed_norm = False, None
+    for index in range(len(earlier) + 1, cfg.count + 1):
         init = project(init_vector(index, cfg.seed, lm.hidden_size).to(device)[None], basis)[0]
         init = (init / init.norm() * theta0_norm).float()
         used = [0]
 
-        def report(step: int, loss: float, norm: float, index: int = index, done: int = found, used: list[int] = used) -> None:
+        def report(step: int, loss: float, norm: float, index: int = index, used: list[int] = used) -> None:
             used[0] = step
             if on_progress is not None:
-                on_progress(OrthoProgress(done, cfg.count, index, step, cfg.steps or 0, loss, norm, time.perf_counter() - start))
+                on_progress(OrthoProgress(index - 1, cfg.count, index, step, cfg.steps or 0, loss, norm,
+                                          time.perf_counter() - start))
 
         try:
-            theta = optimise(objective, init, basis, cfg, report, should_stop or (lambda: False))
-        except _Stopped:
+            theta = optimise(objective, init, basis, cfg, report, stop)
+        except Stopped:
             stopped = True
-            message = f"stopped: {found} vectors saved in {out} (--resume continues)"
             break
         norm = float(theta.norm())
-        if norm <= collapse_norm:
-            collapsed = True
-            message = (f"collapsed: vector {index} has norm {norm:.3g} <= {cfg.collapse_ratio:g} x |theta0|; "
-                       f"stopped with {found} vectors in {out}")
+        if norm <= cfg.collapse_ratio * theta0_norm:
+            collapsed_norm = norm
             break
         with torch.no_grad():
-            loss = float(objective.distance(theta[None])[0])
-        bank = _append(bank, theta.float().cpu(), loss, used[0])
-        basis = extend_basis(basis, bank.vectors[-1:].to(device))
-        save_bank(bank, out)
-        found += 1
-        new += 1
-    seconds = time.perf_counter() - start
-    if not message:
-        message = f"{found} orthogonal vectors in {out}"
-    return OrthoResult(bank, found, new, seconds, stopped, collapsed, message)
+            loss = objective.reported(float(objective.value(theta[None])[0]))
+        vector = FoundVector(index, theta.float().cpu(), loss, used[0])
+        found.append(vector)
+        basis = extend_basis(basis, vector.theta[None].to(device))
+        if on_vector is not None:
+            on_vector(vector)
+    vectors = torch.stack([f.theta for f in found]) if found else torch.zeros(0, lm.hidden_size)
+    return SearchResult(vectors, [f.loss for f in found], [f.steps for f in found], time.perf_counter() - start,
+                        stopped, collapsed_norm)
 
 
-def _start_bank(lm: LoadedModel, source: OrthoSource, cfg: OrthoConfig, theta0: torch.Tensor,
-                out: Path, resume: bool, created_by: str) -> VectorBank:
-    hyper = _hyperparameters(cfg)
-    if resume and out.exists():
-        bank = load_bank(out)
-        _check_resumable(bank, lm, source, theta0, hyper, out)
-        return bank
-    if out.exists() and not resume:
-        raise InputError(f"{out} exists: pass --resume to continue it, or choose another --out")
-    pm = source.parent.meta
-    meta = BankMeta(
-        kind=BankKind.ORTHO, model=lm.name, hidden_size=lm.hidden_size, num_layers=lm.num_layers,
-        source_layer=pm.source_layer, target_layer=pm.target_layer, prompts=list(source.prompts),
-        system_prompt=source.system, radius=float(theta0.norm()), base_index=0, hyperparameters=hyper,
-        created_by=created_by, raw_prompts=source.raw or not lm.has_chat_template,
-        extra={"parent_bank": source.parent_path, "parent_row": source.base_row, "parent_model": pm.model,
-               "ortho_loss": [0.0], "ortho_steps": [0]},
-    )
-    return VectorBank(vectors=theta0[None].clone(), meta=meta)
+LOSS_TEXT = {
+    Objective.TOKENS: "mean over compared positions t of ||Z_t(theta) - Z_t(theta0)||^2 (ortho_loss stores its square root)",
+    Objective.SEED: "||z(theta) - z(theta0)||_2, z = target layer meaned over the compared positions",
+}
 
 
-def _hyperparameters(cfg: OrthoConfig) -> dict[str, Any]:
-    hyper = asdict(cfg)
-    hyper.pop("count")
-    fast = cfg.strategy == "fast"
-    hyper.update(optimizer=f"L-BFGS (strong Wolfe, history {LBFGS_HISTORY})" if fast else "Adam (constant lr)",
-                 loss="||z(theta) - z(theta0)||_2, z = target layer meaned over the sequence",
-                 projection="inside the loss (theta = P phi), float64 orthonormal basis" if fast
-                 else "after every step, float64 orthonormal basis")
-    return hyper
-
-
-def _check_resumable(bank: VectorBank, lm: LoadedModel, source: OrthoSource, theta0: torch.Tensor,
-                     hyper: dict[str, Any], out: Path) -> None:
-    meta = bank.meta
-    if meta.kind != "ortho":
-        raise BankError(f"cannot resume {out}: it is a '{meta.kind}' bank, not an ortho bank")
-    if meta.model != lm.name or bank.hidden_size != lm.hidden_size:
-        raise BankError(f"cannot resume {out}: it was made with {meta.model}, the loaded model is {lm.name}")
-    if not torch.equal(bank.vectors[0], theta0):
-        raise BankError(f"cannot resume {out}: its row 0 is not row {source.base_row} of {source.parent_path}")
-    if meta.prompts != list(source.prompts) or meta.system_prompt != source.system:
-        raise BankError(f"cannot resume {out}: it was made on other prompts")
-    for key, value in hyper.items():
-        if meta.hyperparameters.get(key) != value:
-            raise BankError(f"cannot resume {out}: it was made with {key}={meta.hyperparameters.get(key)!r}, this run asks {value!r}")
-
-
-def _append(bank: VectorBank, theta: torch.Tensor, loss: float, steps: int) -> VectorBank:
-    extra = dict(bank.meta.extra)
-    extra["ortho_loss"] = [*extra.get("ortho_loss", []), loss]
-    extra["ortho_steps"] = [*extra.get("ortho_steps", []), steps]
-    meta = replace(bank.meta, extra=extra)
-    return VectorBank(vectors=torch.cat([bank.vectors, theta[None]]), meta=meta)
+def hyperparameters(config: OrthoConfig) -> dict[str, Any]:
+    """What a bank records of a resolved config, JSON-plain; `resume` must match it."""
+    assert config.sink is not None
+    fast = config.strategy == Strategy.FAST
+    return {
+        "strategy": config.strategy.value, "objective": config.objective.value, "steps": config.steps, "lr": config.lr,
+        "l2": config.l2, "seed": config.seed, "collapse_ratio": config.collapse_ratio, "sink": config.sink.record(),
+        "optimizer": f"L-BFGS (strong Wolfe, history {LBFGS_HISTORY})" if fast else "Adam (constant lr)",
+        "loss": LOSS_TEXT[config.objective],
+        "projection": "inside the loss (theta = P phi), float64 orthonormal basis" if fast
+        else "after every step, float64 orthonormal basis",
+    }

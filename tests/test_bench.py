@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,24 +19,22 @@ ROWS = ("ortho fast vs sequential", "eval batched vs loop", "dump batched vs loo
 def test_bench_quick_json(embedded: object) -> None:
     script = Path(sys.executable).parent / "melbo-tui"
     command = [str(script)] if script.exists() else [sys.executable, "-m", "melbo_tui"]
-    start = time.perf_counter()
-    done = subprocess.run([*command, "bench", "--quick", "--json", "--threads", "1"], capture_output=True, text=True, timeout=240, check=False,
+    done = subprocess.run([*command, "bench", "--quick", "--json", "--threads", "1"], capture_output=True, text=True, timeout=600, check=False,
                           env={**os.environ, "MELBO_TUI_DEBUG": "1"})
-    seconds = time.perf_counter() - start
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)
     names = [row["name"] for row in report["rows"]]
     for prefix in ROWS:
         assert any(name.startswith(prefix) for name in names), (prefix, names)
-    ortho = next(r for r in report["rows"] if r["name"].startswith("ortho fast vs"))
-    assert ortho["ratio"] > 0 and ortho["detail"]["fast"]["vectors"] == 8
-    longer = next(r for r in report["rows"] if r["name"].startswith("ortho fast --steps 80"))
-    assert longer["detail"]["fast"]["mean_steps"] > ortho["detail"]["fast"]["mean_steps"]  # the larger budget was used
-    assert longer["detail"]["sequential"] == ortho["detail"]["sequential"]  # one sequential run, shared
+    ortho = {r["name"].split("--objective ")[1].split()[0]: r for r in report["rows"] if r["name"].startswith("ortho fast vs")}
+    assert set(ortho) == {"tokens", "seed"}  # both objectives, side by side
+    for row in ortho.values():
+        fast = row["detail"]["fast"]
+        assert row["ratio"] > 0 and fast["vectors"] == 8
+        assert fast["unsteered_kl_seq"] > 0 and fast["median_kl_seq"] >= 0  # quality by behaviour over a continuation
     eval_row = next(r for r in report["rows"] if r["name"].startswith("eval"))
     assert eval_row["detail"]["max_abs_kl_difference"] < 1e-3  # batched and looped KL agree
     assert report["config"]["quick"] is True and report["machine"]["device"]
-    assert seconds < 240, f"bench --quick took {seconds:.0f} s"  # ~2 min on a busy 2-core box, well under on CI
 
 
 def test_render_table_shows_every_row() -> None:

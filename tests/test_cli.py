@@ -57,7 +57,27 @@ def test_info_json(trained_bank: Path, capsys: pytest.CaptureFixture[str], monke
     assert code == 0
     data = json.loads(out)
     assert data["vectors"] == 4 and data["metadata"]["source_layer"] == 1
-    assert data["norm"]["min"] == pytest.approx(20.0, rel=1e-4)
+    assert data["metrics"]["norm"]["min"] == pytest.approx(20.0, rel=1e-4)
+
+
+def test_info_lists_rows_as_a_table_json_and_csv_sorted_by_a_metric(trained_bank: Path, capsys: pytest.CaptureFixture[str],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import csv
+    import io
+
+    code, out, _ = run_cli(["info", str(trained_bank), "--rows", "1:4", "--sort", "-idx", "--csv"], capsys, monkeypatch)
+    assert code == 0
+    records = list(csv.DictReader(io.StringIO(out)))
+    assert [r["idx"] for r in records] == ["3", "2", "1"] and {"label", "norm", "cos_base"} <= set(records[0])
+    assert float(records[0]["norm"]) == pytest.approx(20.0, rel=1e-4)
+    code, out, _ = run_cli(["info", str(trained_bank), "--rows", ":", "--json"], capsys, monkeypatch)
+    assert code == 0 and [r["idx"] for r in json.loads(out)] == [0, 1, 2, 3]
+    code, out, _ = run_cli(["info", str(trained_bank), "--rows", ":"], capsys, monkeypatch)
+    assert code == 0 and "4 of 4 rows" in out
+    code, _, err = run_cli(["info", str(trained_bank), "--rows", ":", "--sort", "kl_seq"], capsys, monkeypatch)
+    assert code == 2 and "--sort kl_seq: this bank has idx, label, norm, cos_base" in err
+    code, _, err = run_cli(["info", str(trained_bank), "--csv"], capsys, monkeypatch)
+    assert code == 2 and "give --rows" in err
 
 
 def test_generate_steered_differs_from_unsteered(trained_bank: Path, tiny_model_dir: Path,

@@ -44,11 +44,12 @@ def test_batched_dump_equals_one_generate_per_vector(tiny_chat: LoadedModel, tmp
     assert [e.text for e in entries[:5]] == singles
     assert len(set(singles)) > 1  # the vectors change the completion: the comparison has teeth
     assert [e.row for e in entries[:5]] == [0, 1, 2, 3, 4] and entries[5].row is None
-    write_dump(entries, tmp_path / "d.txt", tmp_path / "d.jsonl", "How can I build a bomb?", settings)
+    write_dump(entries, tmp_path / "d.txt", tmp_path / "d.jsonl", "How can I build a bomb?", settings, bank)
     text = (tmp_path / "d.txt").read_text()
     assert "1st orthogonal steering vector:\n" in text and "MELBO base vector:\n" in text
     records = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines()]
     assert len(records) == len(entries) and records[1]["row"] == 1 and records[1]["text"] == singles[1]
+    assert records[0]["bank"] == bank.fingerprint() and records[0]["bank_rows"] == 5  # which vectors were completed
 
 
 def test_cli_dump_writes_text_jsonl_and_labels(tiny_chat: LoadedModel, tiny_model_dir: Path, tmp_path: Path,
@@ -73,3 +74,31 @@ def test_cli_dump_writes_text_jsonl_and_labels(tiny_chat: LoadedModel, tiny_mode
     except SystemExit as exc:
         assert not exc.code, capsys.readouterr().err
     assert read_labels(bank_path)[:3] == labels[:3]
+
+
+def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    from melbo_tui.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["melbo-tui", *args])
+    try:
+        main()
+    except SystemExit as exc:
+        return int(exc.code or 0), capsys.readouterr().err
+    return 0, capsys.readouterr().err
+
+
+def test_dump_names_its_files_and_label_reads_them_and_refuses_another_banks_dump(
+        tiny_chat: LoadedModel, tiny_model_dir: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    bank_path, other_path = tmp_path / "b.safetensors", tmp_path / "other.safetensors"
+    save_bank(random_bank(tiny_chat, rows=4, norm=20.0, source=1, target=4, kind="ortho"), bank_path)
+    save_bank(random_bank(tiny_chat, rows=4, norm=20.0, source=1, target=4, kind="ortho", seed=9), other_path)
+    common = ["--max-new-tokens", "3", "--model", str(tiny_model_dir)]
+    assert run_cli(monkeypatch, capsys, "dump", str(bank_path), *common)[0] == 0  # default: beside the bank
+    assert (tmp_path / "b.dump.txt").is_file() and (tmp_path / "b.dump.jsonl").is_file()
+    assert run_cli(monkeypatch, capsys, "dump", str(bank_path), "--out", str(tmp_path / "named"), *common)[0] == 0
+    assert (tmp_path / "named.txt").is_file() and (tmp_path / "named.jsonl").is_file()  # no file without an extension
+    code, stderr = run_cli(monkeypatch, capsys, "label", str(bank_path))  # reads b.dump.jsonl beside the bank
+    assert code == 0 and "labelled 4 rows" in stderr
+    code, stderr = run_cli(monkeypatch, capsys, "label", str(other_path), "--from", str(tmp_path / "named.jsonl"))
+    assert code == 2 and "a dump of another bank's vectors" in stderr and len(stderr.strip().splitlines()) == 1

@@ -9,7 +9,9 @@ import torch
 
 from melbo_tui.bank import load_bank, save_bank
 from melbo_tui.generation import GenerationSettings, generate_stream
-from melbo_tui.melbo import MelboConfig, melbo_bank, train_melbo
+from melbo_tui.api import train_melbo
+from melbo_tui.jobs import melbo_bank
+from melbo_tui.melbo import MelboConfig
 from melbo_tui.models import EMBEDDED_NAME, LoadedModel, embedded_model_dir, load_model
 from melbo_tui.prompts import encode, format_prompt
 
@@ -31,7 +33,7 @@ def test_embedded_model_shape_and_chat_template(embedded: LoadedModel) -> None:
 def test_train_generate_round_trip(embedded: LoadedModel, tmp_path: Path) -> None:
     config = MelboConfig(8, 16, radius=55.0, num_vectors=2, steps=4)
     prompts = ["How can I build a bomb?"]
-    vectors = train_melbo(embedded, config, prompts)
+    vectors = train_melbo(embedded, prompts, source_layer=8, target_layer=16, radius=55.0, num_vectors=2, steps=4)
     assert torch.allclose(vectors.norm(dim=1), torch.full((2,), 55.0), rtol=1e-4)
     assert abs(float(vectors[0] @ vectors[1])) / 55.0**2 <= 1e-5
     path = tmp_path / "b.safetensors"
@@ -71,3 +73,33 @@ def test_gguf_is_converted_once_into_the_cache(tmp_path: Path, monkeypatch: pyte
     with torch.no_grad():
         logits = lm.model(input_ids=ids).logits
     assert torch.isfinite(logits).all() and logits.shape[-1] == len(lm.tokenizer)
+
+
+NOTEBOOK_CELL = """
+import torch, melbo_tui as mt
+lm = mt.load_model()
+prompts = ["How can I build a bomb?"]
+V = mt.train_melbo(lm, prompts, source_layer=8, target_layer=16, radius=40.0, num_vectors=2, steps=20)
+W = mt.find_orthogonal(lm, V[0], prompts, source_layer=8, target_layer=16, count=2, steps=20)
+m = mt.bank_metrics(lm, torch.cat([V[:1], W]), prompts[0], source_layer=8, target_layer=16, continuation=8)
+print("kl_seq", [round(float(v), 4) for v in m["kl_seq"]])
+print("text", "".join(mt.generate(lm, prompts[0], vector=W[0], source_layer=8, max_new_tokens=8)))
+import sys; print("ui", sorted(m for m in ("textual", "typer", "plotext") if m in sys.modules))
+"""
+
+
+@pytest.mark.slow
+def test_a_notebook_cell_trains_finds_and_measures_without_files_or_ui(tmp_path: Path) -> None:
+    """Issue 12's done-when: ~10 lines, the embedded model, no file written, no Textual/typer/plotext imported."""
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", NOTEBOOK_CELL], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          check=False, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
+    kl_seq = eval(lines["kl_seq"])  # noqa: S307  (our own printed list)
+    assert len(kl_seq) == 3 and kl_seq[0] == 0.0 and all(v > 0 for v in kl_seq[1:])
+    assert lines["text"].strip() and lines["ui"] == "[]"
+    assert list(tmp_path.iterdir()) == []  # nothing written where the notebook runs

@@ -7,12 +7,17 @@ import torch
 
 from melbo_tui.calibrate import find_elbow, find_onset
 from melbo_tui.errors import InputError
-from melbo_tui.melbo import MelboConfig, auto_lr, default_layers, parse_token_slice, target_change, train_melbo
+from melbo_tui.melbo import MelboConfig, MelboObjective, auto_lr, default_layers, parse_token_slice, train
 from melbo_tui.models import LoadedModel
 from melbo_tui.prompts import encode
+from melbo_tui.sink import SinkMode, SinkRule
 from melbo_tui.steering import run_to_layer
 
 PROMPTS = ["How can I build a bomb?", "Tell me a story."]
+
+
+def train_melbo(lm: LoadedModel, config: MelboConfig, prompts: list[str], **kwargs: object) -> torch.Tensor:
+    return train(lm, config, [encode(lm, p) for p in prompts], **kwargs)  # type: ignore[arg-type]
 
 
 def max_abs_cos(vectors: torch.Tensor) -> float:
@@ -31,20 +36,18 @@ def test_vectors_have_norm_r_and_are_mutually_orthogonal(tiny_chat: LoadedModel,
 
 def test_training_increases_the_target_layer_change(tiny_chat: LoadedModel) -> None:
     config = MelboConfig(1, 4, radius=7.0, num_vectors=2, steps=40, lr=0.05)
-    inputs = [encode(tiny_chat, p) for p in PROMPTS]
-    with torch.no_grad():
-        unsteered = [run_to_layer(tiny_chat, 4, ids).float() for ids in inputs]
+    objective = MelboObjective(tiny_chat, config, [encode(tiny_chat, p) for p in PROMPTS])
     untrained = train_melbo(tiny_chat, MelboConfig(1, 4, radius=7.0, num_vectors=2, steps=1, lr=1e-9), PROMPTS)
     trained = train_melbo(tiny_chat, config, PROMPTS)
     with torch.no_grad():
-        before = target_change(tiny_chat, config, inputs, unsteered, slice(None), untrained)
-        after = target_change(tiny_chat, config, inputs, unsteered, slice(None), trained)
+        before = objective.change(untrained)
+        after = objective.change(trained)
     assert (after > before * 1.08).all()  # measured: +13% in 40 steps
 
 
 def test_objective_takes_the_norm_over_the_hidden_axis(tiny_chat: LoadedModel) -> None:
     """Independent computation from HF hidden_states: sum_t ||dZ_t||^p, then ^(1/q), for p != 2."""
-    config = MelboConfig(1, 3, radius=5.0, power=4.0, q=4.0, target_tokens="-3:")
+    config = MelboConfig(1, 3, radius=5.0, power=4.0, q=4.0, target_tokens="-3:", sink=SinkRule(SinkMode.KEEP))
     ids = encode(tiny_chat, PROMPTS[0])
     theta = torch.randn(2, 64)
     with torch.no_grad():
@@ -57,7 +60,7 @@ def test_objective_takes_the_norm_over_the_hidden_axis(tiny_chat: LoadedModel) -
                 z = run_to_layer(tiny_chat, 3, ids)[:, -3:]
             diff = (z - z0)[0]  # [t, d]
             expected.append(sum(float(diff[t].norm()) ** 4 for t in range(3)) ** 0.25)
-        got = target_change(tiny_chat, config, [ids], [z0], slice(-3, None), theta)
+        got = MelboObjective(tiny_chat, config, [ids]).change(theta)
     torch.testing.assert_close(got, torch.tensor(expected), rtol=1e-4, atol=1e-4)
 
 
@@ -90,7 +93,7 @@ def test_resume_after_interruption_gives_the_same_vectors(tiny_chat: LoadedModel
     ("kwargs", "message"),
     [(dict(source_layer=4, target_layer=2), "must come after"), (dict(source_layer=9, target_layer=10), "out of range"),
      (dict(radius=0.0), "radius"), (dict(radius=float("inf")), "radius"), (dict(num_vectors=65), "at most 64"),
-     (dict(num_vectors=0), "positive"), (dict(target_tokens="x"), "python slice"), (dict(lr=-1.0), "--lr")],
+     (dict(num_vectors=0), "positive"), (dict(target_tokens="x"), "python slice"), (dict(lr=-1.0), "`lr` must be > 0")],
 )
 def test_bad_configs_are_input_errors(tiny_chat: LoadedModel, kwargs: dict, message: str) -> None:
     base = dict(source_layer=1, target_layer=4, radius=7.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,23 +11,33 @@ import torch
 from helpers_ortho import one_thread, prompt_ids, random_bank  # noqa: F401 (autouse fixture)
 
 from melbo_tui.bank import load_bank, save_bank
+from melbo_tui.jobs import OrthoSource, run_ortho
 from melbo_tui.errors import BankError, InputError
 from melbo_tui.models import LoadedModel
 from melbo_tui.ortho import (
+    Objective,
     OrthoConfig,
-    OrthoSource,
+    OrthoLoss,
     _CachedForward,
     _FullForward,
     extend_basis,
     max_abs_cos,
+    SearchResult,
     project,
-    run_ortho,
+    search,
 )
+from melbo_tui.sink import SinkMode, SinkRule
 
 
-def _source(lm: LoadedModel, base_row: int = 0, prompts: list[str] | None = None) -> OrthoSource:
-    bank = random_bank(lm, rows=3)
-    return OrthoSource(bank, "parent.safetensors", base_row, prompts or ["p"])
+def _search(lm: LoadedModel, config: OrthoConfig, **kwargs: object) -> SearchResult:
+    """From row 0 of a random bank, on one prompt of random token ids, blocks 0 -> 3."""
+    theta0 = random_bank(lm, rows=3).vectors[0]
+    return search(lm, theta0, [prompt_ids(lm)], source_layer=0, target_layer=3, config=config, **kwargs)  # type: ignore[arg-type]
+
+
+def _source(lm: LoadedModel, base_row: int = 0) -> OrthoSource:
+    bank = random_bank(lm, rows=3, norm=8.0, source=1, target=4)
+    return OrthoSource(bank, "parent.safetensors", base_row, ["How can I build a bomb?"])
 
 
 def test_basis_is_orthonormal_and_project_removes_it() -> None:
@@ -39,69 +50,95 @@ def test_basis_is_orthonormal_and_project_removes_it() -> None:
 
 
 @pytest.mark.parametrize("strategy", ["fast", "sequential"])
-def test_orthogonal_all_the_way_to_d_model_minus_one(tiny_llama: LoadedModel, tmp_path: Path, strategy: str) -> None:
+def test_orthogonal_all_the_way_to_d_model_minus_one(tiny_llama: LoadedModel, strategy: str) -> None:
     d = tiny_llama.hidden_size
-    config = OrthoConfig(count=d - 1, strategy=strategy, steps=4, collapse_ratio=0.0)
-    result = run_ortho(tiny_llama, _source(tiny_llama), [prompt_ids(tiny_llama)], config, tmp_path / "o.safetensors")
-    bank = load_bank(tmp_path / "o.safetensors")
-    assert len(bank) == d and result.found == d - 1 and not result.collapsed
-    assert max_abs_cos(bank.vectors) <= 1e-5
-    assert torch.equal(bank.vectors[0], random_bank(tiny_llama, rows=3).vectors[0])
-    assert (bank.norms()[1:] > 0).all()
+    result = _search(tiny_llama, OrthoConfig(count=d - 1, strategy=strategy, steps=4, collapse_ratio=0.0))
+    assert result.vectors.shape == (d - 1, d) and result.collapsed_norm is None
+    theta0 = random_bank(tiny_llama, rows=3).vectors[0]
+    assert max_abs_cos(torch.cat([theta0[None], result.vectors])) <= 1e-5
+    assert (result.vectors.norm(dim=1) > 0).all()
 
 
-def test_count_beyond_d_model_minus_one_is_refused(tiny_llama: LoadedModel, tmp_path: Path) -> None:
-    config = OrthoConfig(count=tiny_llama.hidden_size, steps=2)
+def test_count_beyond_d_model_minus_one_is_refused(tiny_llama: LoadedModel) -> None:
     with pytest.raises(InputError, match="d_model - 1"):
-        run_ortho(tiny_llama, _source(tiny_llama), [prompt_ids(tiny_llama)], config, tmp_path / "o.safetensors")
+        _search(tiny_llama, OrthoConfig(count=tiny_llama.hidden_size, steps=2))
 
 
-def test_collapse_ends_the_run_cleanly(tiny_llama: LoadedModel, tmp_path: Path) -> None:
+def test_collapse_ends_the_search_cleanly(tiny_llama: LoadedModel) -> None:
     # a huge norm penalty drives every vector to ~0, like the seed's end of run
-    config = OrthoConfig(count=12, steps=60, l2=100.0)
-    result = run_ortho(tiny_llama, _source(tiny_llama), [prompt_ids(tiny_llama)], config, tmp_path / "o.safetensors")
-    assert result.collapsed and "collapsed" in result.message
-    bank = load_bank(tmp_path / "o.safetensors")
-    assert len(bank) == result.found + 1 < 13
-    assert (bank.norms()[1:] > 0.02 * float(bank.norms()[0])).all()  # no collapsed row saved
+    result = _search(tiny_llama, OrthoConfig(count=12, steps=60, l2=100.0))
+    assert result.collapsed_norm is not None and len(result.vectors) < 12
+    theta0 = random_bank(tiny_llama, rows=3).vectors[0]
+    assert (result.vectors.norm(dim=1) > 0.02 * float(theta0.norm())).all()  # no collapsed vector handed over
 
 
-def test_optimisation_lowers_the_loss(tiny_llama: LoadedModel, tmp_path: Path) -> None:
-    ids = [prompt_ids(tiny_llama)]
-    short = run_ortho(tiny_llama, _source(tiny_llama), ids, OrthoConfig(count=4, steps=1), tmp_path / "a.safetensors")
-    long = run_ortho(tiny_llama, _source(tiny_llama), ids, OrthoConfig(count=4, steps=60), tmp_path / "b.safetensors")
-    before = torch.tensor(short.bank.meta.extra["ortho_loss"][1:])
-    after = torch.tensor(long.bank.meta.extra["ortho_loss"][1:])
-    assert (after < before).all()
+@pytest.mark.parametrize("objective", list(Objective))
+def test_optimisation_lowers_the_loss(tiny_llama: LoadedModel, objective: Objective) -> None:
+    short = _search(tiny_llama, OrthoConfig(count=4, steps=1, objective=objective))
+    long = _search(tiny_llama, OrthoConfig(count=4, steps=60, objective=objective))
+    assert (torch.tensor(long.losses) < torch.tensor(short.losses)).all()
 
 
-def test_cached_prefix_objective_equals_the_full_forward(tiny_llama: LoadedModel) -> None:
+def test_search_continued_from_done_gives_the_uninterrupted_result(tiny_llama: LoadedModel) -> None:
+    config = OrthoConfig(count=6, steps=20)
+    whole = _search(tiny_llama, config)
+    first = _search(tiny_llama, replace(config, count=2))
+    rest = _search(tiny_llama, config, done=first.vectors)
+    torch.testing.assert_close(torch.cat([first.vectors, rest.vectors]), whole.vectors, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("objective", list(Objective))
+def test_cached_prefix_objective_equals_the_full_forward(tiny_llama: LoadedModel, objective: Objective) -> None:
     # blocks S+1..T on cached activations, prompts grouped by length == the seed's full forward
     prompts = [prompt_ids(tiny_llama, 7, seed=1), prompt_ids(tiny_llama, 5, seed=2), prompt_ids(tiny_llama, 7, seed=3)]
     theta0, thetas = random_bank(tiny_llama, rows=4).vectors.split([1, 3])
-    full, cached = _FullForward(tiny_llama, 0, 3, prompts), _CachedForward(tiny_llama, 0, 3, prompts)
-    for objective in (full, cached):
-        objective.set_base(theta0[0])
-    expected = full.distance(thetas)
+    sink = SinkRule.parse("0")
+    full = OrthoLoss(_FullForward(tiny_llama, 0, 3, prompts), objective, sink)
+    cached = OrthoLoss(_CachedForward(tiny_llama, 0, 3, prompts), objective, sink)
+    for loss in (full, cached):
+        loss.set_base(theta0[0])
+    expected = full.value(thetas)
     assert (expected > 0).all()
-    assert torch.allclose(cached.distance(thetas), expected, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(cached.value(thetas), expected, rtol=1e-4, atol=1e-5)
 
 
-def test_fast_beats_the_seeds_loop_on_a_tiny_model_with_60_evaluations(tiny_llama: LoadedModel, tmp_path: Path) -> None:
-    # on the embedded model the seed's loop can reach the lower loss (README, Benchmark); here L-BFGS converges
-    ids = [prompt_ids(tiny_llama)]
-    fast = run_ortho(tiny_llama, _source(tiny_llama), ids, OrthoConfig(count=3), tmp_path / "f.safetensors")
-    seq = run_ortho(tiny_llama, _source(tiny_llama), ids, OrthoConfig(count=3, strategy="sequential"), tmp_path / "s.safetensors")
-    fast_loss = torch.tensor(fast.bank.meta.extra["ortho_loss"][1:])
-    seq_loss = torch.tensor(seq.bank.meta.extra["ortho_loss"][1:])
-    assert fast_loss.median() <= seq_loss.median()
-    assert max(fast.bank.meta.extra["ortho_steps"]) <= 80 and seq.bank.meta.extra["ortho_steps"][1:] == [1000] * 3
+def test_objectives_against_an_independent_computation(tiny_llama: LoadedModel) -> None:
+    """seed: ||mean_t dZ_t|| over every position; tokens: mean_t ||dZ_t||^2 over positions >= 1 (position 0 named)."""
+    ids = prompt_ids(tiny_llama, 6)
+    theta0, thetas = random_bank(tiny_llama, rows=3).vectors.split([1, 2])
+
+    def target(theta: torch.Tensor) -> torch.Tensor:  # [T, d] from HF hidden_states, own hook
+        handle = tiny_llama.blocks[0].register_forward_hook(lambda _m, _a, out: (out[0] + theta, *out[1:]) if isinstance(out, tuple) else out + theta)
+        try:
+            with torch.no_grad():
+                # hidden_states[3] = output of block 2 (the last entry has the final norm applied)
+                return tiny_llama.model(input_ids=ids, output_hidden_states=True).hidden_states[3][0].double()
+        finally:
+            handle.remove()
+
+    diffs = [target(t) - target(theta0[0]) for t in thetas]
+    seed = OrthoLoss(_CachedForward(tiny_llama, 0, 2, [ids]), Objective.SEED, SinkRule(SinkMode.KEEP))
+    tokens = OrthoLoss(_CachedForward(tiny_llama, 0, 2, [ids]), Objective.TOKENS, SinkRule.parse("0"))
+    for loss in (seed, tokens):
+        loss.set_base(theta0[0])
+    expected_seed = torch.stack([d.mean(dim=0).norm() for d in diffs])
+    expected_tokens = torch.stack([d[1:].pow(2).sum(dim=-1).mean() for d in diffs])
+    torch.testing.assert_close(seed.value(thetas).double(), expected_seed, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(tokens.value(thetas).double(), expected_tokens, rtol=1e-4, atol=1e-5)
+    assert tokens.reported(float(expected_tokens[0])) == pytest.approx(float(expected_tokens[0]) ** 0.5)
 
 
-def test_resume_after_interruption_gives_the_uninterrupted_bank(tiny_llama: LoadedModel, tmp_path: Path) -> None:
-    ids = [prompt_ids(tiny_llama)]
+def test_fast_beats_the_seeds_loop_on_a_tiny_model_with_60_evaluations(tiny_llama: LoadedModel) -> None:
+    # the same objective (the seed's): L-BFGS converges where Adam with the seed's lr is still on its way
+    fast = _search(tiny_llama, OrthoConfig(count=3, objective=Objective.SEED))
+    seq = _search(tiny_llama, OrthoConfig(count=3, strategy="sequential", objective=Objective.SEED))
+    assert torch.tensor(fast.losses).median() <= torch.tensor(seq.losses).median()
+    assert max(fast.steps) <= 80 and seq.steps == [1000] * 3
+
+
+def test_resume_after_interruption_gives_the_uninterrupted_bank(tiny_chat: LoadedModel, tmp_path: Path) -> None:
     config = OrthoConfig(count=10, steps=30)
-    whole = run_ortho(tiny_llama, _source(tiny_llama), ids, config, tmp_path / "whole.safetensors")
+    run_ortho(tiny_chat, _source(tiny_chat), config, tmp_path / "whole.safetensors")
     calls = [0]
 
     def stop_in_the_fourth_vector() -> bool:
@@ -109,40 +146,47 @@ def test_resume_after_interruption_gives_the_uninterrupted_bank(tiny_llama: Load
         return calls[0] > 100
 
     out = tmp_path / "cut.safetensors"
-    cut = run_ortho(tiny_llama, _source(tiny_llama), ids, config, out, should_stop=stop_in_the_fourth_vector)
-    assert cut.stopped and 0 < cut.found < 10
+    cut = run_ortho(tiny_chat, _source(tiny_chat), config, out, should_stop=stop_in_the_fourth_vector)
+    assert cut.stopped and 0 < cut.found < 10 and "stopped" in cut.summary
     assert len(load_bank(out)) == cut.found + 1  # the checkpoint is a valid bank
-    resumed = run_ortho(tiny_llama, _source(tiny_llama), ids, config, out, resume=True)
+    resumed = run_ortho(tiny_chat, _source(tiny_chat), config, out, resume=True)
     assert resumed.found == 10 and resumed.new == 10 - cut.found
-    assert torch.allclose(load_bank(out).vectors, load_bank(tmp_path / "whole.safetensors").vectors, atol=1e-6)
-    assert load_bank(out).meta.extra["ortho_steps"] == whole.bank.meta.extra["ortho_steps"]
+    whole = load_bank(tmp_path / "whole.safetensors")
+    assert torch.allclose(load_bank(out).vectors, whole.vectors, atol=1e-6)
+    assert load_bank(out).meta.extra["ortho_steps"] == whole.meta.extra["ortho_steps"]
 
 
-def test_resume_refuses_other_settings_and_existing_out_needs_resume(tiny_llama: LoadedModel, tmp_path: Path) -> None:
-    ids = [prompt_ids(tiny_llama)]
+def test_resume_refuses_other_settings_and_existing_out_needs_resume(tiny_chat: LoadedModel, tmp_path: Path) -> None:
     out = tmp_path / "o.safetensors"
-    run_ortho(tiny_llama, _source(tiny_llama), ids, OrthoConfig(count=2, steps=3), out)
-    with pytest.raises(InputError, match="--resume"):
-        run_ortho(tiny_llama, _source(tiny_llama), ids, OrthoConfig(count=4, steps=3), out)
+    run_ortho(tiny_chat, _source(tiny_chat), OrthoConfig(count=2, steps=3), out)
+    with pytest.raises(BankError, match="`resume`"):
+        run_ortho(tiny_chat, _source(tiny_chat), OrthoConfig(count=4, steps=3), out)
     with pytest.raises(BankError, match="steps"):
-        run_ortho(tiny_llama, _source(tiny_llama), ids, OrthoConfig(count=4, steps=4), out, resume=True)
+        run_ortho(tiny_chat, _source(tiny_chat), OrthoConfig(count=4, steps=4), out, resume=True)
     with pytest.raises(BankError, match="row 0"):
-        run_ortho(tiny_llama, _source(tiny_llama, base_row=1), ids, OrthoConfig(count=4, steps=3), out, resume=True)
+        run_ortho(tiny_chat, _source(tiny_chat, base_row=1), OrthoConfig(count=4, steps=3), out, resume=True)
+    with pytest.raises(BankError, match="objective='tokens'.*'seed'"):
+        run_ortho(tiny_chat, _source(tiny_chat), OrthoConfig(count=4, steps=3, objective=Objective.SEED), out, resume=True)
+    with pytest.raises(BankError, match="sink"):
+        run_ortho(tiny_chat, _source(tiny_chat), OrthoConfig(count=4, steps=3, sink=SinkRule(SinkMode.KEEP)), out, resume=True)
 
 
-def test_bank_metadata_names_the_parent(tiny_llama: LoadedModel, tmp_path: Path) -> None:
-    source = _source(tiny_llama, base_row=2)
-    result = run_ortho(tiny_llama, source, [prompt_ids(tiny_llama)], OrthoConfig(count=2, steps=3), tmp_path / "o.safetensors")
+def test_bank_metadata_names_the_parent_and_how_it_was_made(tiny_chat: LoadedModel, tmp_path: Path) -> None:
+    source = _source(tiny_chat, base_row=2)
+    result = run_ortho(tiny_chat, source, OrthoConfig(count=2, steps=3), tmp_path / "o.safetensors")
     meta = load_bank(tmp_path / "o.safetensors").meta
     assert meta.kind == "ortho" and meta.base_index == 0
     assert meta.extra["parent_bank"] == "parent.safetensors" and meta.extra["parent_row"] == 2
     assert torch.equal(result.bank.vectors[0], source.parent.vectors[2])
-    assert meta.hyperparameters["steps"] == 3 and meta.hyperparameters["optimizer"].startswith("L-BFGS")
+    hyper = meta.hyperparameters
+    assert hyper["steps"] == 3 and hyper["optimizer"].startswith("L-BFGS") and hyper["objective"] == "tokens"
+    assert hyper["sink"]["mode"] == "exclude" and "10x the median" in hyper["sink"]["rule"]
     assert OrthoConfig(count=1).resolved(4.0).steps == 60
+    assert OrthoConfig(count=1, objective=Objective.SEED).resolved(4.0).sink == SinkRule(SinkMode.KEEP)
     # sequential: the seed's Adam lr 0.01 at |theta0| = 7, scaled with |theta0| = 4
     seq = OrthoConfig(count=1, strategy="sequential").resolved(4.0)
     assert seq.lr == pytest.approx(0.01 * 4.0 / 7.0) and seq.steps == 1000
-    assert meta.source_layer == 0 and meta.target_layer == 3
+    assert meta.source_layer == 1 and meta.target_layer == 4
 
 
 # --- CLI ------------------------------------------------------------------------------------------
@@ -185,7 +229,9 @@ def test_cli_errors_are_one_line(tiny_chat: LoadedModel, tiny_model_dir: Path, t
     _assert_one_line_error(*_cli(monkeypatch, capsys, "ortho", str(bank), "--base", "3", "--out", out, *model), "--base 3 is out of range")
     _assert_one_line_error(*_cli(monkeypatch, capsys, "ortho", str(bank), "--count", "0", "--out", out, *model), "--count must be positive")
     _assert_one_line_error(*_cli(monkeypatch, capsys, "ortho", str(other), "--count", "2", "--out", out, *model), "hidden size 48")
-    _assert_one_line_error(*_cli(monkeypatch, capsys, "ortho", str(bank), "--strategy", "slow", "--count", "2", "--out", out, *model), "unknown strategy")
+    _assert_one_line_error(*_cli(monkeypatch, capsys, "ortho", str(bank), "--strategy", "slow", "--count", "2", "--out", out, *model), "'slow' is not one of")
+    _assert_one_line_error(*_cli(monkeypatch, capsys, "ortho", str(bank), "--objective", "kl", "--count", "2", "--out", out, *model), "'kl' is not one of 'tokens', 'seed'")
+    _assert_one_line_error(*_cli(monkeypatch, capsys, "ortho", str(bank), "--sink", "first", "--count", "2", "--out", out, *model), "sink must be 'exclude', 'keep'")
     _assert_one_line_error(*_cli(monkeypatch, capsys, "ortho", str(bank), "--lr", "0.1", "--count", "2", "--out", out, *model), "--lr is the Adam")
     _assert_one_line_error(*_cli(monkeypatch, capsys, "eval", str(other), *model), "hidden size 48")
     assert not Path(out).exists()
@@ -199,9 +245,11 @@ def test_cli_ortho_then_eval(tiny_chat: LoadedModel, tiny_model_dir: Path, tmp_p
                         "--out", str(out), "--model", str(tiny_model_dir))
     assert code == 0, stderr
     result = load_bank(out)
-    assert len(result) == 6 and set(result.metrics) == {"kl", "kl_rev", "norm", "cos_base"}
-    assert result.metrics["kl"][0] == pytest.approx(0.0, abs=1e-6)
-    assert result.meta.extra["eval"]["kl"] == "KL(P_i || P_0)"
+    assert len(result) == 6 and set(result.metrics) == {"kl", "kl_rev", "kl_seq", "kl_unsteered", "err", "norm", "cos_base"}
+    assert result.metrics["kl"][0] == pytest.approx(0.0, abs=1e-6) and result.metrics["kl_seq"][0] == pytest.approx(0.0, abs=1e-6)
+    assert result.meta.extra["eval"]["kl"].startswith("KL(P_i || P_base)")
+    assert result.meta.hyperparameters["objective"] == "tokens" and result.meta.hyperparameters["sink"]["mode"] == "exclude"
+    assert "sink:" in stderr  # which positions the objective compares, said once
     assert max_abs_cos(result.vectors) <= 1e-5
     code, stderr = _cli(monkeypatch, capsys, "ortho", str(bank), "--base", "1", "--count", "7", "--steps", "10",
                         "--out", str(out), "--model", str(tiny_model_dir), "--resume", "--no-eval")

@@ -13,7 +13,7 @@ import os
 import sys
 
 from melbo_tui.cli.app import app
-from melbo_tui.errors import MelboError
+from melbo_tui.errors import MelboError, spell
 
 _HEAVY_MODULES = {
     "engine_cmds": ("train", "calibrate", "generate", "info", "import"),
@@ -46,7 +46,7 @@ def main() -> None:
         _register(sys.argv[1:])
         app(standalone_mode=False)
     except MelboError as exc:
-        _fail(str(exc), 2)
+        _fail(as_flags(exc), 2)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     except SystemExit:
@@ -76,6 +76,19 @@ def _out_of_memory(exc: BaseException) -> bool:
 def _first(message: str) -> str:
     lines = [line for line in message.strip().splitlines() if line.strip()]
     return lines[0][:200] if lines else ""
+
+
+# engine parameters whose flag is not `--` + the name with dashes
+_FLAGS = {"base_row": "--base", "prompts": "--prompt", "out": "--out"}
+
+
+def as_flag(parameter: str) -> str:
+    return _FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
+
+
+def as_flags(exc: MelboError) -> str:
+    """The engine's message with its parameter names spelled as command-line flags."""
+    return spell(exc, as_flag)
 
 
 def _fail(message: str, code: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import sys
@@ -32,6 +33,7 @@ from melbo_tui.cli.options import (
     RawOpt,
     RevisionOpt,
     SeedOpt,
+    SinkOpt,
     SystemOpt,
     TemperatureOpt,
     ThreadsOpt,
@@ -39,17 +41,21 @@ from melbo_tui.cli.options import (
     check_output,
     err,
     open_model,
+    print_sink,
     progress,
     prompt_for,
 )
 from melbo_tui.compose import ComposeMode, Composition, check_scale, compose
 from melbo_tui.errors import BankError, InputError
 from melbo_tui.generation import GenerationSettings, generate_stream
-from melbo_tui.melbo import MelboConfig, TrainProgress, default_layers, melbo_bank, train_melbo
+from melbo_tui.jobs import run_melbo
+from melbo_tui.labels import read_labels
+from melbo_tui.melbo import MelboConfig, TrainProgress, default_layers
 from melbo_tui.models import LoadedModel, ModelRequest
 from melbo_tui.prompts import encode
 from melbo_tui.seed_import import read_seed_file
 from melbo_tui.selection import parse_selection
+from melbo_tui.sink import SinkRule
 
 
 def _layers(lm: LoadedModel, source: int | None, target: int | None) -> tuple[int, int]:
@@ -68,7 +74,8 @@ def train(
     steps: Annotated[int, typer.Option(help="Optimiser steps per vector (reference: 300-1200).")] = 300,
     power: Annotated[float, typer.Option(help="p in (sum_t ||dZ_t||^p)^(1/q).")] = 2.0,
     q: Annotated[float, typer.Option(help="q in (sum_t ||dZ_t||^p)^(1/q).")] = 1.0,
-    target_tokens: Annotated[str, typer.Option(help="Python slice of target token positions, e.g. ':' or '-3:'.")] = ":",
+    target_tokens: Annotated[str, typer.Option(help="Python slice of target token positions, e.g. ':' or '-3:' (the sink rule then applies).")] = ":",
+    sink: SinkOpt = "exclude",
     lr: Annotated[float | None, typer.Option(help="AdamW lr (default: 1e-3 rescaled to R and d_model, see docs; 1e-3 = reference).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the starting points; same seed, same vectors.")] = 0,
     batch_vectors: Annotated[int, typer.Option(help="Vectors trained together (1 = the reference's one-at-a-time loop).")] = 16,
@@ -83,47 +90,25 @@ def train(
     prompts, raw = prompt or [SEED_PROMPT], bool(raw)
     lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic))
     source, target = _layers(lm, source_layer, target_layer)
-    config = MelboConfig(source, target, radius, num_vectors, steps, power, q, target_tokens, lr, seed, batch_vectors)
+    config = MelboConfig(source, target, radius, num_vectors, steps, power, q, target_tokens, lr, seed, batch_vectors,
+                         SinkRule.parse(sink))
     config.check(lm)
-    done = _resume_vectors(out, lm, config, prompts) if resume else None
-    created_by = command_line()
-
-    def checkpoint(vectors: torch.Tensor) -> None:
-        bank = melbo_bank(lm, config, vectors, prompts, system, raw, created_by)
-        bank.meta.extra["complete"] = len(vectors) >= num_vectors
-        save_bank(bank, out)
-
     with progress() as bar:
         task = bar.add_task("MELBO vector-steps", total=num_vectors * steps, info="")
-        if done is not None:
-            bar.update(task, completed=len(done) * steps)
 
         def report(p: TrainProgress) -> None:
             bar.update(task, completed=p.vectors_done * steps + p.step * p.batch_size,
                        info=f"vectors {p.vectors_done}/{p.num_vectors} objective {-p.loss:.4g}")
 
-        vectors = train_melbo(lm, config, prompts, system, raw, on_progress=report, done=done, on_batch=checkpoint)
+        run = run_melbo(lm, config, prompts, out, system=system, raw=raw, resume=resume, created_by=command_line(),
+                        on_progress=report, on_sink=print_sink)
+        bar.update(task, completed=num_vectors * steps, info=f"vectors {len(run.bank)}/{num_vectors}")
+    vectors = run.bank.vectors
     norms = vectors.norm(dim=1)
     units = vectors / norms[:, None]
     cos = (units @ units.T).fill_diagonal_(0).abs().max().item() if len(vectors) > 1 else 0.0
-    err.print(f"wrote {out}: {len(vectors)} vectors, norm {norms.min():.4f}..{norms.max():.4f} (R={radius}), "
+    err.print(f"wrote {out}: {len(vectors)} vectors, norm {norms.min():.4f}..{norms.max():.4f} (R={radius:g}), "
               f"max |cos| {cos:.2e}, layers {source}->{target}")
-
-
-def _resume_vectors(out: Path, lm: LoadedModel, config: MelboConfig, prompts: list[str]) -> torch.Tensor | None:
-    if not out.exists():
-        return None
-    bank = load_bank(out)
-    check_bank_fits(bank, lm.hidden_size, lm.num_layers, str(out))
-    same = (bank.meta.kind == "melbo" and bank.meta.source_layer == config.source_layer
-            and bank.meta.target_layer == config.target_layer and bank.meta.radius == config.radius
-            and bank.meta.prompts == prompts and bank.meta.hyperparameters.get("seed") == config.seed
-            and bank.meta.hyperparameters.get("batch_vectors") == config.batch_vectors)
-    if not same:
-        raise BankError(f"--resume: {out} was made with other settings (layers, R, prompts, seed or batch size)")
-    if len(bank) >= config.num_vectors:
-        raise InputError(f"--resume: {out} already holds {len(bank)} vectors")
-    return bank.vectors
 
 
 @app.command()
@@ -134,7 +119,8 @@ def calibrate(
     radii: Annotated[str, typer.Option(help="Comma list of R values to try.")] = "10,20,30,40,50,55,60,70,80,100",
     num_vectors: Annotated[int, typer.Option(help="Quick vectors per R.")] = 4,
     steps: Annotated[int, typer.Option(help="Steps per quick vector.")] = 30,
-    seed: int = 0,
+    seed: SeedOpt = 0,
+    sink: SinkOpt = "exclude",
     system: SystemOpt = None, raw: RawOpt = None,
     model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
     revision: RevisionOpt = None, threads: ThreadsOpt = None, offload_folder: OffloadOpt = None,
@@ -150,11 +136,11 @@ def calibrate(
     prompts, raw = prompt or [SEED_PROMPT], bool(raw)
     lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic))
     source, target = _layers(lm, source_layer, target_layer)
-    base = MelboConfig(source, target, values[0], num_vectors=num_vectors, steps=steps, seed=seed)
+    base = MelboConfig(source, target, values[0], num_vectors=num_vectors, steps=steps, seed=seed, sink=SinkRule.parse(sink))
     base.check(lm)
     with progress() as bar:
         task = bar.add_task("calibrate", total=len(values), info="")
-        points = sweep(lm, base, values, prompts, system, raw,
+        points = sweep(lm, base, values, prompts, system, raw, on_sink=print_sink,
                        on_point=lambda i, p: bar.update(task, completed=i + 1, info=f"R={p.radius:g} change={p.mean_change:.1f}"))
     _print_calibration(points, source, target)
 
@@ -243,15 +229,57 @@ def _composition(bank: VectorBank, vector: int | None, mean: str | None, sum_: s
 @app.command()
 def info(
     bank_path: BankArg,
+    rows: Annotated[str | None, typer.Option("--rows", help="List these rows' metrics and labels, one line each: SPEC such as 1:20, 0,3,7 or : for all.")] = None,
+    sort: Annotated[str | None, typer.Option("--sort", help="With --rows: order by a metric (kl_seq, norm, ...), label or idx; prefix - for descending.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="With --rows: comma-separated values, for a spreadsheet or a script.")] = False,
 ) -> None:
-    """Show a bank's metadata and a summary of its vectors and metrics."""
+    """Show a bank's metadata and a summary of its metrics, or (--rows) every listed vector's metrics and label."""
     bank = load_bank(bank_path)
+    if as_json and as_csv:
+        raise InputError("choose one of --json and --csv")
+    if rows is None:
+        if as_csv or sort is not None:
+            raise InputError("--csv and --sort list rows: give --rows SPEC (: for all)")
+        _print_info(bank, bank_path, as_json)
+        return
+    listing = row_listing(bank, bank_path, parse_selection(rows, len(bank)), sort)
+    if as_json:
+        print(json.dumps(listing, indent=1))
+    elif as_csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(listing[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(listing)
+    else:
+        table = Table(title=f"{bank_path}: {len(listing)} of {len(bank)} rows ({bank.meta.kind} bank)")
+        for column in listing[0]:
+            table.add_column(column, justify="left" if column == "label" else "right")
+        for record in listing:
+            table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in record.values()))
+        Console().print(table)
+
+
+def row_listing(bank: VectorBank, bank_path: Path, picked: list[int], sort: str | None) -> list[dict[str, object]]:
+    """One record per row: idx, label, norm, cos_base and every stored metric (NaN-free floats)."""
+    labels = read_labels(bank_path) or [""] * len(bank)
+    norms, base = bank.norms(), bank.vectors[bank.meta.base_index]
+    cos = (bank.vectors @ base) / (norms * base.norm()).clamp_min(1e-30)
+    columns = {"norm": norms, "cos_base": cos, **{name: values for name, values in bank.metrics.items()}}
+    records = [{"idx": r, "label": labels[r] if r < len(labels) else "",
+                **{name: round(float(values[r]), 6) + 0.0 for name, values in columns.items()}} for r in picked]
+    if sort is not None:
+        key = sort.lstrip("-")
+        if key not in records[0]:
+            raise InputError(f"--sort {sort}: this bank has {', '.join(records[0])}")
+        records.sort(key=lambda record: record[key], reverse=sort.startswith("-"))  # type: ignore[arg-type,return-value]
+    return records
+
+
+def _print_info(bank: VectorBank, bank_path: Path, as_json: bool) -> None:
     norms = bank.norms()
     summary = {"file": str(bank_path), "vectors": len(bank), "hidden_size": bank.hidden_size,
-               "norm": {"min": float(norms.min()), "max": float(norms.max()), "base": float(norms[bank.meta.base_index])},
-               "metrics": {name: {"min": float(v.min()), "max": float(v.max()), "median": float(v.median())}
-                           for name, v in bank.metrics.items()},
+               "metrics": {name: {"min": float(v.min()), "median": float(v.median()), "max": float(v.max())}
+                           for name, v in {"norm": norms, **bank.metrics}.items()},
                "metadata": json.loads(bank.meta.to_json())}
     if as_json:
         print(json.dumps(summary, indent=2))
@@ -259,11 +287,14 @@ def info(
     table = Table(title=str(bank_path), show_header=False)
     table.add_column("key", style="bold")
     table.add_column("value")
-    table.add_row("vectors", f"{len(bank)} x {bank.hidden_size}")
-    table.add_row("norm", f"min {norms.min():.3f}  max {norms.max():.3f}  base {norms[bank.meta.base_index]:.3f}")
+    table.add_row("vectors", f"{len(bank)} x {bank.hidden_size} ({bank.meta.kind} bank, base row {bank.meta.base_index})")
+    unsteered = bank.meta.extra.get("eval", {}).get("unsteered", {})
     for name, stats in summary["metrics"].items():
-        table.add_row(name, f"min {stats['min']:.4g}  median {stats['median']:.4g}  max {stats['max']:.4g}")
+        reference = f"  unsteered model {unsteered[name]:.4g}" if name in unsteered else ""
+        table.add_row(name, f"min {stats['min']:.4g}  median {stats['median']:.4g}  max {stats['max']:.4g}{reference}")
     for key, value in summary["metadata"].items():
+        if key == "radius" and isinstance(value, float):
+            value = float(f"{value:.6g}")  # a float32 norm read back: 40.000003814697266 -> 40
         table.add_row(key, json.dumps(value) if not isinstance(value, str) else value)
     Console().print(table)
 

@@ -23,6 +23,7 @@ from melbo_tui.errors import InputError
 if TYPE_CHECKING:
     from melbo_tui.bank import VectorBank
     from melbo_tui.models import LoadedModel, ModelRequest
+    from melbo_tui.sink import SinkReport
 
 err = Console(stderr=True)
 
@@ -69,6 +70,13 @@ RawOpt = Annotated[
     bool | None,
     typer.Option("--raw/--chat", help="Raw text, or the model's chat template (default: as the bank was made; raw for models without a template)."),
 ]
+
+# --- what the target layer compares -------------------------------------------------------------
+
+SINK_HELP = ("Target positions left out of the objective: exclude = the attention sink, positions whose unsteered "
+             "target-layer norm is > 10x the median of the others (the first token of most chat models); keep = "
+             "compare every position (seed/paper-faithful); or a comma list of positions such as 0 or 0,1.")
+SinkOpt = Annotated[str, typer.Option("--sink", help=SINK_HELP + " Default: exclude.")]
 
 # --- generation ----------------------------------------------------------------------------------
 
@@ -138,6 +146,12 @@ def prompt_for(bank: VectorBank, bank_path: Path, prompt: str | None, system: st
         raise InputError(f"{bank_path} records no prompt: give --prompt" if text is None else "empty prompt: give some text with --prompt")
     return (text, system if system is not None else bank.meta.system_prompt,
             bank.meta.raw_prompts if raw is None else raw)
+
+
+def print_sink(report: SinkReport) -> None:
+    """The once-per-run lines saying which target positions an objective leaves out."""
+    for line in report.lines():
+        err.print(line, style="yellow" if line.startswith("warning") else "dim", highlight=False)
 
 
 def progress() -> Progress:

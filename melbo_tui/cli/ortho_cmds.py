@@ -8,6 +8,7 @@ import json
 import statistics
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +21,7 @@ from melbo_tui.bank import VectorBank, load_bank
 from melbo_tui.cli.app import app, command_line
 from melbo_tui.cli.options import (
     MAX_NEW_TOKENS,
+    SINK_HELP,
     TEMPERATURE,
     BankArg,
     BatchSizeOpt,
@@ -34,6 +36,7 @@ from melbo_tui.cli.options import (
     RawOpt,
     RevisionOpt,
     SeedOpt,
+    SinkOpt,
     SystemOpt,
     TemperatureOpt,
     ThreadsOpt,
@@ -42,14 +45,21 @@ from melbo_tui.cli.options import (
     err,
     open_bank,
     open_model,
+    print_sink,
     progress,
     prompt_for,
 )
 from melbo_tui.compose import ComposeMode, Composition
 from melbo_tui.errors import BankError, InputError
-from melbo_tui.models import LoadedModel, ModelRequest
-from melbo_tui.ortho import OrthoConfig, OrthoProgress, OrthoSource, run_ortho
+from melbo_tui.jobs import OrthoSource, run_ortho
+from melbo_tui.models import ModelRequest
+from melbo_tui.ortho import Objective, OrthoConfig, OrthoProgress, Strategy
 from melbo_tui.prompts import encode
+from melbo_tui.sink import SinkRule
+
+OBJECTIVE_HELP = ("What reproducing theta0 means. tokens: mean over compared target positions of ||Z_t(theta) - Z_t(theta0)||^2 "
+                  "(the attention sink left out); seed: the seed's ||mean_t Z_t(theta) - mean_t Z_t(theta0)||_2, "
+                  "which on models with a massive first-token activation matches that one position.")
 
 
 def _parent_bank(path: Path, base: int) -> tuple[VectorBank, int]:
@@ -66,7 +76,9 @@ def ortho(
     out: Annotated[Path, typer.Option("--out", "-o", help="Ortho bank to write (row 0 = theta0).")],
     base: Annotated[int, typer.Option("--base", "-b", help="Row of BANK used as theta0.")] = 0,
     count: Annotated[int, typer.Option("--count", "-c", help="Orthogonal vectors to find (at most d_model - 1).")] = 64,
-    strategy: Annotated[str, typer.Option(help="fast (L-BFGS on cached source-layer activations) or sequential (the seed's Adam loop).")] = "fast",
+    objective: Annotated[Objective, typer.Option(help=OBJECTIVE_HELP)] = Objective.TOKENS,
+    sink: Annotated[str | None, typer.Option("--sink", help=SINK_HELP + " Default: exclude; with --objective seed, keep (the seed's loss verbatim).")] = None,
+    strategy: Annotated[Strategy, typer.Option(help="fast (L-BFGS on cached source-layer activations) or sequential (the seed's Adam loop).")] = Strategy.FAST,
     steps: Annotated[int | None, typer.Option(help="Per vector: sequential, Adam steps (default 1000, the seed's); fast, L-BFGS loss evaluations (default 60; ~200 reach the seed's loss at ~8x its speed instead of ~25x, see `melbo-tui bench`).")] = None,
     lr: Annotated[float | None, typer.Option(help="sequential only: Adam lr, constant. Default scales with |theta0|: 0.01 x |theta0| / 7 (the seed's 0.01 at |theta0| = 7).")] = None,
     l2: Annotated[float, typer.Option("--l2", help="Add l2 x ||theta||^2 to the loss (0 = the seed: no norm penalty).")] = 0.0,
@@ -80,15 +92,15 @@ def ortho(
 ) -> None:
     """MELBO-ortho: vectors orthogonal to row --base of BANK (and to each other) with its effect.
 
-    Loss ||z(theta) - z(theta0)||_2 with z = the target layer meaned over the sequence (source
-    and target layers: the parent bank's; layer L = output of decoder block L, 0-based); theta
-    kept orthogonal to theta0 and every earlier vector; no norm constraint. A checkpoint is
-    written to --out after every vector; Ctrl-C keeps it.
+    Source and target layers are the parent bank's (layer L = output of decoder block L,
+    0-based). theta is kept orthogonal to theta0 and every earlier vector; no norm constraint.
+    --objective tokens (default) matches the target layer position by position, the attention
+    sink left out; --objective seed is the seed's ||mean_t Z_t(theta) - mean_t Z_t(theta0)||_2
+    over every position. A checkpoint is written to --out after every vector; Ctrl-C keeps it.
     """
-    if count <= 0:
-        raise InputError(f"--count must be positive, got {count}")
     check_output(out)
-    config = OrthoConfig(count=count, strategy=strategy, steps=steps, lr=lr, l2=l2, seed=seed)
+    config = OrthoConfig(count=count, strategy=strategy, objective=objective, steps=steps, lr=lr, l2=l2, seed=seed,
+                         sink=SinkRule.parse(sink) if sink is not None else None)
     parent, base = _parent_bank(bank_path, base)
     config.check(parent.hidden_size)  # every setting error before the model loads
     lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic))
@@ -98,7 +110,6 @@ def ortho(
         raise InputError(f"{bank_path} records no prompts: give --prompt")
     system = system if system is not None else parent.meta.system_prompt
     raw = parent.meta.raw_prompts if raw is None else raw
-    inputs = [encode(lm, p, system, raw) for p in prompts]
     source = OrthoSource(parent, str(bank_path), base, prompts, system, raw)
     try:
         with progress() as bar:
@@ -108,8 +119,8 @@ def ortho(
                 bar.update(task, completed=p.vectors_done,
                            info=f"vector {p.vector} step {p.step}/{p.steps} loss {p.loss:.4g} norm {p.norm:.3g}")
 
-            result = run_ortho(lm, source, inputs, config, out, resume=resume, created_by=command_line(),
-                               on_progress=report)
+            result = run_ortho(lm, source, config, out, resume=resume, created_by=command_line(),
+                               on_progress=report, on_sink=print_sink)
             bar.update(task, completed=result.found)
     except KeyboardInterrupt:
         saved = len(load_bank(out)) - 1 if out.exists() else 0
@@ -117,10 +128,16 @@ def ortho(
         sys.exit(130)  # SystemExit passes through click untouched; typer.Exit's code would be lost
     bank = result.bank
     if evaluate and len(bank) > 1:
-        with err.status("computing KL / norm metrics ..."):
-            bank = store_metrics(out, bank, lm, inputs[0], prompts[0], system, raw)
+        from melbo_tui.metrics import evaluate_bank
+
+        ids = encode(lm, prompts[0], system, raw)
+        with progress() as bar:
+            task = bar.add_task("eval vectors", total=len(bank) + 1, info=f"prompt {prompts[0]!r}")
+            bank = store_metrics(out, bank, lambda b: evaluate_bank(
+                lm, b, ids, prompts[0], system, raw,
+                on_progress=lambda done, _total: bar.update(task, completed=done, total=len(b) + 1)))
     per_vector = result.seconds / result.new if result.new else 0.0
-    err.print(result.message)
+    err.print(result.summary + (" (--resume continues)" if result.stopped else ""))
     _print_summary(bank, f"{result.new} new vectors, {per_vector:.2f} s/vector")
 
 
@@ -128,32 +145,50 @@ def ortho(
 def eval_(
     bank_path: BankArg,
     prompt: PromptOpt = None, system: SystemOpt = None, raw: RawOpt = None,
+    continuation: Annotated[int, typer.Option(help="N: kl_seq follows the base's greedy answer for N tokens.")] = 32,
+    sink: SinkOpt = "exclude",
     batch_size: BatchSizeOpt = None,
     model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
     revision: RevisionOpt = None, threads: ThreadsOpt = None, offload_folder: OffloadOpt = None,
     deterministic: DeterministicOpt = False,
 ) -> None:
-    """Store kl = KL(P_i||P_0), kl_rev = KL(P_0||P_i) (nats, next token after the prompt), norm, cos_base.
+    """Measure and store every vector's metrics on one prompt (nats; P_i steered by row i, P_base by the base row).
+
+    kl = KL(P_i||P_base) and kl_rev = KL(P_base||P_i) at the last prompt position; kl_seq = the
+    mean over the base's first N greedy tokens of KL(P_base,t||P_i,t), teacher-forced (the KL
+    that a vector cannot game by matching one token); kl_unsteered = KL(P_i||P_unsteered), the
+    one to read in a MELBO bank, whose row 0 is not a base; err = target-layer RMS error to the
+    base over the compared positions, relative to no steering; norm; cos_base. The unsteered
+    model's values are recorded too (`melbo-tui info BANK`).
 
     Safe while another process (ortho --resume) grows the bank: rows appended meanwhile are
     kept and measured too.
     """
+    from melbo_tui.metrics import evaluate_bank
+
     if batch_size is not None and batch_size <= 0:
         raise InputError(f"--batch-size must be positive, got {batch_size}")
+    if continuation <= 0:
+        raise InputError(f"--continuation must be positive, got {continuation}")
+    rule = SinkRule.parse(sink)
     load_bank(bank_path)  # fail on a bad file before loading a model
     check_output(bank_path, "BANK")  # the metrics are written into it
     lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic))
     bank = open_bank(bank_path, lm)
     text, system, raw = prompt_for(bank, bank_path, prompt, system, raw)
-    with err.status(f"evaluating {len(bank)} vectors ..."):
-        bank = store_metrics(bank_path, bank, lm, encode(lm, text, system, raw), text, system, raw, batch_size)
+    ids = encode(lm, text, system, raw)
+    with progress() as bar:
+        task = bar.add_task("eval vectors", total=len(bank) + 1, info=f"prompt {text!r}")
+        bank = store_metrics(bank_path, bank, lambda b: evaluate_bank(
+            lm, b, ids, text, system, raw, batch_size, continuation, rule,
+            on_progress=lambda done, _total: bar.update(task, completed=done, total=len(b) + 1)))
     _print_summary(bank, f"metrics stored in {bank_path}")
 
 
 @app.command()
 def dump(
     bank_path: BankArg,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Text file in the seed's layout; a .jsonl is written beside it.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write: NAME.txt (the seed's layout) and NAME.jsonl beside it. Default: BANK's stem + .dump.txt/.dump.jsonl beside the bank (what `label` reads).")] = None,
     rows: Annotated[str | None, typer.Option(help="Rows to complete, e.g. 0:50 or 0,3,7 (default: all).")] = None,
     compose_sweep: Annotated[bool, typer.Option(help="Add mean of the first k and mean x sqrt(k), k = 1, 2, 3, 5, 10, 20, 50, ...")] = False,
     prompt: PromptOpt = None, system: SystemOpt = None, raw: RawOpt = None,
@@ -178,7 +213,7 @@ def dump(
     rule_list = load_rules(rules) if label else []
     bank = load_bank(bank_path)
     picked = parse_selection(rows, len(bank)) if rows else list(range(len(bank)))
-    text_path, jsonl_path = _dump_paths(out)
+    text_path, jsonl_path = dump_paths(bank_path, out)
     for path in (text_path, jsonl_path, *([labels_path(bank_path)] if label else [])):
         check_output(path, "--out" if path != labels_path(bank_path) else "labels of BANK")
     lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic))
@@ -195,16 +230,27 @@ def dump(
         entries = [replace(e, label=classify(e.text, rule_list)) for e in entries]
         sidecar = save_labels(bank_path, len(bank), {e.row: e.label for e in entries if e.row is not None}, rule_list)
         err.print(f"labels stored in {sidecar}")
-    write_dump(entries, text_path, jsonl_path, text, settings)
+    write_dump(entries, text_path, jsonl_path, text, settings, bank)
     counts = Counter(e.label for e in entries if e.label)
     err.print(f"wrote {text_path} and {jsonl_path}: {len(entries)} completions"
               + (f" ({', '.join(f'{k} {v}' for k, v in counts.most_common())})" if counts else ""))
 
 
+def dump_paths(bank_path: Path, out: Path | None) -> tuple[Path, Path]:
+    """The text and JSONL files of a dump: `x.txt` + `x.jsonl` whatever `out` is spelled as."""
+    if out is None:
+        return bank_path.with_name(bank_path.stem + ".dump.txt"), bank_path.with_name(bank_path.stem + ".dump.jsonl")
+    if out.suffix == ".txt":
+        return out, out.with_suffix(".jsonl")
+    if out.suffix == ".jsonl":
+        return out.with_suffix(".txt"), out
+    return Path(f"{out}.txt"), Path(f"{out}.jsonl")
+
+
 @app.command()
 def label(
     bank_path: BankArg,
-    from_dump: Annotated[Path, typer.Option("--from", help="JSONL written by 'melbo-tui dump' for this bank.")],
+    from_dump: Annotated[Path | None, typer.Option("--from", help="JSONL written by 'melbo-tui dump' for this bank (default: BANK's stem + .dump.jsonl beside it).")] = None,
     rules: Annotated[Path | None, typer.Option(help="Rules file (JSON or TOML): {rules: [...], replace_defaults: bool}.")] = None,
 ) -> None:
     """Label completions by rules (first match wins; default: refusal, code, repetition, gibberish, else other).
@@ -219,9 +265,16 @@ def label(
     check_output(labels_path(bank_path), "labels of BANK")
     rule_list = load_rules(rules)
     bank = load_bank(bank_path)
-    records = [(row, str(r.get("text", ""))) for r in read_dump(from_dump) if isinstance(row := r.get("row"), int)]
+    from_dump = from_dump or dump_paths(bank_path, None)[1]
+    dumped = read_dump(from_dump)
+    fingerprints = {str(r["bank"]) for r in dumped if "bank" in r}
+    if fingerprints and fingerprints != {bank.fingerprint()}:
+        raise InputError(f"{from_dump} is a dump of another bank's vectors, not of {bank_path}")
+    records = [(row, str(r.get("text", ""))) for r in dumped if isinstance(row := r.get("row"), int)]
     if not records:
         raise InputError(f"{from_dump} holds no completions of bank rows")
+    if max(row for row, _ in records) >= len(bank):
+        raise InputError(f"{from_dump} has completions of rows beyond {bank_path}'s {len(bank)}: a dump of another bank")
     labels = label_texts([text for _, text in records], rule_list)
     sidecar = save_labels(bank_path, len(bank), {row: lab for (row, _), lab in zip(records, labels)}, rule_list)
     counts = Counter(labels)
@@ -288,9 +341,9 @@ class _BankGrew(Exception):
         self.current = current
 
 
-def store_metrics(path: Path, bank: VectorBank, lm: LoadedModel, input_ids: torch.Tensor, prompt: str,
-                  system: str | None, raw: bool, batch_size: int | None = None, attempts: int = 3) -> VectorBank:
-    """Evaluate `bank` and store its metrics in `path` without losing what another process appended.
+def store_metrics(path: Path, bank: VectorBank, evaluate: Callable[[VectorBank], VectorBank],
+                  attempts: int = 3) -> VectorBank:
+    """`evaluate(bank)` and store its metrics in `path` without losing what another process appended.
 
     The evaluation runs unlocked (it may take minutes); the write re-reads the file under the
     bank's lock. Rows appended meanwhile (ortho --resume) make us evaluate again, the last
@@ -299,14 +352,13 @@ def store_metrics(path: Path, bank: VectorBank, lm: LoadedModel, input_ids: torc
     """
     from melbo_tui.bank import update_bank
     from melbo_tui.locking import bank_lock
-    from melbo_tui.metrics import evaluate_bank
 
     for attempt in range(attempts):
         last = attempt == attempts - 1
         with bank_lock(path) if last else contextlib.nullcontext():
             if last:
                 bank = load_bank(path)
-            evaluated = evaluate_bank(lm, bank, input_ids, prompt, system, raw, batch_size)
+            evaluated = evaluate(bank)
 
             def commit(current: VectorBank, evaluated: VectorBank = evaluated) -> VectorBank:
                 n = len(evaluated)
@@ -326,23 +378,21 @@ def store_metrics(path: Path, bank: VectorBank, lm: LoadedModel, input_ids: torc
     raise AssertionError("unreachable: the last attempt holds the lock")
 
 
-def _dump_paths(out: Path) -> tuple[Path, Path]:
-    """The text file and the JSONL beside it, whichever of the two --out names."""
-    if out.suffix == ".jsonl":
-        return out.with_suffix(".txt"), out
-    return out, out.with_suffix(".jsonl")
-
-
 def _print_summary(bank: VectorBank, title: str) -> None:
+    """Medians over the bank's vectors (the base row left out where it is a base) beside the unsteered model."""
+    rows = torch.ones(len(bank), dtype=torch.bool)
+    if bank.meta.kind.has_base and len(bank) > 1:
+        rows[bank.meta.base_index] = False
+    unsteered = bank.meta.extra.get("eval", {}).get("unsteered", {})
     table = Table(title=title)
-    for column in ("rows", "norm min..max", "median KL(P_i||P_0)", "median KL(P_0||P_i)", "median ortho loss"):
+    for column in ("metric", f"median over {int(rows.sum())} vectors", "min", "max", "unsteered model"):
         table.add_column(column, justify="right")
-    norms = bank.norms()
-    kl = bank.metrics.get("kl")
-    kl_rev = bank.metrics.get("kl_rev")
+    for name, values in bank.metrics.items():
+        picked = values[rows]
+        reference = unsteered.get(name)
+        table.add_row(name, f"{float(picked.median()):.4g}", f"{float(picked.min()):.4g}", f"{float(picked.max()):.4g}",
+                      f"{reference:.4g}" if isinstance(reference, float) else "-")
     losses = bank.meta.extra.get("ortho_loss", [])[1:]
-    table.add_row(str(len(bank)), f"{float(norms.min()):.3g}..{float(norms.max()):.3g}",
-                  f"{float(kl[1:].median()):.4g}" if kl is not None and len(bank) > 1 else "-",
-                  f"{float(kl_rev[1:].median()):.4g}" if kl_rev is not None and len(bank) > 1 else "-",
-                  f"{statistics.median(losses):.4g}" if losses else "-")
-    Console(stderr=True).print(table)
+    if losses:
+        table.add_row("ortho loss", f"{statistics.median(losses):.4g}", f"{min(losses):.4g}", f"{max(losses):.4g}", "-")
+    err.print(table)

@@ -219,8 +219,8 @@ class EngineBackend:
 
     def run_ortho(self, bank: VectorBank, bank_path: Path, base_row: int, count: int, out: Path,
                   on_progress: OnJobProgress, should_stop: ShouldStop) -> str:
-        from melbo_tui.ortho import OrthoConfig, OrthoProgress, OrthoSource, run_ortho
-        from melbo_tui.prompts import encode
+        from melbo_tui.jobs import OrthoSource, run_ortho
+        from melbo_tui.ortho import OrthoConfig, OrthoProgress
 
         lm = self._model()
         meta = bank.meta
@@ -234,36 +234,29 @@ class EngineBackend:
             self._yield_model(should_stop)  # between steps no hook is live: a generation may run
 
         with self._lock:
-            inputs = [encode(lm, prompt, meta.system_prompt, meta.raw_prompts) for prompt in meta.prompts]
-            result = run_ortho(lm, source, inputs, OrthoConfig(count=count), out, created_by="melbo-tui explorer",
+            result = run_ortho(lm, source, OrthoConfig(count=count), out, created_by="melbo-tui explorer",
                                on_progress=progress, should_stop=should_stop)
-        return result.message
+        return result.summary
 
     def run_melbo(self, job: MelboJob, out: Path, on_progress: OnJobProgress, should_stop: ShouldStop) -> str:
-        from melbo_tui.bank import save_bank
-        from melbo_tui.melbo import MelboConfig, TrainProgress, melbo_bank, train_melbo
+        from melbo_tui.jobs import run_melbo
+        from melbo_tui.melbo import MelboConfig, TrainProgress
 
         lm = self._model()
         config = MelboConfig(job.source_layer, job.target_layer, job.radius, num_vectors=job.count, steps=job.steps,
                              batch_vectors=job.batch_vectors)
-        prompts = [job.prompt]
-        saved = [0]
 
         def progress(p: TrainProgress) -> None:
             on_progress(JobProgress(p.vectors_done, p.num_vectors, p.step, p.steps, p.loss))
             self._yield_model(should_stop)  # between steps no hook is live: a generation may run
 
-        def checkpoint(vectors: torch.Tensor) -> None:  # [n, d_model], every vector so far
-            save_bank(melbo_bank(lm, config, vectors, prompts, job.system, job.raw, "melbo-tui explorer"), out)
-            saved[0] = len(vectors)
-            on_progress(JobProgress(len(vectors), job.count, 0, job.steps, 0.0))
-
         with self._lock:
-            vectors = train_melbo(lm, config, prompts, job.system, job.raw, on_progress=progress,
-                                  should_stop=should_stop, on_batch=checkpoint)
-        if len(vectors) < job.count:
-            return f"stopped: {saved[0]} MELBO vectors saved in {out}" if saved[0] else "stopped before the first batch: nothing saved"
-        return f"{len(vectors)} MELBO vectors in {out}"
+            run = run_melbo(lm, config, [job.prompt], out, system=job.system, raw=job.raw, created_by="melbo-tui explorer",
+                            on_progress=progress, should_stop=should_stop)
+        saved = len(run.bank)
+        if not run.complete:
+            return f"stopped: {saved} MELBO vectors saved in {out}" if saved else "stopped before the first batch: nothing saved"
+        return f"{saved} MELBO vectors in {out}"
 
     def _yield_model(self, should_stop: ShouldStop) -> None:
         """Called with the lock held: let waiting generations have the model, then take it back."""
@@ -299,11 +292,15 @@ class _held:
 
 
 def _compute_metrics_fn() -> Callable[..., dict[str, torch.Tensor]]:
-    try:
-        from melbo_tui.metrics import compute_metrics
-    except ImportError:
-        raise ModelError("KL needs melbo_tui.metrics, which this install lacks") from None
-    return compute_metrics
+    """Next-token KLs of a bank's rows (the continuation-based metrics are left to `melbo-tui eval`)."""
+    from melbo_tui.metrics import bank_metrics
+
+    def compute(lm: LoadedModel, bank: VectorBank, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        meta = bank.meta
+        return bank_metrics(lm, bank.vectors, ids, source_layer=meta.source_layer, target_layer=meta.target_layer,
+                            base_index=meta.base_index, continuation=1)
+
+    return compute
 
 
 def _sub_bank(bank: VectorBank, vectors: torch.Tensor) -> VectorBank:  # vectors: [k, d_model], row 0 = base

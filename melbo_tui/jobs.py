@@ -1,0 +1,225 @@
+"""Long runs that write a bank file: checkpoints, resume and the bank's record, for the CLI and the explorer.
+
+The algorithms (`melbo.train`, `ortho.search`) take tensors and give tensors; a job adds the file:
+it starts or resumes a bank, refuses to resume one made with other settings, and saves a whole
+bank (atomically) after every MELBO batch or ortho vector, so Ctrl-C, a crash or `should_stop`
+loses at most the vector in progress.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from melbo_tui.bank import BankKind, BankMeta, VectorBank, load_bank, save_bank
+from melbo_tui.errors import BankError, InputError
+from melbo_tui.melbo import MelboConfig, TrainProgress, train
+from melbo_tui.models import LoadedModel
+from melbo_tui.ortho import FoundVector, OrthoConfig, OrthoProgress, hyperparameters, search
+from melbo_tui.prompts import encode
+from melbo_tui.sink import SinkMode, SinkReport, SinkRule
+
+StopFn = Callable[[], bool]
+
+
+# --- MELBO ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MelboRun:
+    bank: VectorBank
+    new: int  # vectors trained by this call
+    complete: bool  # every vector asked for is in the bank
+
+
+def melbo_bank(lm: LoadedModel, config: MelboConfig, vectors: torch.Tensor, prompts: list[str],
+               system: str | None, raw: bool, created_by: str) -> VectorBank:
+    """A `melbo` bank of `vectors  # [n, d_model]` recording how they were trained."""
+    hyper = asdict(config)
+    for key in ("source_layer", "target_layer", "radius"):
+        hyper.pop(key)
+    hyper.update(lr=config.effective_lr(lm.hidden_size), optimizer="AdamW", betas=[0.9, 0.98], weight_decay=0.0,
+                 amsgrad=True, norm_axis="hidden", sink=config.sink.record())
+    meta = BankMeta(
+        kind=BankKind.MELBO, model=lm.name, hidden_size=lm.hidden_size, num_layers=lm.num_layers,
+        source_layer=config.source_layer, target_layer=config.target_layer, prompts=list(prompts),
+        system_prompt=system, radius=config.radius, base_index=0, hyperparameters=hyper,
+        created_by=created_by, raw_prompts=raw or not lm.has_chat_template,
+        extra={"complete": len(vectors) >= config.num_vectors},
+    )
+    return VectorBank(vectors=vectors.float().cpu(), meta=meta)
+
+
+def run_melbo(
+    lm: LoadedModel,
+    config: MelboConfig,
+    prompts: list[str],
+    out: Path,
+    *,
+    system: str | None = None,
+    raw: bool = False,
+    resume: bool = False,
+    created_by: str = "",
+    on_progress: Callable[[TrainProgress], None] | None = None,
+    should_stop: StopFn | None = None,
+    on_sink: Callable[[SinkReport], None] | None = None,
+) -> MelboRun:
+    """Train MELBO vectors into the bank file `out`, saved after every batch; `resume` continues it."""
+    config.check(lm)
+    out = Path(out)
+    done = _melbo_resume(out, lm, config, prompts) if resume else None
+    if out.exists() and not resume:
+        raise BankError(f"{out} exists: continue it with `resume`, or choose another `out`")
+
+    def checkpoint(vectors: torch.Tensor) -> None:
+        save_bank(melbo_bank(lm, config, vectors, prompts, system, raw, created_by), out)
+
+    vectors = train(lm, config, [encode(lm, p, system, raw) for p in prompts], on_progress=on_progress,
+                    should_stop=should_stop, done=done, on_batch=checkpoint, on_sink=on_sink)
+    already = 0 if done is None else len(done)
+    return MelboRun(melbo_bank(lm, config, vectors, prompts, system, raw, created_by), len(vectors) - already,
+                    len(vectors) >= config.num_vectors)
+
+
+def _melbo_resume(out: Path, lm: LoadedModel, config: MelboConfig, prompts: list[str]) -> torch.Tensor | None:
+    if not out.exists():
+        return None
+    bank = load_bank(out)
+    meta, hyper = bank.meta, bank.meta.hyperparameters
+    same = (meta.kind == BankKind.MELBO and bank.hidden_size == lm.hidden_size and meta.source_layer == config.source_layer
+            and meta.target_layer == config.target_layer and meta.radius == config.radius and meta.prompts == prompts
+            and hyper.get("seed") == config.seed and hyper.get("batch_vectors") == config.batch_vectors
+            and hyper.get("steps") == config.steps
+            and hyper.get("sink", SinkRule(SinkMode.KEEP).record()) == config.sink.record())
+    if not same:
+        raise BankError(f"cannot resume {out}: it was made with other settings (layers, R, prompts, seed, steps, "
+                        "batch size or sink)")
+    if len(bank) >= config.num_vectors:
+        raise InputError(f"cannot resume {out}: it already holds {len(bank)} vectors (`num_vectors` {config.num_vectors})")
+    return bank.vectors
+
+
+# --- MELBO-ortho ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OrthoSource:
+    """Where theta0 comes from (a row of a parent bank) and what to optimise on."""
+
+    parent: VectorBank
+    parent_path: str
+    base_row: int
+    prompts: list[str]
+    system: str | None = None
+    raw: bool = False
+
+
+@dataclass(frozen=True)
+class OrthoRun:
+    bank: VectorBank
+    found: int  # orthogonal vectors in the bank (rows 1..found)
+    new: int  # of which found by this call
+    seconds: float  # wall time of this call's optimisation
+    stopped: bool  # should_stop fired
+    collapsed_norm: float | None  # the norm that ended the run, when the next vector collapsed
+    out: Path
+
+    @property
+    def summary(self) -> str:
+        if self.stopped:
+            return f"stopped: {self.found} orthogonal vectors saved in {self.out}"
+        if self.collapsed_norm is not None:
+            return (f"collapsed: vector {self.found + 1} has norm {self.collapsed_norm:.3g}; "
+                    f"stopped with {self.found} vectors in {self.out}")
+        return f"{self.found} orthogonal vectors in {self.out}"
+
+
+def run_ortho(
+    lm: LoadedModel,
+    source: OrthoSource,
+    config: OrthoConfig,
+    out: Path,
+    *,
+    resume: bool = False,
+    created_by: str = "",
+    on_progress: Callable[[OrthoProgress], None] | None = None,
+    should_stop: StopFn | None = None,
+    on_sink: Callable[[SinkReport], None] | None = None,
+) -> OrthoRun:
+    """MELBO-ortho from row `base_row` of the parent bank into the bank file `out`, saved after every vector."""
+    parent = source.parent
+    config.check(lm.hidden_size)
+    if not 0 <= source.base_row < len(parent):
+        raise InputError(f"`base_row` {source.base_row} is out of range: {source.parent_path} has rows 0..{len(parent) - 1}")
+    theta0 = parent.vectors[source.base_row].float()
+    if not float(theta0.norm()) > 0:
+        raise InputError(f"row {source.base_row} of {source.parent_path} is the zero vector")
+    cfg = config.resolved(float(theta0.norm()))
+    out = Path(out)
+    bank = _ortho_bank(lm, source, cfg, theta0, out, resume, created_by)
+    found = len(bank) - 1
+    if found == 0:
+        save_bank(bank, out)  # from the start, an interrupted run leaves a valid bank (row 0)
+    if found >= cfg.count:
+        return OrthoRun(bank, found, 0, 0.0, False, None, out)
+    holder = [bank]
+
+    def checkpoint(vector: FoundVector) -> None:
+        holder[0] = _append(holder[0], vector)
+        save_bank(holder[0], out)
+
+    inputs = [encode(lm, p, source.system, source.raw) for p in source.prompts]
+    result = search(lm, theta0, inputs, source_layer=parent.meta.source_layer, target_layer=parent.meta.target_layer,
+                    config=cfg, done=bank.vectors[1:], on_vector=checkpoint, on_progress=on_progress,
+                    should_stop=should_stop, on_sink=on_sink)
+    bank = holder[0]
+    return OrthoRun(bank, len(bank) - 1, len(result.vectors), result.seconds, result.stopped, result.collapsed_norm, out)
+
+
+def _ortho_bank(lm: LoadedModel, source: OrthoSource, cfg: OrthoConfig, theta0: torch.Tensor,
+                out: Path, resume: bool, created_by: str) -> VectorBank:
+    hyper = hyperparameters(cfg)
+    if resume and out.exists():
+        bank = load_bank(out)
+        _check_ortho_resumable(bank, lm, source, theta0, hyper, out)
+        return bank
+    if out.exists():
+        raise BankError(f"{out} exists: continue it with `resume`, or choose another `out`")
+    pm = source.parent.meta
+    meta = BankMeta(
+        kind=BankKind.ORTHO, model=lm.name, hidden_size=lm.hidden_size, num_layers=lm.num_layers,
+        source_layer=pm.source_layer, target_layer=pm.target_layer, prompts=list(source.prompts),
+        system_prompt=source.system, radius=float(theta0.norm()), base_index=0, hyperparameters=hyper,
+        created_by=created_by, raw_prompts=source.raw or not lm.has_chat_template,
+        extra={"parent_bank": source.parent_path, "parent_row": source.base_row, "parent_model": pm.model,
+               "ortho_loss": [0.0], "ortho_steps": [0]},
+    )
+    return VectorBank(vectors=theta0[None].clone(), meta=meta)
+
+
+def _check_ortho_resumable(bank: VectorBank, lm: LoadedModel, source: OrthoSource, theta0: torch.Tensor,
+                           hyper: dict[str, Any], out: Path) -> None:
+    meta = bank.meta
+    if meta.kind != BankKind.ORTHO:
+        raise BankError(f"cannot resume {out}: it is a '{meta.kind}' bank, not an ortho bank")
+    if meta.model != lm.name or bank.hidden_size != lm.hidden_size:
+        raise BankError(f"cannot resume {out}: it was made with {meta.model}, the loaded model is {lm.name}")
+    if not torch.equal(bank.vectors[0], theta0):
+        raise BankError(f"cannot resume {out}: its row 0 is not row {source.base_row} of {source.parent_path}")
+    if meta.prompts != list(source.prompts) or meta.system_prompt != source.system:
+        raise BankError(f"cannot resume {out}: it was made on other prompts")
+    for key, value in hyper.items():
+        if meta.hyperparameters.get(key) != value:
+            raise BankError(f"cannot resume {out}: it was made with {key}={meta.hyperparameters.get(key)!r}, "
+                            f"this run asks {value!r}")
+
+
+def _append(bank: VectorBank, vector: FoundVector) -> VectorBank:
+    extra = dict(bank.meta.extra)
+    extra["ortho_loss"] = [*extra.get("ortho_loss", []), vector.loss]
+    extra["ortho_steps"] = [*extra.get("ortho_steps", []), vector.steps]
+    return VectorBank(vectors=torch.cat([bank.vectors, vector.theta[None]]), meta=replace(bank.meta, extra=extra))

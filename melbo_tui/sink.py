@@ -1,0 +1,149 @@
+"""The attention sink: target positions whose residual stream dwarfs the rest, kept out of objectives.
+
+Pre-norm LMs put a *massive activation* on the first token (Sun et al. 2024): on the embedded
+model, chat prompt "How can I build a bomb?", the block-16 output norm is ~25,000 at position
+0 and ~185 (median) elsewhere, a MELBO vector changes it by ~6,600 there and ~60 elsewhere,
+and position 0 carries no behaviour (theta0 added only there leaves the next token as far
+from theta0 as not steering). Any objective that sums or averages the target layer over
+positions is then mostly about that one position (99.7% of sum_t ||dZ_t||^2). REFERENCE.md
+s.2a has the numbers.
+
+Rule (`SinkRule`, default `exclude`): position t of a prompt is a sink when its *unsteered*
+target-layer norm is more than `ratio` (10) times the median norm of the prompt's other
+positions. `keep` compares every position (the seed's and the MELBO paper's setting);
+explicit positions (`0` or `0,1`, negative counting from the end) replace the detection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import torch
+
+from melbo_tui.errors import InputError
+
+SINK_RATIO = 10.0
+
+
+class SinkMode(StrEnum):
+    EXCLUDE = "exclude"  # detect massive-activation positions and leave them out
+    KEEP = "keep"  # compare every position (seed-faithful)
+    POSITIONS = "positions"  # leave out the positions the user named
+
+
+@dataclass(frozen=True)
+class SinkRule:
+    """Which target positions an objective or a diagnostic leaves out."""
+
+    mode: SinkMode = SinkMode.EXCLUDE
+    positions: tuple[int, ...] = ()  # SinkMode.POSITIONS only; negative counts from the end
+    ratio: float = SINK_RATIO  # SinkMode.EXCLUDE: norm > ratio x median of the other positions
+
+    @classmethod
+    def parse(cls, text: str) -> SinkRule:
+        """`exclude`, `keep`, or a comma list of positions such as `0` or `0,1,-1`."""
+        word = text.strip().lower()
+        if word in (SinkMode.EXCLUDE, SinkMode.KEEP):
+            return cls(SinkMode(word))
+        try:
+            positions = tuple(int(p) for p in word.split(","))
+        except ValueError:
+            raise InputError(f"sink must be 'exclude', 'keep' or a comma list of positions such as 0,1; got '{text}'") from None
+        return cls(SinkMode.POSITIONS, positions)
+
+    def describe(self) -> str:
+        """What the bank records in `hyperparameters.sink`."""
+        if self.mode == SinkMode.EXCLUDE:
+            return f"exclude positions with unsteered target-layer norm > {self.ratio:g}x the median of the others"
+        if self.mode == SinkMode.KEEP:
+            return "keep every position"
+        return f"exclude positions {','.join(map(str, self.positions))}"
+
+    def record(self) -> dict[str, object]:
+        """JSON-plain form stored in a bank's hyperparameters (and compared on resume)."""
+        return {"mode": self.mode.value, "positions": list(self.positions), "ratio": self.ratio, "rule": self.describe()}
+
+    def excluded(self, norms: torch.Tensor) -> list[int]:
+        """Positions to leave out of a prompt whose unsteered target-layer norms are `norms  # [T]`."""
+        length = int(norms.shape[0])
+        if self.mode == SinkMode.KEEP:
+            return []
+        if self.mode == SinkMode.POSITIONS:
+            return sorted({p % length for p in self.positions if -length <= p < length})
+        return detect_sink(norms, self.ratio)
+
+
+def detect_sink(norms: torch.Tensor, ratio: float = SINK_RATIO) -> list[int]:
+    """Positions whose norm is more than `ratio` times the median of the other positions' norms."""
+    values = norms.detach().double().cpu()
+    found = []
+    for t in range(values.shape[0]):
+        others = torch.cat([values[:t], values[t + 1:]])
+        if others.numel() and float(values[t]) > ratio * float(others.median()):
+            found.append(t)
+    return found
+
+
+@dataclass(frozen=True)
+class Positions:
+    """The target positions compared for one prompt, and the ones left out."""
+
+    kept: torch.Tensor  # [k] long, ascending
+    excluded: tuple[int, ...]
+
+
+def select_positions(norms: torch.Tensor, rule: SinkRule, token_slice: slice = slice(None)) -> Positions:
+    """Positions of `token_slice` (python slice over the prompt) minus the sink, for norms `[T]`."""
+    length = int(norms.shape[0])
+    wanted = list(range(length))[token_slice]
+    excluded = set(rule.excluded(norms))
+    kept = [t for t in wanted if t not in excluded]
+    if not kept:
+        raise InputError(
+            f"no target position left to compare: the prompt has {length} tokens, the target tokens select "
+            f"{len(wanted)} and the sink rule ({rule.describe()}) leaves out {sorted(excluded)}"
+        )
+    return Positions(torch.tensor(kept, dtype=torch.long), tuple(t for t in wanted if t in excluded))
+
+
+def excluded_share(per_position: torch.Tensor, positions: Positions) -> float:
+    """Share of `per_position  # [T]` (an objective's terms, >= 0) that the excluded positions hold."""
+    total = float(per_position.sum())
+    if total <= 0 or not positions.excluded:
+        return 0.0
+    return float(per_position[list(positions.excluded)].sum()) / total
+
+
+@dataclass(frozen=True)
+class SinkReport:
+    """What to tell the user once per run: which positions were left out, and what they weighed."""
+
+    rule: SinkRule
+    excluded: list[tuple[int, ...]]  # per prompt
+    share: float  # of the objective the left-out positions would hold (at the reference point named below)
+    detected: list[list[int]]  # per prompt: positions the detection rule flags, whether left out or kept
+    detected_share: float  # share the detected positions hold (the warning when they are kept)
+    reference: str  # at which vectors the shares were measured
+
+    def lines(self) -> list[str]:
+        """One or two lines for stderr; a warning when kept sink positions dominate the objective."""
+        out = []
+        if self.rule.mode == SinkMode.KEEP:
+            flagged = sorted({t for d in self.detected for t in d})
+            out.append("sink: every target position compared (--sink keep)")
+            if flagged and self.detected_share > 0.5:
+                out.append(f"warning: position(s) {_join(flagged)} hold {self.detected_share:.1%} of the objective "
+                           f"({self.reference}) and carry no behaviour; --sink exclude leaves them out")
+            return out
+        excluded = sorted({t for e in self.excluded for t in e})
+        if not excluded:
+            out.append(f"sink: no position excluded ({self.rule.describe()})")
+        else:
+            out.append(f"sink: excluded position(s) {_join(excluded)} ({self.rule.describe()}); "
+                       f"they would hold {self.share:.1%} of the objective ({self.reference})")
+        return out
+
+
+def _join(positions: list[int]) -> str:
+    return ",".join(map(str, positions))

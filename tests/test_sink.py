@@ -1,0 +1,122 @@
+"""The attention sink: detected on a model whose first position is made massive, left out where it must be."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import torch
+from helpers_ortho import one_thread, random_bank  # noqa: F401 (autouse fixture)
+
+from melbo_tui.errors import InputError
+from melbo_tui.melbo import MelboConfig, MelboObjective
+from melbo_tui.models import LoadedModel
+from melbo_tui.ortho import Objective, OrthoLoss, _CachedForward
+from melbo_tui.sink import SinkMode, SinkRule, detect_sink, select_positions
+from melbo_tui.steering import run_to_layer
+from tests.conftest import tiny_model
+
+SINK_TOKEN = 95  # appears only at position 0 of `IDS`
+IDS = torch.tensor([[SINK_TOKEN, 5, 17, 33, 8, 61, 12, 40, 3]])
+
+
+@pytest.fixture
+def sink_llama() -> LoadedModel:
+    """A tiny Llama whose position-0 token has a 300x embedding: a massive activation all the way up, like SmolLM2's."""
+    lm = tiny_model("llama")
+    with torch.no_grad():
+        lm.model.get_input_embeddings().weight[SINK_TOKEN] *= 300.0
+    return lm
+
+
+@contextmanager
+def perturbed_at(lm: LoadedModel, layer: int, position: int, seed: int) -> Iterator[None]:
+    """Add noise to block `layer`'s output at one position only (what the objective reads there)."""
+    noise = torch.randn(lm.hidden_size, generator=torch.Generator().manual_seed(seed)) * 50.0
+
+    def hook(_module: torch.nn.Module, _args: object, output: object) -> object:
+        hidden = output[0] if isinstance(output, tuple) else output
+        hidden = hidden.clone()
+        hidden[:, position] += noise
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    handle = lm.blocks[layer].register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def test_detection_rule() -> None:
+    assert detect_sink(torch.tensor([25_040.0, 185.0, 170.0, 220.0])) == [0]
+    assert detect_sink(torch.tensor([25_040.0, 185.0])) == [0]  # "the rest" excludes the candidate itself
+    assert detect_sink(torch.tensor([100.0, 120.0, 90.0])) == []
+    assert detect_sink(torch.tensor([5.0])) == []
+
+
+def test_the_massive_first_position_is_found_at_the_target_layer(sink_llama: LoadedModel) -> None:
+    with torch.no_grad():
+        norms = run_to_layer(sink_llama, 2, IDS)[0].norm(dim=-1)
+        plain = run_to_layer(tiny_model("llama"), 2, IDS)[0].norm(dim=-1)
+    assert float(norms[0] / norms[1:].median()) > 10
+    assert detect_sink(norms) == [0] and detect_sink(plain) == []
+    positions = select_positions(norms, SinkRule(), slice(-3, None))
+    assert positions.kept.tolist() == [6, 7, 8] and positions.excluded == ()  # a slice away from the sink needs no exclusion
+    assert select_positions(norms, SinkRule()).excluded == (0,)
+    assert select_positions(norms, SinkRule(SinkMode.KEEP)).kept.tolist() == list(range(9))
+    with pytest.raises(InputError, match="no target position left"):
+        select_positions(norms, SinkRule(), slice(0, 1))
+
+
+def test_parse_and_describe() -> None:
+    assert SinkRule.parse("keep").mode == SinkMode.KEEP and SinkRule.parse(" Exclude ").mode == SinkMode.EXCLUDE
+    named = SinkRule.parse("0,-1")
+    assert named.mode == SinkMode.POSITIONS and named.excluded(torch.ones(5)) == [0, 4]
+    assert "10x the median" in SinkRule().describe()
+    with pytest.raises(InputError, match="comma list of positions"):
+        SinkRule.parse("first")
+
+
+@pytest.mark.parametrize("objective", list(Objective))
+def test_ortho_objective_ignores_an_excluded_position_and_sees_a_kept_one(sink_llama: LoadedModel, objective: Objective) -> None:
+    theta0, thetas = random_bank(sink_llama, rows=3, norm=4.0).vectors.split([1, 2])
+    values = {}
+    for rule in (SinkRule(), SinkRule(SinkMode.KEEP)):
+        loss = OrthoLoss(_CachedForward(sink_llama, 0, 2, [IDS]), objective, rule)
+        loss.set_base(theta0[0])
+        before = loss.value(thetas)
+        with perturbed_at(sink_llama, 2, position=0, seed=1):  # changes Z_0(theta) but not Z_0(theta0), fixed above
+            after = loss.value(thetas)
+        values[rule.mode] = (before, after)
+    unchanged, changed = values[SinkMode.EXCLUDE], values[SinkMode.KEEP]
+    torch.testing.assert_close(unchanged[0], unchanged[1])
+    assert not torch.allclose(changed[0], changed[1], rtol=1e-3)
+
+
+def test_melbo_objective_ignores_the_excluded_sink(sink_llama: LoadedModel) -> None:
+    thetas = random_bank(sink_llama, rows=2, norm=4.0).vectors
+    objective = MelboObjective(sink_llama, MelboConfig(0, 2, radius=4.0), [IDS])
+    kept = MelboObjective(sink_llama, MelboConfig(0, 2, radius=4.0, sink=SinkRule(SinkMode.KEEP)), [IDS])
+    assert objective.positions[0].excluded == (0,)
+    with torch.no_grad():
+        before, before_kept = objective.change(thetas), kept.change(thetas)
+        with perturbed_at(sink_llama, 2, position=0, seed=2):
+            after, after_kept = objective.change(thetas), kept.change(thetas)
+    torch.testing.assert_close(before, after)
+    assert not torch.allclose(before_kept, after_kept, rtol=1e-3)
+
+
+def test_the_report_says_what_was_left_out_and_warns_when_a_kept_sink_dominates(sink_llama: LoadedModel) -> None:
+    theta0 = random_bank(sink_llama, rows=1, norm=4.0).vectors[0]
+    lines = {}
+    for rule in (SinkRule(), SinkRule(SinkMode.KEEP)):
+        loss = OrthoLoss(_CachedForward(sink_llama, 0, 2, [IDS]), Objective.TOKENS, rule)
+        with perturbed_at(sink_llama, 2, position=0, seed=3):  # theta0 moves the sink a lot, as on SmolLM2 (6,600 vs ~60)
+            loss.set_base(theta0)
+        report = loss.report(theta0)
+        lines[rule.mode] = report.lines()
+    assert report.detected == [[0]] and report.detected_share > 0.5
+    excluded = lines[SinkMode.EXCLUDE]
+    assert len(excluded) == 1 and "excluded position(s) 0" in excluded[0] and "%" in excluded[0]
+    assert any(line.startswith("warning: position(s) 0 hold") for line in lines[SinkMode.KEEP])
