@@ -31,7 +31,6 @@ from typing import Any
 
 import torch
 
-from melbo_tui.bank import BankKind, BankMeta, VectorBank
 from melbo_tui.generation import GenerationSettings, run_generate
 from melbo_tui.layers import num_layers_from_config
 from melbo_tui.models import LoadedModel
@@ -304,7 +303,7 @@ def check_generation(lm: LoadedModel, ids: torch.Tensor, source: int, vector: to
 
 def check_bf16_kl(lm: LoadedModel, ids: torch.Tensor, source: int, norm: float) -> Check:
     """bf16/fp16 models: KL(P_i || P_0) of random vectors, model as loaded vs upcast to fp32 in place."""
-    from melbo_tui.metrics import compute_metrics
+    from melbo_tui.metrics import bank_metrics
 
     name = "bf16 vs fp32 KL"
     if lm.dtype == torch.float32:
@@ -315,13 +314,15 @@ def check_bf16_kl(lm: LoadedModel, ids: torch.Tensor, source: int, norm: float) 
     vectors = torch.randn(KL_VECTORS + 1, lm.hidden_size, generator=generator)
     scales = torch.linspace(0.25, 1.0, KL_VECTORS + 1)[:, None]  # a spread of effects to rank
     vectors = vectors / vectors.norm(dim=1, keepdim=True) * norm * scales
-    meta = BankMeta(kind=BankKind.MELBO, model=lm.name, hidden_size=lm.hidden_size, num_layers=lm.num_layers,
-                    source_layer=source, target_layer=lm.num_layers - 1, prompts=[PROMPT])
-    bank = VectorBank(vectors=vectors, meta=meta)
-    low = compute_metrics(lm, bank, ids)["kl"][1:]
+
+    def kl() -> torch.Tensor:  # [KL_VECTORS]: KL(P_i || P_0) at the last prompt position
+        values = bank_metrics(lm, vectors, ids, source_layer=source, target_layer=lm.num_layers - 1, continuation=1)
+        return values["kl"][1:]
+
+    low = kl()
     try:
         with upcast(lm.model):
-            high = compute_metrics(lm, bank, ids)["kl"][1:]
+            high = kl()
     except torch.OutOfMemoryError:
         return Check(name, Status.SKIP, "not enough memory to upcast the model to fp32")
     relative = ((low - high).abs() / high.abs().clamp_min(1e-12))

@@ -15,7 +15,7 @@ from helpers_ortho import random_bank
 
 from melbo_tui.errors import BankError, ModelError
 from melbo_tui.generation import GenerationSettings, generate_batch
-from melbo_tui.metrics import compute_metrics
+from melbo_tui.metrics import bank_metrics
 from melbo_tui.models import (
     LoadedModel,
     ModelRequest,
@@ -57,9 +57,10 @@ def test_offloaded_embedding_still_takes_inputs(offloaded: LoadedModel, tiny_cha
     torch.testing.assert_close(offloaded.logits, tiny_chat.logits)  # type: ignore[attr-defined]
     settings = GenerationSettings(max_new_tokens=6)
     assert generate_batch(offloaded, ids, 2, vector[None], settings) == generate_batch(tiny_chat, ids, 2, vector[None], settings)
-    bank = random_bank(tiny_chat, rows=3, norm=6.0, source=1, target=4)
-    for name, values in compute_metrics(offloaded, bank, ids).items():
-        torch.testing.assert_close(values, compute_metrics(tiny_chat, bank, ids)[name], atol=1e-5, rtol=1e-4)
+    vectors = random_bank(tiny_chat, rows=3, norm=6.0).vectors
+    measured = [bank_metrics(lm, vectors, ids, source_layer=1, target_layer=4, continuation=4) for lm in (offloaded, tiny_chat)]
+    for name, values in measured[0].items():
+        torch.testing.assert_close(values, measured[1][name], atol=1e-5, rtol=1e-4)
     assert PrefixCache(offloaded, 1, ids.to(offloaded.device)).hidden.device.type == "cpu"
 
 
