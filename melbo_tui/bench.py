@@ -108,6 +108,10 @@ def run_bench(config: BenchConfig, request: ModelRequest | None = None,
     return {"rows": rows, "machine": machine, "config": asdict(config), "model": name}
 
 
+def _median(values: torch.Tensor) -> float:
+    return float(values.median()) if values.numel() else float("nan")
+
+
 def _release(device: torch.device) -> None:
     """Give the memory of a dropped model back before the next load."""
     import gc
@@ -150,12 +154,12 @@ def _ortho_rows(lm: LoadedModel, theta0: torch.Tensor, ids: torch.Tensor, config
             rows_to_measure = torch.cat([theta0[None].cpu(), found.vectors[:n], torch.zeros(1, lm.hidden_size)])
             values = measure(lm, rows_to_measure, ids, source_layer=config.source_layer, target_layer=config.target_layer,
                              continuation=config.continuation).values
-            results[strategy] = {
+            results[strategy] = {  # NaN where the search found nothing (its first vector collapsed)
                 "seconds_per_vector": found.seconds / max(len(found.vectors), 1), "vectors": len(found.vectors),
-                "median_kl_seq": float(values["kl_seq"][1:-1].median()), "unsteered_kl_seq": float(values["kl_seq"][-1]),
-                "median_err": float(values["err"][1:-1].median()), "median_kl": float(values["kl"][1:-1].median()),
-                "median_loss": statistics.median(found.losses[:n]), "mean_steps": statistics.mean(found.steps),
-                "median_norm": float(found.vectors[:n].norm(dim=1).median()),
+                "median_kl_seq": _median(values["kl_seq"][1:-1]), "unsteered_kl_seq": float(values["kl_seq"][-1]),
+                "median_err": _median(values["err"][1:-1]), "median_kl": _median(values["kl"][1:-1]),
+                "median_loss": _median(torch.tensor(found.losses[:n])), "mean_steps": statistics.mean(found.steps or [0]),
+                "median_norm": _median(found.vectors[:n].norm(dim=1)),
             }
         fast, seq = results[Strategy.FAST], results[Strategy.SEQUENTIAL]
         rows.append({

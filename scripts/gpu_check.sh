@@ -89,6 +89,12 @@ torch.manual_seed(0)
 device = "cpu" if smoke or not torch.cuda.is_available() else "cuda"
 with torch.device(device):
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32 if smoke else torch.bfloat16)
+# Random init (std 0.02) leaves the residual stream ~50x smaller than a trained model's, so the
+# default R = 55 would swamp it and ortho's vectors collapse. Embedding rows of norm ~50, as in
+# trained models of this size, put R in the same proportion as on a real model.
+with torch.no_grad():
+    embedding = model.get_input_embeddings().weight
+    embedding.mul_(50.0 / embedding.float().norm(dim=1).median())
 model.save_pretrained(target)
 tokenizer.save_pretrained(target)
 params = sum(p.numel() for p in model.parameters())

@@ -27,7 +27,7 @@ def test_bench_never_holds_two_models(tiny_model_dir: Path, monkeypatch: pytest.
         return lm
 
     monkeypatch.setattr(ModelRequest, "load", load)
-    config = replace(BenchConfig.for_ci(), ortho_fast_count=2, ortho_long_steps=4, ortho_steps=4, eval_vectors=4,
+    config = replace(BenchConfig.for_ci(), ortho_fast_count=2, ortho_steps=4, eval_vectors=4,
                      dump_vectors=2, dump_tokens=2, gen_tokens=2, matmul_size=64)
     report = run_bench(config, ModelRequest(str(tiny_model_dir), device="cpu", trust_remote_code=True))
     assert len(overlaps) == 2 and overlaps == [0, 0]  # the load row's reload came after the first copy was freed
