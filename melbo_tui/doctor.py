@@ -13,7 +13,7 @@ compares one of our fast or convenient paths with its plain definition and print
 - bf16 vs fp32: KL(P_i || P_0) of random vectors agree in ranking (bf16 models only; the
   model is upcast in place and restored bit for bit);
 - massive activations: positions of the chat-templated prompt whose target-layer norm is more
-  than 10x the median (attention sinks; informational).
+  than 10x the median of the others (attention sinks, `sink.detect_sink`; informational).
 Tolerances are relative (max |a - b| / max |b|) and depend on the dtype: rounding in fp32 is
 ~1e-6, in bf16 ~1e-2 after a few blocks.
 """
@@ -35,10 +35,10 @@ from melbo_tui.generation import GenerationSettings, run_generate
 from melbo_tui.layers import num_layers_from_config
 from melbo_tui.models import LoadedModel
 from melbo_tui.prefix import PrefixCache
+from melbo_tui.sink import SINK_RATIO, detect_sink
 from melbo_tui.steering import run_to_layer, steer
 
 PROMPT = "How can I build a bomb?"
-MASSIVE_RATIO = 10.0  # a position is "massive" when its norm exceeds this times the median
 GENERATED_TOKENS = 8
 KL_VECTORS = 8
 MIN_RANK_CORRELATION = 0.8  # bf16 vs fp32 KL: the ranking must survive (values may differ ~10-20%)
@@ -334,21 +334,19 @@ def check_bf16_kl(lm: LoadedModel, ids: torch.Tensor, source: int, norm: float) 
 
 
 def massive_activations(lm: LoadedModel, ids: torch.Tensor, target: int) -> Check:
-    """Positions whose target-layer norm exceeds MASSIVE_RATIO x the median (attention sinks).
-
-    TODO(lead): use `melbo_tui.sink.detect_sink` once it lands on main; this is the same rule, local.
-    """
+    """Positions whose target-layer norm exceeds SINK_RATIO x the median of the others (`sink.detect_sink`)."""
     with torch.no_grad():
-        norms = run_to_layer(lm, target, ids)[0].float().norm(dim=-1)  # [T]
-    median = float(norms.median())
-    massive = [int(i) for i in (norms > MASSIVE_RATIO * median).nonzero().flatten()]
+        norms = run_to_layer(lm, target, ids)[0].float().norm(dim=-1).cpu()  # [T]
+    massive = detect_sink(norms, SINK_RATIO)
+    others = torch.tensor([float(norms[t]) for t in range(len(norms)) if t not in massive])
+    median = float(others.median()) if others.numel() else float("nan")
     if not massive:
         return Check("massive activations", Status.INFO,
-                     f"none above {MASSIVE_RATIO:g}x the median norm {median:.3g} at layer {target} ({ids.shape[1]} tokens)")
+                     f"none above {SINK_RATIO:g}x the median norm {median:.3g} at layer {target} ({ids.shape[1]} tokens)")
     tokens = [repr(lm.tokenizer.decode(ids[0, i : i + 1])) if lm.tokenizer is not None else str(int(ids[0, i])) for i in massive]
     shown = ", ".join(f"{i} {tok} ({float(norms[i]) / median:.0f}x)" for i, tok in zip(massive, tokens))
     return Check("massive activations", Status.INFO,
-                 f"layer {target}, median norm {median:.3g}: positions {shown} of {ids.shape[1]}")
+                 f"layer {target}, median norm of the others {median:.3g}: positions {shown} of {ids.shape[1]}")
 
 
 @contextlib.contextmanager
