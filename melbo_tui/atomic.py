@@ -2,7 +2,8 @@
 
 Write to a temporary file in the same directory, fsync it, rename it over the target, fsync
 the directory. Long jobs checkpoint through this, so Ctrl-C or a power cut leaves either the
-previous complete file or the new complete file.
+previous complete file or the new complete file. An operating-system error on the way (a full
+disk, a read-only directory) becomes one `OutputError` line saying the previous file is intact.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from melbo_tui.errors import OutputError
 
 
 def _read_umask() -> int:
@@ -25,8 +28,11 @@ _UMASK = _read_umask()
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp_path)` then move `tmp_path` onto `path` atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {_reason(exc)}") from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -35,10 +41,18 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        kept = "the previous file is unchanged" if path.exists() else "nothing was written"
+        raise OutputError(f"cannot write {path}: {_reason(exc)} ({kept})") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
 
 
 def atomic_write_text(path: Path, text: str) -> None:

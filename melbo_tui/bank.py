@@ -6,7 +6,9 @@ Layout (format_version 1):
 - `__metadata__["melbo"]`: a JSON object (see `BankMeta`).
 
 Loading never silently drops data: a NaN/inf row is an error naming its index. Writes go
-through `atomic.atomic_write` so a checkpoint is always a complete bank.
+through `atomic.atomic_write` so a checkpoint is always a complete bank, under the bank's
+write lock (`locking.bank_lock`); a read-modify-write of a bank that another process may be
+growing goes through `update_bank`, which re-reads the file under that lock.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -22,10 +25,11 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from melbo_tui.atomic import atomic_write
 from melbo_tui.errors import BankError
+from melbo_tui.locking import bank_lock
 
 FORMAT_VERSION = 1
 
@@ -159,7 +163,25 @@ def save_bank(bank: VectorBank, path: Path) -> None:
     if not bank.meta.created_at:
         bank.meta.created_at = now_iso()
     metadata = {"melbo": bank.meta.to_json()}
-    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    data = save(tensors, metadata=metadata)  # serialised first: a full disk is then a plain OSError
+    with bank_lock(path):
+        atomic_write(Path(path), lambda tmp: _write_bytes(tmp, data))
+
+
+def update_bank(path: Path, change: Callable[[VectorBank], VectorBank]) -> VectorBank:
+    """Read the bank as it is on disk now, apply `change`, write the result: all under its lock.
+
+    For writers that worked on an older copy (eval, labels): `change` sees what another
+    process (say `ortho --resume`) has appended meanwhile and must keep it. Returns what was written.
+    """
+    with bank_lock(path):
+        bank = change(load_bank(path))
+        save_bank(bank, path)
+    return bank
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
 
 
 def load_bank(path: Path) -> VectorBank:

@@ -21,18 +21,16 @@ from __future__ import annotations
 
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from melbo_tui.bank import BankKind, BankMeta, VectorBank
-from melbo_tui.generation import GenerationSettings, generate_batch
-from melbo_tui.models import LoadedModel, embedded_gguf_path, load_model
+from melbo_tui.generation import GenerationSettings, generate_batch, run_generate
+from melbo_tui.models import LoadedModel, ModelRequest, embedded_gguf_path, load_model
 from melbo_tui.prompts import encode
 from melbo_tui.steering import steer
 
@@ -66,14 +64,19 @@ class BenchConfig:
 Row = dict[str, Any]
 
 
-def run_bench(config: BenchConfig, model: str | None = None, device: str = "auto", dtype: str = "auto",
+def run_bench(config: BenchConfig, request: ModelRequest | None = None,
               on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """All measurements as a JSON-able dict: `rows` (one per comparison), `machine`, `config`."""
+    """All measurements as a JSON-able dict: `rows` (one per comparison), `machine`, `config`.
+
+    One model copy at a time: the load row reloads the model only after the measured one is
+    released (a second copy of an 8B model does not fit beside the first on most GPUs).
+    """
+    request = request or ModelRequest()
     stage = on_stage or (lambda _s: None)
     rows: list[Row] = []
     stage("model load")
     t0 = time.perf_counter()
-    lm = load_model(model, device=device, dtype=dtype)
+    lm = request.load()
     cached_load = time.perf_counter() - t0
     if config.target_layer >= lm.num_layers:  # another model than the embedded one
         from melbo_tui.melbo import default_layers
@@ -90,14 +93,30 @@ def run_bench(config: BenchConfig, model: str | None = None, device: str = "auto
     rows.append(_dump_row(lm, config, ids))
     stage("steered vs unsteered generation")
     rows.append(_steering_row(lm, config, ids))
-    stage("model load")
-    rows.append(_load_row(model, device, dtype, cached_load, config))
     stage("FLOP/s")
     rows.append(_flops_row(lm, config, ids))
+    machine, name, device = _machine(lm), lm.name, lm.device
+    del lm
+    _release(device)
+    stage("model load")
+    rows.append(_load_row(request, cached_load, config))
     latency = _tui_latency(config)
     if latency is not None:
         rows.append(latency)
-    return {"rows": rows, "machine": _machine(lm), "config": asdict(config), "model": lm.name}
+    return {"rows": rows, "machine": machine, "config": asdict(config), "model": name}
+
+
+def _median(values: torch.Tensor) -> float:
+    return float(values.median()) if values.numel() else float("nan")
+
+
+def _release(device: torch.device) -> None:
+    """Give the memory of a dropped model back before the next load."""
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def render_table(report: dict[str, Any]) -> Any:
@@ -133,12 +152,12 @@ def _ortho_rows(lm: LoadedModel, theta0: torch.Tensor, ids: torch.Tensor, config
             rows_to_measure = torch.cat([theta0[None].cpu(), found.vectors[:n], torch.zeros(1, lm.hidden_size)])
             values = measure(lm, rows_to_measure, ids, source_layer=config.source_layer, target_layer=config.target_layer,
                              continuation=config.continuation).values
-            results[strategy] = {
+            results[strategy] = {  # NaN where the search found nothing (its first vector collapsed)
                 "seconds_per_vector": found.seconds / max(len(found.vectors), 1), "vectors": len(found.vectors),
-                "median_kl_seq": float(values["kl_seq"][1:-1].median()), "unsteered_kl_seq": float(values["kl_seq"][-1]),
-                "median_err": float(values["err"][1:-1].median()), "median_kl": float(values["kl"][1:-1].median()),
-                "median_loss": statistics.median(found.losses[:n]), "mean_steps": statistics.mean(found.steps),
-                "median_norm": float(found.vectors[:n].norm(dim=1).median()),
+                "median_kl_seq": _median(values["kl_seq"][1:-1]), "unsteered_kl_seq": float(values["kl_seq"][-1]),
+                "median_err": _median(values["err"][1:-1]), "median_kl": _median(values["kl"][1:-1]),
+                "median_loss": _median(torch.tensor(found.losses[:n])), "mean_steps": statistics.mean(found.steps or [0]),
+                "median_norm": _median(found.vectors[:n].norm(dim=1)),
             }
         fast, seq = results[Strategy.FAST], results[Strategy.SEQUENTIAL]
         rows.append({
@@ -205,9 +224,7 @@ def _steering_row(lm: LoadedModel, config: BenchConfig, ids: torch.Tensor) -> Ro
     def tokens_per_second(v: torch.Tensor | None) -> float:
         with torch.no_grad(), steer(lm, config.source_layer, v):
             t0 = time.perf_counter()
-            lm.model.generate(  # type: ignore[operator]
-                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=lm.tokenizer.pad_token_id)
+            run_generate(lm, ids, GenerationSettings(max_new_tokens=n), ["0"], min_new_tokens=n)
             return n / (time.perf_counter() - t0)
 
     tokens_per_second(None)  # warm-up
@@ -222,16 +239,18 @@ def _steering_row(lm: LoadedModel, config: BenchConfig, ids: torch.Tensor) -> Ro
             "detail": {"steered_tokens_per_second": s, "unsteered_tokens_per_second": p, "overhead_percent": overhead}}
 
 
-def _load_row(model: str | None, device: str, dtype: str, cached: float, config: BenchConfig) -> Row:
+def _load_row(request: ModelRequest, cached: float, config: BenchConfig) -> Row:
+    """Load times, one model at a time: each copy is dropped before the next load."""
     t0 = time.perf_counter()
-    load_model(model, device=device, dtype=dtype)
+    request.load()
     warm = time.perf_counter() - t0
-    if not config.gguf_load or model not in (None, "embedded"):
+    _release(torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    if not config.gguf_load or request.name not in (None, "embedded"):
         return {"name": "model load: cache (first, again)", "ours": f"{cached:.2f} s", "baseline": f"{warm:.2f} s",
                 "ratio": None, "notes": "GGUF load skipped" + (" (--quick)" if config.quick else ""),
                 "detail": {"cache_seconds": cached, "cache_again_seconds": warm}}
     t0 = time.perf_counter()
-    load_model(str(embedded_gguf_path()), device=device, dtype=dtype)
+    load_model(str(embedded_gguf_path()), device=request.device, dtype=request.dtype)
     gguf = time.perf_counter() - t0
     return {"name": "model load: safetensors cache vs GGUF", "ours": f"{warm:.2f} s", "baseline": f"{gguf:.2f} s",
             "ratio": gguf / warm, "notes": f"first load in this run {cached:.2f} s",

@@ -78,7 +78,11 @@ def dump_completions(
     batch_size: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> list[DumpEntry]:
-    """One completion per row (then per composition), `batch_size` vectors per `generate` call."""
+    """One completion per row (then per composition), `batch_size` vectors per `generate` call.
+
+    Sampled completions do not depend on the batch size: each completion samples from its own
+    stream, keyed by its bank row (a composition by its label), see `generation.RowSampler`.
+    """
     named: list[tuple[str, int | None, str | None]] = [(row_name(bank, r), r, None) for r in rows]
     vectors = [bank.vectors[r] for r in rows]
     for composition in compositions or []:
@@ -87,16 +91,19 @@ def dump_completions(
     if not vectors:
         return []
     stacked = torch.stack(vectors).float()  # [M, d]
+    keys = [str(row) if row is not None else str(label) for _, row, label in named]
     done = [0]
 
-    def run(chunk: torch.Tensor) -> list[str]:
-        texts = generate_batch(lm, input_ids, bank.meta.source_layer, chunk.to(lm.device), settings)
+    def run(indices: torch.Tensor) -> list[str]:  # [b] positions in `named`
+        picked = indices.tolist()
+        texts = generate_batch(lm, input_ids, bank.meta.source_layer, stacked[picked].to(lm.device), settings,
+                               keys=[keys[i] for i in picked])
         done[0] += len(texts)
         if on_progress is not None:
             on_progress(done[0], len(named))
         return texts
 
-    texts = _batched_texts(run, stacked, batch_size or default_batch_size(lm.device) // 2, lm.device)
+    texts = _batched_texts(run, torch.arange(len(named)), batch_size or default_batch_size(lm.device) // 2, lm.device)
     return [DumpEntry(name, row, comp, text) for (name, row, comp), text in zip(named, texts)]
 
 

@@ -39,5 +39,9 @@ class InputError(MelboError):
     """A command-line or in-app value is malformed (prompt, selection, scale, layer...)."""
 
 
+class OutputError(MelboError):
+    """An output file cannot be written (a bad path, no permission, a full disk)."""
+
+
 class Stopped(Exception):  # noqa: N818  (not an error: the caller asked to stop)
     """Raised inside a long computation when its `should_stop()` callback fires."""

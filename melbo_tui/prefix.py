@@ -2,10 +2,15 @@
 
 Steering adds theta at the output of block S, so everything up to block S is the same for every
 theta. `PrefixCache` runs it once for a batch of prompts; `PrefixCache.run(thetas)` then swaps the
-model's block list for [injector, blocks S+1..last] for the duration of one forward pass: the
-injector ignores the embeddings and returns `cache + theta`, so the model's own forward (masks,
-rotary embeddings, final norm, head) runs unchanged on a shorter stack. Batch row r of the
-result belongs to theta r // P and prompt r % P.
+model's block list for [stand-in 0, ..., stand-in S, blocks S+1..last] for the duration of one
+forward pass: each stand-in ignores its input and returns `cache + theta`, so the model's own
+forward (masks, rotary embeddings, final norm, head) runs unchanged, and blocks 0..S cost
+nothing. Batch row r of the result belongs to theta r // P and prompt r % P.
+
+Why a stand-in per skipped block rather than one for all of them: model loops look up per-layer
+settings by the block's index in the list (`config.layer_types[i]` picks the sliding-window or
+global mask in Gemma-2 and sliding Qwen2, and the RoPE base in Gemma-3), so block j must stay at
+index j. A list shortened to [injector, S+1, ...] ran block S+1 with block 1's settings.
 
 While a `run` is open the model is not usable for anything else (single-threaded use only).
 """
@@ -36,7 +41,8 @@ class PrefixCache:
                 self.hidden = run_to_layer(lm, layer, input_ids).detach()  # [P, T, d]
         finally:
             handle.remove()
-        self._injector = _Injector(lm.blocks[layer], bool(seen and seen[0]))
+        self._stream = _Stream(as_tuple=bool(seen and seen[0]))
+        self._stand_ins = [_StandIn(lm.blocks[i], self._stream) for i in range(layer + 1)]
 
     @contextlib.contextmanager
     def run(self, thetas: torch.Tensor, last: int | None = None) -> Iterator[torch.Tensor]:
@@ -48,30 +54,41 @@ class PrefixCache:
         p, t, d = self.hidden.shape
         k = thetas.shape[0]
         delta = thetas.to(self.hidden.device, self.hidden.dtype)[:, None, None, :]  # [K, 1, 1, d]
-        self._injector.hidden = (self.hidden[None] + delta).reshape(k * p, t, d)
-        stack = nn.ModuleList([self._injector, *self.lm.blocks[self.layer + 1: last + 1]])
+        self._stream.hidden = (self.hidden[None] + delta).reshape(k * p, t, d)
+        stack = nn.ModuleList([*self._stand_ins, *self.lm.blocks[self.layer + 1: last + 1]])
         try:
             with swapped_blocks(self.lm, stack):
                 yield self.input_ids.repeat(k, 1)
         finally:
-            self._injector.hidden = None
+            self._stream.hidden = None
 
 
-class _Injector(nn.Module):
-    """Stands in for blocks 0..S: ignores its input and returns the cached, steered stream."""
+class _Stream:
+    """The steered source-layer stream `[K*P, T, d]` that the stand-ins return during a run."""
 
-    def __init__(self, template: nn.Module, as_tuple: bool) -> None:
-        super().__init__()
+    def __init__(self, as_tuple: bool) -> None:
         self.as_tuple = as_tuple
         self.hidden: torch.Tensor | None = None
-        for name in ("attention_type", "layer_idx", "is_sliding"):  # read by some models' block loops
+
+
+class _StandIn(nn.Module):
+    """Stands in for one of blocks 0..S at its own index: ignores its input, returns the cached stream.
+
+    Copies the per-layer attributes some models' block loops read from the block itself.
+    """
+
+    def __init__(self, template: nn.Module, stream: _Stream) -> None:
+        super().__init__()
+        self._stream = stream
+        for name in ("attention_type", "layer_idx", "is_sliding", "layer_type"):
             if hasattr(template, name):
                 setattr(self, name, getattr(template, name))
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        if self.hidden is None:
-            raise RuntimeError("prefix injector called outside PrefixCache.run")
-        return (self.hidden,) if self.as_tuple else self.hidden
+        hidden = self._stream.hidden
+        if hidden is None:
+            raise RuntimeError("prefix stand-in called outside PrefixCache.run")
+        return (hidden,) if self._stream.as_tuple else hidden
 
 
 @contextlib.contextmanager

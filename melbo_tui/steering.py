@@ -43,9 +43,26 @@ def steer(lm: LoadedModel, layer: int, vectors: torch.Tensor | None) -> Iterator
     if vectors.shape[-1] != lm.hidden_size or vectors.ndim not in (1, 2):
         raise InputError(f"steering vector has shape {list(vectors.shape)}, model needs [..., {lm.hidden_size}]")
 
+    moved: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    def on(hidden: torch.Tensor) -> torch.Tensor:
+        """`vectors` on the block output's device and dtype, copied once per steer() call.
+
+        During generation the hook runs once per decode step; a CPU vector would otherwise be
+        copied to the GPU at every step. A vector that needs gradients is converted each time
+        (the conversion is part of the graph of each backward pass; for a vector already on the
+        device in its dtype it is no copy).
+        """
+        if vectors.requires_grad:
+            return vectors.to(device=hidden.device, dtype=hidden.dtype)
+        where = (hidden.device, hidden.dtype)
+        if where not in moved:
+            moved[where] = vectors.detach().to(device=hidden.device, dtype=hidden.dtype)
+        return moved[where]
+
     def hook(_module: torch.nn.Module, _args: Any, output: Any) -> Any:
         hidden = output[0] if isinstance(output, tuple) else output  # [B, T, d_model]
-        delta = vectors.to(device=hidden.device, dtype=hidden.dtype)
+        delta = on(hidden)
         if delta.ndim == 2:
             if delta.shape[0] != hidden.shape[0]:
                 raise InputError(f"{delta.shape[0]} steering vectors for a batch of {hidden.shape[0]} rows")

@@ -32,10 +32,22 @@ TINY_CONFIGS: dict[str, Callable[[], transformers.PretrainedConfig]] = {
     "gpt_neox": lambda: transformers.GPTNeoXConfig(**_COMMON),
 }
 
+# Models whose blocks differ by layer (sliding-window vs global attention, per-type RoPE bases):
+# the place where running a shortened block list can misalign per-layer settings. The window
+# (4 tokens) is shorter than the test prompts, so a sliding layer run as a global one shows.
+_WINDOW = {"sliding_window": 4}
+MIXED_LAYER_CONFIGS: dict[str, Callable[[], transformers.PretrainedConfig]] = {
+    "gemma2": lambda: transformers.Gemma2Config(num_key_value_heads=2, head_dim=8, **_WINDOW, **_COMMON),
+    "gemma3_mixed": lambda: transformers.Gemma3TextConfig(
+        num_key_value_heads=2, head_dim=8, layer_types=["sliding_attention", "full_attention"] * 2, **_WINDOW, **_COMMON),
+    "qwen2_sliding": lambda: transformers.Qwen2Config(
+        num_key_value_heads=2, use_sliding_window=True, max_window_layers=2, **_WINDOW, **_COMMON),
+}
+
 
 def tiny_model(arch: str, seed: int = 0) -> LoadedModel:
     torch.manual_seed(seed)
-    config = TINY_CONFIGS[arch]()
+    config = {**TINY_CONFIGS, **MIXED_LAYER_CONFIGS}[arch]()
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
     model.requires_grad_(False)
     return LoadedModel(model=model, tokenizer=None, name=f"tiny-{arch}", blocks=find_blocks(model))

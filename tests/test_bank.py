@@ -51,7 +51,7 @@ def test_write_is_atomic_no_temp_files_left_and_old_file_survives_failure(tmp_pa
     with pytest.raises(BankError, match="NaN"):
         save_bank(bad, path)
     assert len(load_bank(path)) == 3
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".b.safetensors.lock", "b.safetensors"]  # the write lock stays
 
 
 def test_nan_rows_are_reported_by_index_never_dropped(tmp_path: Path) -> None:

@@ -1,9 +1,10 @@
 """The `melbo-tui` command: a thin typer face over the engine.
 
 One module per group of commands (`engine_cmds`: train, calibrate, generate, info, import;
-`ortho_cmds`: ortho, eval, dump, label, export, bench; `explore_cmds`: open and the default
-no-argument start). Errors a user can cause are rendered once, here, as one line on stderr
-with exit code 2; anything unexpected also stays one line (exit 1), never a traceback.
+`ortho_cmds`: ortho, eval, dump, label, export, bench; `doctor_cmds`: doctor; `explore_cmds`:
+open and the default no-argument start). Errors a user can cause are rendered once, here, as
+one line on stderr with exit code 2 (out of memory too, with a hint); anything unexpected also
+stays one line (exit 1), never a traceback.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import sys
 from melbo_tui.cli.app import app
 from melbo_tui.errors import MelboError, spell
 
-
 _HEAVY_MODULES = {
     "engine_cmds": ("train", "calibrate", "generate", "info", "import"),
     "ortho_cmds": ("ortho", "eval", "dump", "label", "export", "bench"),
+    "doctor_cmds": ("doctor",),
 }
 
 
@@ -51,6 +52,9 @@ def main() -> None:
     except SystemExit:
         raise
     except Exception as exc:  # usage errors and real bugs alike stay one line
+        if _out_of_memory(exc):
+            _fail(f"out of memory ({_first(str(exc)) or type(exc).__name__}): try a smaller --batch-size, "
+                  "--dtype bfloat16 or float16, or a smaller model", 2)
         # typer vendors its own click, so usage errors are recognised by shape, not by class
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
             _fail(exc.format_message(), int(exc.exit_code))
@@ -59,6 +63,19 @@ def main() -> None:
         if os.environ.get("MELBO_TUI_DEBUG"):
             raise
         _fail(f"internal error: {type(exc).__name__}: {exc} (set MELBO_TUI_DEBUG=1 for a traceback)", 1)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """CUDA's torch.OutOfMemoryError, MPS's and the CPU allocator's RuntimeErrors, Python's MemoryError."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def _first(message: str) -> str:
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    return lines[0][:200] if lines else ""
 
 
 # engine parameters whose flag is not `--` + the name with dashes

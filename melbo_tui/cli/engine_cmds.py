@@ -22,10 +22,12 @@ from melbo_tui.cli.options import (
     SEED_PROMPT,
     TEMPERATURE,
     BankArg,
+    DeterministicOpt,
     DeviceOpt,
     DtypeOpt,
     MaxTokensOpt,
     ModelOpt,
+    OffloadOpt,
     PromptOpt,
     PromptsOpt,
     RawOpt,
@@ -36,6 +38,7 @@ from melbo_tui.cli.options import (
     TemperatureOpt,
     ThreadsOpt,
     TrustOpt,
+    check_output,
     err,
     open_model,
     print_sink,
@@ -79,11 +82,13 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue from the vectors already in --out.")] = False,
     system: SystemOpt = None, raw: RawOpt = None,
     model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
-    revision: RevisionOpt = None, threads: ThreadsOpt = None,
+    revision: RevisionOpt = None, threads: ThreadsOpt = None, offload_folder: OffloadOpt = None,
+    deterministic: DeterministicOpt = False,
 ) -> None:
     """Train MELBO vectors: norm R at the source layer, maximising the target-layer change."""
+    check_output(out)
     prompts, raw = prompt or [SEED_PROMPT], bool(raw)
-    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads))
+    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic))
     source, target = _layers(lm, source_layer, target_layer)
     config = MelboConfig(source, target, radius, num_vectors, steps, power, q, target_tokens, lr, seed, batch_vectors,
                          SinkRule.parse(sink))
@@ -118,7 +123,8 @@ def calibrate(
     sink: SinkOpt = "exclude",
     system: SystemOpt = None, raw: RawOpt = None,
     model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
-    revision: RevisionOpt = None, threads: ThreadsOpt = None,
+    revision: RevisionOpt = None, threads: ThreadsOpt = None, offload_folder: OffloadOpt = None,
+    deterministic: DeterministicOpt = False,
 ) -> None:
     """Sweep R, print the mean target-layer change per R as a table and a chart, mark the elbow."""
     try:
@@ -128,7 +134,7 @@ def calibrate(
     if any(not (math.isfinite(r) and r > 0) for r in values):
         raise InputError("every R in --radii must be a finite number > 0")
     prompts, raw = prompt or [SEED_PROMPT], bool(raw)
-    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads))
+    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic))
     source, target = _layers(lm, source_layer, target_layer)
     base = MelboConfig(source, target, values[0], num_vectors=num_vectors, steps=steps, seed=seed, sink=SinkRule.parse(sink))
     base.check(lm)
@@ -179,7 +185,8 @@ def generate(
     prompt: PromptOpt = None, system: SystemOpt = None, raw: RawOpt = None,
     max_new_tokens: MaxTokensOpt = MAX_NEW_TOKENS, temperature: TemperatureOpt = TEMPERATURE, seed: SeedOpt = 0,
     model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
-    revision: RevisionOpt = None, threads: ThreadsOpt = None,
+    revision: RevisionOpt = None, threads: ThreadsOpt = None, offload_folder: OffloadOpt = None,
+    deterministic: DeterministicOpt = False,
 ) -> None:
     """Stream a completion steered by one vector or a composition of several (to stdout)."""
     chosen = [name for name, value in (("--vector", vector), ("--mean", mean), ("--sum", sum_), ("--mean-sqrt", mean_sqrt)) if value is not None]
@@ -192,7 +199,7 @@ def generate(
     settings.check()
     bank = load_bank(bank_path)
     composition = _composition(bank, vector, mean, sum_, mean_sqrt, scale)
-    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads))
+    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic))
     check_bank_fits(bank, lm.hidden_size, lm.num_layers, str(bank_path))
     text, system, raw = prompt_for(bank, bank_path, prompt, system, raw)
     ids = encode(lm, text, system, raw)
@@ -301,11 +308,13 @@ def import_seed(
     prompt: PromptsOpt = None,
     system: SystemOpt = None, raw: RawOpt = None,
     model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
-    revision: RevisionOpt = None, threads: ThreadsOpt = None,
+    revision: RevisionOpt = None, threads: ThreadsOpt = None, offload_folder: OffloadOpt = None,
+    deterministic: DeterministicOpt = False,
 ) -> None:
     """Import a seed-format .pt file (loaded with weights_only=True) into a bank."""
+    check_output(out)
     seed_file = read_seed_file(file)
-    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads))
+    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic))
     if seed_file.vectors.shape[1] != lm.hidden_size:
         raise BankError(f"{file} holds {seed_file.vectors.shape[1]}-wide vectors but {lm.name} has hidden size {lm.hidden_size}")
     for what, rows in (("NaN/inf", seed_file.nan_rows), ("norm <= 0.1", seed_file.small_rows)):

@@ -21,10 +21,12 @@ from melbo_tui.cli.app import app
 from melbo_tui.cli.options import (
     MAX_NEW_TOKENS,
     TEMPERATURE,
+    DeterministicOpt,
     DeviceOpt,
     DtypeOpt,
     MaxTokensOpt,
     ModelOpt,
+    OffloadOpt,
     PromptOpt,
     RawOpt,
     RevisionOpt,
@@ -114,13 +116,14 @@ def _leave_without_waiting_for_workers(code: int, grace: float = 1.0) -> None:
 def start(
     ctx: typer.Context,
     model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
-    revision: RevisionOpt = None, threads: ThreadsOpt = None,
+    revision: RevisionOpt = None, threads: ThreadsOpt = None, offload_folder: OffloadOpt = None,
+    deterministic: DeterministicOpt = False,
 ) -> None:
     """With no command: open the shipped banks (MELBO-ortho first) in the explorer with the embedded model."""
     if ctx.invoked_subcommand is None:
         from melbo_tui.models import ModelRequest
 
-        run_explorer(default_banks(), ModelRequest(model, device, dtype, trust_remote_code, revision, threads))
+        run_explorer(default_banks(), ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic))
 
 
 @app.command("open")
@@ -129,10 +132,11 @@ def open_cmd(
     prompt: PromptOpt = None, system: SystemOpt = None, raw: RawOpt = None,
     max_new_tokens: MaxTokensOpt = MAX_NEW_TOKENS, temperature: TemperatureOpt = TEMPERATURE, seed: SeedOpt = 0,
     model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
-    revision: RevisionOpt = None, threads: ThreadsOpt = None,
+    revision: RevisionOpt = None, threads: ThreadsOpt = None, offload_folder: OffloadOpt = None,
+    deterministic: DeterministicOpt = False,
 ) -> None:
     """Browse banks and stream steered completions (keys: ? in the app)."""
     from melbo_tui.models import ModelRequest
 
-    request = ModelRequest(model, device, dtype, trust_remote_code, revision, threads)
+    request = ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic)
     run_explorer(list(banks), request, prompt, system, raw, max_new_tokens, temperature, seed)

@@ -8,6 +8,9 @@ Nothing here imports torch: the explorer's start-up path imports this module too
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -44,6 +47,16 @@ ThreadsOpt = Annotated[
     int | None,
     typer.Option("--threads", help="CPU threads for torch (default: the cores not already busy, from the load average)."),
 ]
+OffloadOpt = Annotated[
+    str | None,
+    typer.Option("--offload-folder", help="With --device cuda/cuda:N: a folder for weights that fit neither the GPUs "
+                                          "nor the CPU (slow; a note says when it happens)."),
+]
+DeterministicOpt = Annotated[
+    bool,
+    typer.Option("--deterministic", help="Deterministic kernels (torch deterministic algorithms, cuBLAS workspace, SDPA "
+                                         "math backend): slower on CUDA; the README states the tolerances without it."),
+]
 
 # --- prompts -------------------------------------------------------------------------------------
 
@@ -76,9 +89,42 @@ BankArg = Annotated[Path, typer.Argument(metavar="BANK", help="Bank file (.safet
 
 
 def open_model(request: ModelRequest) -> LoadedModel:
-    """Load the model with a spinner on stderr."""
+    """Load the model with a spinner on stderr, then print what the user should know about the load."""
     with err.status(f"loading model {request.name or 'embedded'} ..."):
-        return request.load()
+        lm = request.load()
+    for note in lm.notes:
+        err.print(f"[yellow]note: {note}[/]")
+    return lm
+
+
+MIN_FREE_BYTES = 1 << 20
+
+
+def check_output(path: Path, what: str = "--out") -> None:
+    """Fail in a moment, before any model loads, when `path` cannot be written.
+
+    Refused: a directory, a parent that is a file, a directory we cannot create a file in
+    (permissions, a read-only mount), a disk with less than 1 MiB free. Missing parent
+    directories are fine: writes create them (checked: the nearest existing one is writable).
+    A disk that fills up during the run still fails at the write, with one line and the
+    previous file intact (`atomic.atomic_write`).
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a directory: give a file name")
+    ancestor = path.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(f"{what} {path}: {ancestor} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".melbo-write-check-", dir=ancestor)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(f"{what} {path}: cannot write in {ancestor} ({exc.strerror or exc})") from None
+    if shutil.disk_usage(ancestor).free < MIN_FREE_BYTES:
+        raise InputError(f"{what} {path}: no space left on the disk of {ancestor}")
 
 
 def open_bank(path: Path, lm: LoadedModel) -> VectorBank:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import statistics
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -14,28 +17,31 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from melbo_tui.bank import VectorBank, load_bank, save_bank
+from melbo_tui.bank import VectorBank, load_bank
 from melbo_tui.cli.app import app, command_line
 from melbo_tui.cli.options import (
     MAX_NEW_TOKENS,
+    SINK_HELP,
     TEMPERATURE,
     BankArg,
     BatchSizeOpt,
+    DeterministicOpt,
     DeviceOpt,
     DtypeOpt,
     MaxTokensOpt,
     ModelOpt,
+    OffloadOpt,
     PromptOpt,
     PromptsOpt,
     RawOpt,
     RevisionOpt,
-    SINK_HELP,
     SeedOpt,
     SinkOpt,
     SystemOpt,
     TemperatureOpt,
     ThreadsOpt,
     TrustOpt,
+    check_output,
     err,
     open_bank,
     open_model,
@@ -44,13 +50,12 @@ from melbo_tui.cli.options import (
     prompt_for,
 )
 from melbo_tui.compose import ComposeMode, Composition
-from melbo_tui.errors import InputError
-from melbo_tui.models import ModelRequest
+from melbo_tui.errors import BankError, InputError
 from melbo_tui.jobs import OrthoSource, run_ortho
+from melbo_tui.models import ModelRequest
 from melbo_tui.ortho import Objective, OrthoConfig, OrthoProgress, Strategy
-from melbo_tui.sink import SinkRule
 from melbo_tui.prompts import encode
-
+from melbo_tui.sink import SinkRule
 
 OBJECTIVE_HELP = ("What reproducing theta0 means. tokens: mean over compared target positions of ||Z_t(theta) - Z_t(theta0)||^2 "
                   "(the attention sink left out); seed: the seed's ||mean_t Z_t(theta) - mean_t Z_t(theta0)||_2, "
@@ -82,7 +87,8 @@ def ortho(
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Compute KL/norm metrics at the end.")] = True,
     prompt: PromptsOpt = None, system: SystemOpt = None, raw: RawOpt = None,
     model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
-    revision: RevisionOpt = None, threads: ThreadsOpt = None,
+    revision: RevisionOpt = None, threads: ThreadsOpt = None, offload_folder: OffloadOpt = None,
+    deterministic: DeterministicOpt = False,
 ) -> None:
     """MELBO-ortho: vectors orthogonal to row --base of BANK (and to each other) with its effect.
 
@@ -92,11 +98,12 @@ def ortho(
     sink left out; --objective seed is the seed's ||mean_t Z_t(theta) - mean_t Z_t(theta0)||_2
     over every position. A checkpoint is written to --out after every vector; Ctrl-C keeps it.
     """
+    check_output(out)
     config = OrthoConfig(count=count, strategy=strategy, objective=objective, steps=steps, lr=lr, l2=l2, seed=seed,
                          sink=SinkRule.parse(sink) if sink is not None else None)
     parent, base = _parent_bank(bank_path, base)
     config.check(parent.hidden_size)  # every setting error before the model loads
-    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads))
+    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic))
     parent = open_bank(bank_path, lm)
     prompts = prompt or list(parent.meta.prompts)
     if not prompts:
@@ -123,11 +130,12 @@ def ortho(
     if evaluate and len(bank) > 1:
         from melbo_tui.metrics import evaluate_bank
 
+        ids = encode(lm, prompts[0], system, raw)
         with progress() as bar:
             task = bar.add_task("eval vectors", total=len(bank) + 1, info=f"prompt {prompts[0]!r}")
-            bank = evaluate_bank(lm, bank, encode(lm, prompts[0], system, raw), prompts[0], system, raw,
-                                 on_progress=lambda done, _total: bar.update(task, completed=done))
-        save_bank(bank, out)
+            bank = store_metrics(out, bank, lambda b: evaluate_bank(
+                lm, b, ids, prompts[0], system, raw,
+                on_progress=lambda done, _total: bar.update(task, completed=done, total=len(b) + 1)))
     per_vector = result.seconds / result.new if result.new else 0.0
     err.print(result.summary + (" (--resume continues)" if result.stopped else ""))
     _print_summary(bank, f"{result.new} new vectors, {per_vector:.2f} s/vector")
@@ -141,7 +149,8 @@ def eval_(
     sink: SinkOpt = "exclude",
     batch_size: BatchSizeOpt = None,
     model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
-    revision: RevisionOpt = None, threads: ThreadsOpt = None,
+    revision: RevisionOpt = None, threads: ThreadsOpt = None, offload_folder: OffloadOpt = None,
+    deterministic: DeterministicOpt = False,
 ) -> None:
     """Measure and store every vector's metrics on one prompt (nats; P_i steered by row i, P_base by the base row).
 
@@ -151,6 +160,9 @@ def eval_(
     one to read in a MELBO bank, whose row 0 is not a base; err = target-layer RMS error to the
     base over the compared positions, relative to no steering; norm; cos_base. The unsteered
     model's values are recorded too (`melbo-tui info BANK`).
+
+    Safe while another process (ortho --resume) grows the bank: rows appended meanwhile are
+    kept and measured too.
     """
     from melbo_tui.metrics import evaluate_bank
 
@@ -160,14 +172,16 @@ def eval_(
         raise InputError(f"--continuation must be positive, got {continuation}")
     rule = SinkRule.parse(sink)
     load_bank(bank_path)  # fail on a bad file before loading a model
-    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads))
+    check_output(bank_path, "BANK")  # the metrics are written into it
+    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic))
     bank = open_bank(bank_path, lm)
     text, system, raw = prompt_for(bank, bank_path, prompt, system, raw)
+    ids = encode(lm, text, system, raw)
     with progress() as bar:
         task = bar.add_task("eval vectors", total=len(bank) + 1, info=f"prompt {text!r}")
-        bank = evaluate_bank(lm, bank, encode(lm, text, system, raw), text, system, raw, batch_size, continuation, rule,
-                             on_progress=lambda done, _total: bar.update(task, completed=done))
-    save_bank(bank, bank_path)
+        bank = store_metrics(bank_path, bank, lambda b: evaluate_bank(
+            lm, b, ids, text, system, raw, batch_size, continuation, rule,
+            on_progress=lambda done, _total: bar.update(task, completed=done, total=len(b) + 1)))
     _print_summary(bank, f"metrics stored in {bank_path}")
 
 
@@ -183,12 +197,13 @@ def dump(
     label: Annotated[bool, typer.Option("--label/--no-label", help="Label the completions and store the labels beside the bank.")] = True,
     rules: Annotated[Path | None, typer.Option(help="Extra label rules (JSON or TOML), see 'melbo-tui label --help'.")] = None,
     model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
-    revision: RevisionOpt = None, threads: ThreadsOpt = None,
+    revision: RevisionOpt = None, threads: ThreadsOpt = None, offload_folder: OffloadOpt = None,
+    deterministic: DeterministicOpt = False,
 ) -> None:
     """The completion of every vector (batched, KV cache on) as text and JSONL, labelled."""
     from melbo_tui.dump import dump_completions, sweep_compositions, write_dump
     from melbo_tui.generation import GenerationSettings
-    from melbo_tui.labels import classify, load_rules, save_labels
+    from melbo_tui.labels import classify, labels_path, load_rules, save_labels
     from melbo_tui.selection import parse_selection
 
     settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
@@ -198,7 +213,10 @@ def dump(
     rule_list = load_rules(rules) if label else []
     bank = load_bank(bank_path)
     picked = parse_selection(rows, len(bank)) if rows else list(range(len(bank)))
-    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads))
+    text_path, jsonl_path = dump_paths(bank_path, out)
+    for path in (text_path, jsonl_path, *([labels_path(bank_path)] if label else [])):
+        check_output(path, "--out" if path != labels_path(bank_path) else "labels of BANK")
+    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic))
     bank = open_bank(bank_path, lm)
     text, system, raw = prompt_for(bank, bank_path, prompt, system, raw)
     compositions = sweep_compositions(bank) if compose_sweep else []
@@ -212,7 +230,6 @@ def dump(
         entries = [replace(e, label=classify(e.text, rule_list)) for e in entries]
         sidecar = save_labels(bank_path, len(bank), {e.row: e.label for e in entries if e.row is not None}, rule_list)
         err.print(f"labels stored in {sidecar}")
-    text_path, jsonl_path = dump_paths(bank_path, out)
     write_dump(entries, text_path, jsonl_path, text, settings, bank)
     counts = Counter(e.label for e in entries if e.label)
     err.print(f"wrote {text_path} and {jsonl_path}: {len(entries)} completions"
@@ -243,8 +260,9 @@ def label(
     defaults. Labels go to <bank stem>.labels.json beside the bank (read by the explorer).
     """
     from melbo_tui.dump import read_dump
-    from melbo_tui.labels import label_texts, load_rules, save_labels
+    from melbo_tui.labels import label_texts, labels_path, load_rules, save_labels
 
+    check_output(labels_path(bank_path), "labels of BANK")
     rule_list = load_rules(rules)
     bank = load_bank(bank_path)
     from_dump = from_dump or dump_paths(bank_path, None)[1]
@@ -281,6 +299,7 @@ def export(
     from melbo_tui.export import export_gguf
     from melbo_tui.selection import parse_selection
 
+    check_output(gguf, "--gguf")
     modes = [m for m, on in ((ComposeMode.MEAN, mean), (ComposeMode.SUM, sum_), (ComposeMode.MEAN_SQRT, mean_sqrt)) if on]
     if len(modes) > 1:
         raise InputError("give at most one of --mean, --sum, --mean-sqrt")
@@ -297,25 +316,66 @@ def bench(
     quick: Annotated[bool, typer.Option(help="Small sizes (CI): well under two minutes.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's; 1 is steadier on a busy machine).")] = None,
-    model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
+    model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
+    revision: RevisionOpt = None, offload_folder: OffloadOpt = None, deterministic: DeterministicOpt = False,
 ) -> None:
     """Side-by-side speed ratios measured in one run: ortho, eval, dump, steering, loading, FLOP/s."""
-    import torch
-
     from melbo_tui.bench import BenchConfig, render_table, run_bench
 
-    if threads is not None:
-        if threads <= 0:
-            raise InputError(f"--threads must be positive, got {threads}")
-        torch.set_num_threads(threads)
-
+    if threads is not None and threads <= 0:
+        raise InputError(f"--threads must be positive, got {threads}")
+    request = ModelRequest(model, device, dtype, trust_remote_code, revision, threads or torch.get_num_threads(),
+                           offload_folder, deterministic)
     config = BenchConfig.for_ci() if quick else BenchConfig()
     with err.status("benchmarking ...") as status:
-        report = run_bench(config, model, device, dtype, on_stage=lambda s: status.update(f"benchmarking: {s} ..."))
+        report = run_bench(config, request, on_stage=lambda s: status.update(f"benchmarking: {s} ..."))
     if as_json:
         print(json.dumps(report, indent=2))
     else:
         Console().print(render_table(report))
+
+
+class _BankGrew(Exception):
+    def __init__(self, current: VectorBank) -> None:
+        super().__init__("bank grew")
+        self.current = current
+
+
+def store_metrics(path: Path, bank: VectorBank, evaluate: Callable[[VectorBank], VectorBank],
+                  attempts: int = 3) -> VectorBank:
+    """`evaluate(bank)` and store its metrics in `path` without losing what another process appended.
+
+    The evaluation runs unlocked (it may take minutes); the write re-reads the file under the
+    bank's lock. Rows appended meanwhile (ortho --resume) make us evaluate again, the last
+    attempt entirely under the lock, so it always ends; a bank whose rows were replaced is
+    left alone with one error line.
+    """
+    from melbo_tui.bank import update_bank
+    from melbo_tui.locking import bank_lock
+
+    for attempt in range(attempts):
+        last = attempt == attempts - 1
+        with bank_lock(path) if last else contextlib.nullcontext():
+            if last:
+                bank = load_bank(path)
+            evaluated = evaluate(bank)
+
+            def commit(current: VectorBank, evaluated: VectorBank = evaluated) -> VectorBank:
+                n = len(evaluated)
+                if len(current) < n or not torch.equal(current.vectors[:n], evaluated.vectors):
+                    raise BankError(f"{path} was rewritten by another process while it was evaluated; "
+                                    "nothing stored: run eval again")
+                if len(current) > n:
+                    raise _BankGrew(current)
+                meta = dataclasses.replace(current.meta, extra={**current.meta.extra, "eval": evaluated.meta.extra["eval"]})
+                return VectorBank(vectors=current.vectors, meta=meta, metrics=evaluated.metrics)
+
+            try:
+                return update_bank(path, commit)
+            except _BankGrew as grew:
+                err.print(f"[dim]{path} grew to {len(grew.current)} rows while it was evaluated: evaluating again[/]")
+                bank = grew.current
+    raise AssertionError("unreachable: the last attempt holds the lock")
 
 
 def _print_summary(bank: VectorBank, title: str) -> None:
