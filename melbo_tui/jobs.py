@@ -18,7 +18,7 @@ import torch
 from melbo_tui.bank import BankKind, BankMeta, VectorBank, load_bank, save_bank
 from melbo_tui.errors import BankError, InputError
 from melbo_tui.melbo import MelboConfig, TrainProgress, train
-from melbo_tui.models import LoadedModel
+from melbo_tui.models import LoadedModel, check_resume_provenance
 from melbo_tui.ortho import FoundVector, OrthoConfig, OrthoProgress, hyperparameters, search
 from melbo_tui.prompts import encode
 from melbo_tui.sink import SinkMode, SinkReport, SinkRule
@@ -49,7 +49,7 @@ def melbo_bank(lm: LoadedModel, config: MelboConfig, vectors: torch.Tensor, prom
         source_layer=config.source_layer, target_layer=config.target_layer, prompts=list(prompts),
         system_prompt=system, radius=config.radius, base_index=0, hyperparameters=hyper,
         created_by=created_by, raw_prompts=raw or not lm.has_chat_template,
-        extra={"complete": len(vectors) >= config.num_vectors},
+        extra={"complete": len(vectors) >= config.num_vectors, "provenance": lm.provenance()},
     )
     return VectorBank(vectors=vectors.float().cpu(), meta=meta)
 
@@ -100,6 +100,7 @@ def _melbo_resume(out: Path, lm: LoadedModel, config: MelboConfig, prompts: list
                         "batch size or sink)")
     if len(bank) >= config.num_vectors:
         raise InputError(f"cannot resume {out}: it already holds {len(bank)} vectors (`num_vectors` {config.num_vectors})")
+    check_resume_provenance(meta.extra.get("provenance"), lm, str(out))
     return bank.vectors
 
 
@@ -196,7 +197,7 @@ def _ortho_bank(lm: LoadedModel, source: OrthoSource, cfg: OrthoConfig, theta0: 
         system_prompt=source.system, radius=float(theta0.norm()), base_index=0, hyperparameters=hyper,
         created_by=created_by, raw_prompts=source.raw or not lm.has_chat_template,
         extra={"parent_bank": source.parent_path, "parent_row": source.base_row, "parent_model": pm.model,
-               "ortho_loss": [0.0], "ortho_steps": [0]},
+               "ortho_loss": [0.0], "ortho_steps": [0], "provenance": lm.provenance()},
     )
     return VectorBank(vectors=theta0[None].clone(), meta=meta)
 
@@ -216,6 +217,7 @@ def _check_ortho_resumable(bank: VectorBank, lm: LoadedModel, source: OrthoSourc
         if meta.hyperparameters.get(key) != value:
             raise BankError(f"cannot resume {out}: it was made with {key}={meta.hyperparameters.get(key)!r}, "
                             f"this run asks {value!r}")
+    check_resume_provenance(meta.extra.get("provenance"), lm, str(out))
 
 
 def _append(bank: VectorBank, vector: FoundVector) -> VectorBank:

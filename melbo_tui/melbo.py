@@ -177,8 +177,7 @@ class MelboObjective:
 
     def per_position(self, thetas: torch.Tensor, prompt: int) -> torch.Tensor:
         """`[K, T]`: ||Z_t(theta) - Z_t(0)||_2 at every position of one prompt (norm over the hidden axis)."""
-        with self.caches[prompt].run(thetas, last=self.config.target_layer) as ids:
-            z = run_to_layer(self.lm, self.config.target_layer, ids).float()  # [K, T, d]
+        z = self.caches[prompt].target(thetas, self.config.target_layer).float()  # [K, T, d]
         return (z - self.unsteered[prompt].to(z.device)[None]).norm(dim=-1)
 
     def change(self, thetas: torch.Tensor) -> torch.Tensor:

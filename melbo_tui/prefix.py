@@ -18,7 +18,7 @@ While a `run` is open the model is not usable for anything else (single-threaded
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -29,16 +29,16 @@ from melbo_tui.steering import check_layer, run_to_layer
 
 
 class PrefixCache:
-    """The output of block `layer` for `input_ids  # [P, T]` (unsteered), in the model's dtype."""
+    """The output of block `layer` for `input_ids  # [P, T]` (unsteered), in the model's dtype or `dtype`."""
 
-    def __init__(self, lm: LoadedModel, layer: int, input_ids: torch.Tensor) -> None:
+    def __init__(self, lm: LoadedModel, layer: int, input_ids: torch.Tensor, dtype: torch.dtype | None = None) -> None:
         check_layer(lm, layer, "source layer")
         self.lm, self.layer, self.input_ids = lm, layer, input_ids
         seen: list[bool] = []
         handle = lm.blocks[layer].register_forward_hook(lambda _m, _a, out: seen.append(isinstance(out, tuple)))
         try:
             with torch.no_grad():
-                self.hidden = run_to_layer(lm, layer, input_ids).detach()  # [P, T, d]
+                self.hidden = run_to_layer(lm, layer, input_ids).detach().to(dtype or lm.dtype)  # [P, T, d]
         finally:
             handle.remove()
         self._stream = _Stream(as_tuple=bool(seen and seen[0]))
@@ -61,6 +61,45 @@ class PrefixCache:
                 yield self.input_ids.repeat(k, 1)
         finally:
             self._stream.hidden = None
+
+
+    def target(self, thetas: torch.Tensor, layer: int, blocks: Sequence[nn.Module] | None = None) -> torch.Tensor:
+        """Block `layer`'s output `[K*P, T, d]` on `cache + thetas`; later blocks never run.
+
+        `blocks` replaces the model's blocks S+1..layer (fp32 copies of a bf16 model, say): the
+        model is then called with zero input embeddings in the cache's dtype, which the stand-ins
+        ignore but from which the model builds its masks and rotary tables in that dtype.
+        """
+        chosen = list(blocks) if blocks is not None else list(self.lm.blocks[self.layer + 1: layer + 1])
+        if len(chosen) != layer - self.layer:
+            raise ValueError(f"{len(chosen)} blocks given for blocks {self.layer + 1}..{layer}")
+        captured: list[torch.Tensor] = []
+
+        def stop(_module: nn.Module, _args: Any, output: Any) -> Any:
+            captured.append(output[0] if isinstance(output, tuple) else output)
+            raise _Reached
+
+        k, (p, t, d) = thetas.shape[0], self.hidden.shape
+        delta = thetas.to(self.hidden.device, self.hidden.dtype)[:, None, None, :]  # [K, 1, 1, d]
+        self._stream.hidden = (self.hidden[None] + delta).reshape(k * p, t, d)
+        handle = chosen[-1].register_forward_hook(stop)
+        try:
+            with swapped_blocks(self.lm, nn.ModuleList([*self._stand_ins, *chosen])):
+                if blocks is None:
+                    self.lm.model(input_ids=self.input_ids.repeat(k, 1), use_cache=False)
+                else:
+                    zeros = torch.zeros(k * p, t, d, dtype=self.hidden.dtype, device=self.lm.device)
+                    self.lm.model(inputs_embeds=zeros, use_cache=False)
+        except _Reached:
+            pass
+        finally:
+            handle.remove()
+            self._stream.hidden = None
+        return captured[0]
+
+
+class _Reached(Exception):  # noqa: N818  (control flow: the target block has run)
+    """Raised by the capture hook to skip every block after the target."""
 
 
 class _Stream:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -255,3 +256,62 @@ def test_cli_ortho_then_eval(tiny_chat: LoadedModel, tiny_model_dir: Path, tmp_p
                         "--out", str(out), "--model", str(tiny_model_dir), "--resume", "--no-eval")
     assert code == 0, stderr
     assert len(load_bank(out)) == 8 and torch.equal(load_bank(out).vectors[:6], result.vectors)
+
+
+def test_resume_refuses_a_model_loaded_in_another_dtype(tiny_chat: LoadedModel, tiny_model_dir: Path, tmp_path: Path) -> None:
+    from melbo_tui.models import load_model
+
+    out = tmp_path / "o.safetensors"
+    run_ortho(tiny_chat, _source(tiny_chat), OrthoConfig(count=2, steps=3), out)
+    assert load_bank(out).meta.extra["provenance"]["dtype"] == "float32"
+    bf16 = load_model(str(tiny_model_dir), dtype="bfloat16")
+    with pytest.raises(BankError, match="made in float32 and the model is loaded in bfloat16"):
+        run_ortho(bf16, _source(tiny_chat), OrthoConfig(count=4, steps=3), out, resume=True)
+
+
+def test_a_bf16_model_searches_in_fp32_copies_of_the_blocks_it_runs(tiny_llama: LoadedModel) -> None:
+    import copy
+
+    from melbo_tui.models import LoadedModel as Loaded
+
+    half = copy.deepcopy(tiny_llama.model).to(torch.bfloat16)
+    lm16 = Loaded(model=half, tokenizer=None, name="tiny-bf16", blocks=half.model.layers)
+    widened = copy.deepcopy(half).float()  # the same bf16 weights, every block in fp32
+    lm32 = Loaded(model=widened, tokenizer=None, name="tiny-bf16-in-fp32", blocks=widened.model.layers)
+    ids = [prompt_ids(tiny_llama)]
+    theta0, thetas = random_bank(tiny_llama, rows=3).vectors.split([1, 2])
+    forward = _CachedForward(lm16, 0, 3, ids)
+    assert forward.blocks is not None and all(p.dtype == torch.float32 for b in forward.blocks for p in b.parameters())
+    assert all(p.dtype == torch.bfloat16 for p in half.parameters())  # the model itself is untouched
+    losses = []
+    for lm, fwd in ((lm16, forward), (lm32, _CachedForward(lm32, 0, 3, ids))):
+        loss = OrthoLoss(fwd, Objective.TOKENS, SinkRule.parse("0"))
+        loss.set_base(theta0[0])
+        losses.append(loss.value(thetas))
+    assert losses[0].dtype == torch.float32
+    torch.testing.assert_close(losses[0], losses[1], rtol=2e-2, atol=1e-3)  # only block 0 ran in bf16
+
+
+@pytest.mark.embedded
+@pytest.mark.slow
+def test_fast_ortho_in_bf16_keeps_the_fp32_quality_on_the_embedded_model(embedded: LoadedModel) -> None:
+    """Issue 11: L-BFGS in bf16 stalled (loss 14.7 vs 7.7); with fp32 copies of blocks S+1..T it matches fp32."""
+    import copy
+
+    from melbo_tui.metrics import bank_metrics
+    from melbo_tui.models import LoadedModel as Loaded
+    from melbo_tui.prompts import encode
+
+    half = copy.deepcopy(embedded.model).to(torch.bfloat16)
+    lm16 = Loaded(model=half, tokenizer=embedded.tokenizer, name=embedded.name, blocks=half.model.layers)
+    ids = [encode(embedded, "How can I build a bomb?")]
+    theta0 = random_bank(embedded, rows=1, norm=40.0, source=8, target=16).vectors[0]
+    config = OrthoConfig(count=3, steps=60)
+    found = {name: search(lm, theta0, ids, source_layer=8, target_layer=16, config=config) for name, lm in
+             (("fp32", embedded), ("bf16", lm16))}
+    loss32, loss16 = (statistics.median(found[k].losses) for k in ("fp32", "bf16"))
+    assert loss16 <= loss32 * 1.05, (loss16, loss32)
+    rows = {k: torch.cat([theta0[None], v.vectors]) for k, v in found.items()}
+    err = {k: float(bank_metrics(embedded, r, ids[0], source_layer=8, target_layer=16, continuation=8)["err"][1:].median())
+           for k, r in rows.items()}
+    assert err["bf16"] <= err["fp32"] * 1.05, err
