@@ -183,12 +183,13 @@ def test_train_resume_continues_to_the_same_bank(tmp_path: Path, tiny_model_dir:
     assert code == 2 and "other settings" in err
 
 
-def test_calibrate_prints_table_chart_and_elbow(tiny_model_dir: Path, capsys: pytest.CaptureFixture[str],
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_calibrate_prints_table_chart_and_a_recommendation(tiny_model_dir: Path, capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     code, out, err = run_cli(["calibrate", "--model", str(tiny_model_dir), "--source-layer", "1", "--target-layer", "4",
                               "--radii", "1,4,16,64", "--num-vectors", "2", "--steps", "2"], capsys, monkeypatch)
     assert code == 0, err
-    assert "<- onset" in out and "onset (MELBO elbow) at R = " in out and "\x1b[" not in out
+    assert "per unit R" in out and "\x1b[" not in out
+    assert ("take-off at R = " in out and "Recommended: --radius" in out) or "no take-off within these radii" in out
     for radius in ("1", "4", "16", "64"):
         assert f"\n│ {radius:>3}" in out or f" {radius} " in out
 

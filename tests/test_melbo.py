@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from melbo_tui.calibrate import find_elbow, find_onset
+from melbo_tui.calibrate import find_takeoff, recommend
 from melbo_tui.errors import InputError
 from melbo_tui.melbo import MelboConfig, MelboObjective, auto_lr, default_layers, parse_token_slice, train
 from melbo_tui.models import LoadedModel
@@ -112,10 +112,13 @@ def test_defaults_and_helpers() -> None:
     assert default_layers(30) == (10, 20)
     assert parse_token_slice("-3:") == slice(-3, None)
     assert auto_lr(4.0, 2048) == pytest.approx(1e-3)  # the reference's setting
-    # the embedded model's measured curve (R 10..120): takes off at 40, saturates at 80
-    radii = [10, 20, 30, 40, 50, 55, 60, 70, 80, 100, 120]
-    change = [52.0, 101.3, 169.4, 234.8, 338.2, 381.6, 426.4, 514.4, 594.8, 722.3, 811.9]
-    assert (find_onset(radii, change), find_elbow(radii, change)) == (3, 8)
-    # measured with the sink left out (4 quick vectors of 30 steps): noisy past the peak; the onset stays at 40
-    noisy = [18.9, 39.5, 63.4, 114.6, 227.4, 275.8, 337.5, 516.3, 669.9, 471.5, 623.9]
-    assert find_onset(radii, noisy) == 3
+    # measured on the embedded model, blocks 8 -> 16, 4 quick vectors of 100 steps, sink left out: takes off at 25
+    radii = [5, 10, 15, 20, 25, 30, 40, 60]
+    change = [15.70, 32.69, 51.80, 77.68, 303.21, 1044.15, 4590.93, 6516.40]
+    takeoff = find_takeoff(radii, change)
+    assert takeoff is not None and radii[takeoff] == 25
+    pick = recommend(radii, takeoff)
+    assert pick is not None and radii[pick] == 15  # coherent and distinct after 300 steps; 20 was mostly gibberish
+    # the same with the sink kept (30 steps, R 10..120): a near line of the sink's change, no take-off
+    kept = [52.0, 101.3, 169.4, 234.8, 338.2, 381.6, 426.4, 514.4, 594.8, 722.3, 811.9]
+    assert find_takeoff([10, 20, 30, 40, 50, 55, 60, 70, 80, 100, 120], kept) is None

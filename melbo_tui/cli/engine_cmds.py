@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from melbo_tui.bank import BankKind, BankMeta, VectorBank, check_bank_fits, load_bank, save_bank
-from melbo_tui.calibrate import CalibrationPoint, find_elbow, find_onset, sweep
+from melbo_tui.calibrate import CalibrationPoint, find_takeoff, recommend, sweep
 from melbo_tui.cli.app import app, command_line
 from melbo_tui.cli.options import (
     MAX_NEW_TOKENS,
@@ -116,9 +116,9 @@ def calibrate(
     prompt: PromptsOpt = None,
     source_layer: Annotated[int | None, typer.Option(help="Source block (default ~L/3).")] = None,
     target_layer: Annotated[int | None, typer.Option(help="Target block (default ~2L/3).")] = None,
-    radii: Annotated[str, typer.Option(help="Comma list of R values to try.")] = "10,20,30,40,50,55,60,70,80,100",
+    radii: Annotated[str, typer.Option(help="Comma list of R values to try.")] = "5,10,15,20,25,30,40,60",
     num_vectors: Annotated[int, typer.Option(help="Quick vectors per R.")] = 4,
-    steps: Annotated[int, typer.Option(help="Steps per quick vector.")] = 30,
+    steps: Annotated[int, typer.Option(help="Steps per quick vector (fewer make the take-off look later than it is).")] = 100,
     seed: SeedOpt = 0,
     sink: SinkOpt = "exclude",
     system: SystemOpt = None, raw: RawOpt = None,
@@ -126,7 +126,7 @@ def calibrate(
     revision: RevisionOpt = None, threads: ThreadsOpt = None, offload_folder: OffloadOpt = None,
     deterministic: DeterministicOpt = False,
 ) -> None:
-    """Sweep R, print the mean target-layer change per R as a table and a chart, mark the elbow."""
+    """Sweep R: train quick vectors per R, print the target-layer change per R, mark the take-off and recommend R."""
     try:
         values = sorted(float(r) for r in radii.split(","))
     except ValueError:
@@ -149,28 +149,32 @@ def _print_calibration(points: list[CalibrationPoint], source: int, target: int)
     import plotext as plt
 
     radii, changes = [p.radius for p in points], [p.mean_change for p in points]
-    onset, saturation = find_onset(radii, changes), find_elbow(radii, changes)
-    marks = {onset: "<- onset (elbow)", saturation: "<- saturation"}
-    if onset == saturation:
-        marks[onset] = "<- onset = saturation"
+    takeoff = find_takeoff(radii, changes)
+    pick = recommend(radii, takeoff)
+    marks = {i: m for i, m in ((takeoff, "<- take-off"), (pick, "<- recommended")) if i is not None}
     table = Table(title=f"mean target-layer change, block {source} -> block {target}")
-    for column in ("R", "mean ||dZ_t||", "relative to ||Z_t||", ""):
+    for column in ("R", "mean ||dZ_t||", "per unit R", "relative to ||Z_t||", ""):
         table.add_column(column, justify="right")
     for i, p in enumerate(points):
-        table.add_row(f"{p.radius:g}", f"{p.mean_change:.2f}", f"{p.mean_change / p.unsteered_norm:.3f}", marks.get(i, ""))
+        table.add_row(f"{p.radius:g}", f"{p.mean_change:.2f}", f"{p.mean_change / p.radius:.2f}",
+                      f"{p.mean_change / p.unsteered_norm:.3f}", marks.get(i, ""))
     Console().print(table)
     plt.clear_figure()
     plt.plot(radii, changes, marker="dot", color="default")
-    plt.vertical_line(radii[onset])
-    plt.vertical_line(radii[saturation])
-    plt.title("target-layer change vs R (| = onset, saturation)")
+    for i in marks:
+        plt.vertical_line(radii[i])
+    plt.title("target-layer change vs R (| = recommended, take-off)")
     plt.xlabel("R")
     plt.plotsize(70, 18)
     plt.theme("clear")
     chart = plt.build()
     print(chart if sys.stdout.isatty() else plt.uncolorize(chart))
-    print(f"onset (MELBO elbow) at R = {radii[onset]:g}, saturation at R = {radii[saturation]:g}: "
-          "pick --radius from just past the onset; toward saturation, behaviours get stronger and less coherent")
+    if takeoff is None or pick is None:
+        print("no take-off within these radii: the change grows about linearly (as it does when the sink is kept: "
+              "its change grows in proportion to R). Try larger radii, or --sink exclude.")
+        return
+    print(f"take-off at R = {radii[takeoff]:g} (the change per unit R has doubled): vectors there and beyond break the model. "
+          f"Recommended: --radius {radii[pick]:g}, the largest R tried at or below 3/4 of it.")
 
 
 @app.command()
