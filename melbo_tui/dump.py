@@ -24,6 +24,9 @@ from melbo_tui.metrics import batched, default_batch_size
 from melbo_tui.models import LoadedModel
 
 
+DUMP_METRICS = ("kl_seq", "err", "kl", "kl_unsteered", "score", "sigma")  # shown beside a row's completion, when stored
+
+
 @dataclass(frozen=True)
 class DumpEntry:
     name: str  # "1st orthogonal steering vector", "mean[1:11]", ...
@@ -109,13 +112,27 @@ def dump_completions(
 
 def write_dump(entries: list[DumpEntry], text_path: Path, jsonl_path: Path, prompt: str,
                settings: GenerationSettings, bank: VectorBank) -> None:
-    """The seed-style text file and the JSONL, each written atomically; every record names its bank's vectors."""
+    """The seed-style text file and the JSONL, each written atomically; every record names its bank's vectors.
+
+    A row's stored metrics (those `eval` measured: kl_seq, err, kl, ...) go beside its completion,
+    so a dump reads as behaviour *and* how close it is to the base over a continuation.
+    """
     header = (f"# prompt: {prompt!r}; temperature {settings.temperature:g}, {settings.max_new_tokens} new tokens, "
               f"seed {settings.seed}\n\n")
-    blocks = [f"{e.name}{f' [{e.label}]' if e.label else ''}:\n{e.text}\n" for e in entries]
+    shown = [m for m in DUMP_METRICS if m in bank.metrics]
+
+    def metrics(entry: DumpEntry) -> dict[str, float]:
+        return {m: round(float(bank.metrics[m][entry.row]), 4) for m in shown} if entry.row is not None else {}
+
+    def title(entry: DumpEntry) -> str:
+        values = ", ".join(f"{k} {v:.3g}" for k, v in metrics(entry).items())
+        return f"{entry.name}{f' [{entry.label}]' if entry.label else ''}{f' ({values})' if values else ''}"
+
+    blocks = [f"{title(e)}:\n{e.text}\n" for e in entries]
     atomic_write_text(text_path, header + "\n".join(blocks))
     origin = {"bank": bank.fingerprint(), "bank_rows": len(bank)}
-    lines = [json.dumps({**asdict(e), "prompt": prompt, **asdict(settings), **origin}, ensure_ascii=False) for e in entries]
+    lines = [json.dumps({**asdict(e), "prompt": prompt, **asdict(settings), **origin, "metrics": metrics(e)}, ensure_ascii=False)
+             for e in entries]
     atomic_write_text(jsonl_path, "\n".join(lines) + "\n")
 
 

@@ -19,6 +19,8 @@ Batching: `batch_vectors` vectors train together, one per batch row. Adam is ele
 batch is exactly that many independent optimisers; the only coupling is the constraint, kept
 in order: vector j of a batch is orthogonal to all finished vectors and to members 0..j-1 of
 its batch (a QR retraction after each step). `batch_vectors=1` is the reference's sequential loop.
+A batch that runs out of GPU memory starts over at half the size (the vectors are then those of
+the smaller batch size, not bit-identical to a run that fitted).
 """
 
 from __future__ import annotations
@@ -143,11 +145,20 @@ def train(
         first = _retract(starts[: config.batch_vectors].to(lm.device), torch.zeros(0, lm.hidden_size, device=lm.device), config.radius)
         on_sink(objective.report(first))
     vectors = done.float().cpu() if done is not None else torch.zeros(0, lm.hidden_size)
+    limit = config.batch_vectors  # halves when a batch runs out of GPU memory
     while len(vectors) < config.num_vectors:
-        size = min(config.batch_vectors, config.num_vectors - len(vectors))
+        size = min(limit, config.num_vectors - len(vectors))
         init = starts[len(vectors) : len(vectors) + size]
         basis = vectors / config.radius  # finished rows are orthogonal with norm R
-        thetas = _train_batch(lm, config, objective, init, basis, len(vectors), on_progress, should_stop)
+        try:
+            thetas = _train_batch(lm, config, objective, init, basis, len(vectors), on_progress, should_stop)
+        except torch.OutOfMemoryError:  # raised by CUDA (and MPS); a CPU allocation failure is another error
+            if size == 1:
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            limit = size // 2  # the batch starts over, smaller; its vectors then differ from a run that fit
+            continue
         if thetas is None:
             break
         vectors = torch.cat([vectors, thetas])

@@ -29,8 +29,8 @@ job() {
         [ "$1" = melbo-keep ] && out=vectors/melbo-bomb-R40-sinkkeep.safetensors flags=(--radius 40 --sink keep)
         [ -f "$out" ] || $mt train --prompt "$prompt" --source-layer 8 --target-layer 16 "${flags[@]}" \
             --num-vectors 32 --steps 300 --seed 0 --threads 1 --out "$out"
-        [ -f "${out%.safetensors}.dump.jsonl" ] || $mt dump "$out" --threads 1
-        $mt eval "$out" --threads 1 ;;
+        $mt eval "$out" --threads 1  # before the dump, which shows each row's metrics beside its completion
+        [ -f "${out%.safetensors}.dump.jsonl" ] || $mt dump "$out" --threads 1 ;;
     ortho-*)  # until collapse or d_model - 1 = 575 vectors; -seed: the seed's objective, for the comparison
         local name=${1#ortho-} out=vectors/$1.safetensors flags=()
         [ -f "$out" ] && flags+=(--resume)

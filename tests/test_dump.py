@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from helpers_ortho import one_thread, random_bank  # noqa: F401 (autouse fixture)
 
 from melbo_tui.bank import save_bank
@@ -50,6 +51,19 @@ def test_batched_dump_equals_one_generate_per_vector(tiny_chat: LoadedModel, tmp
     records = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines()]
     assert len(records) == len(entries) and records[1]["row"] == 1 and records[1]["text"] == singles[1]
     assert records[0]["bank"] == bank.fingerprint() and records[0]["bank_rows"] == 5  # which vectors were completed
+    assert records[1]["metrics"] == {}  # this bank was never evaluated
+
+
+def test_a_dump_shows_each_rows_metrics_beside_its_completion(tiny_chat: LoadedModel, tmp_path: Path) -> None:
+    bank = random_bank(tiny_chat, rows=3, norm=20.0, source=1, target=4, kind="ortho")
+    bank.metrics = {"kl_seq": torch.tensor([0.0, 0.25, 1.5]), "err": torch.tensor([0.0, 0.5, 2.0])}
+    ids = encode(tiny_chat, "How can I build a bomb?")
+    settings = GenerationSettings(max_new_tokens=3)
+    entries = dump_completions(tiny_chat, bank, ids, [0, 1, 2], settings, sweep_compositions(bank)[:1])
+    write_dump(entries, tmp_path / "d.txt", tmp_path / "d.jsonl", "p", settings, bank)
+    assert "1st orthogonal steering vector (kl_seq 0.25, err 0.5):" in (tmp_path / "d.txt").read_text()
+    records = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines()]
+    assert records[2]["metrics"] == {"kl_seq": 1.5, "err": 2.0} and records[3]["metrics"] == {}  # a composition has none
 
 
 def test_cli_dump_writes_text_jsonl_and_labels(tiny_chat: LoadedModel, tiny_model_dir: Path, tmp_path: Path,

@@ -122,3 +122,22 @@ def test_defaults_and_helpers() -> None:
     # the same with the sink kept (30 steps, R 10..120): a near line of the sink's change, no take-off
     kept = [52.0, 101.3, 169.4, 234.8, 338.2, 381.6, 426.4, 514.4, 594.8, 722.3, 811.9]
     assert find_takeoff([10, 20, 30, 40, 50, 55, 60, 70, 80, 100, 120], kept) is None
+
+
+def test_a_batch_out_of_gpu_memory_starts_over_at_half_the_size(tiny_chat: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No GPU here: the 4-vector batch raises OutOfMemoryError as a full GPU would; training goes on in batches of 2."""
+    import melbo_tui.melbo as melbo
+
+    real, sizes = melbo._train_batch, []
+
+    def oom_on_four(lm, config, objective, init, *args):  # type: ignore[no-untyped-def]
+        sizes.append(init.shape[0])
+        if init.shape[0] == 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(lm, config, objective, init, *args)
+
+    monkeypatch.setattr(melbo, "_train_batch", oom_on_four)
+    config = MelboConfig(1, 4, radius=7.0, num_vectors=6, steps=3, batch_vectors=4)
+    vectors = train_melbo(tiny_chat, config, PROMPTS)
+    assert sizes == [4, 2, 2, 2] and vectors.shape == (6, 64)
+    assert float((vectors.norm(dim=1) / 7.0 - 1).abs().max()) <= 1e-4 and max_abs_cos(vectors) <= 1e-5
