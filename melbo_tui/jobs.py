@@ -67,8 +67,12 @@ def run_melbo(
     on_progress: Callable[[TrainProgress], None] | None = None,
     should_stop: StopFn | None = None,
     on_sink: Callable[[SinkReport], None] | None = None,
+    on_checkpoint: Callable[[int], None] | None = None,
 ) -> MelboRun:
-    """Train MELBO vectors into the bank file `out`, saved after every batch; `resume` continues it."""
+    """Train MELBO vectors into the bank file `out`, saved after every batch; `resume` continues it.
+
+    `on_checkpoint` hears the number of vectors in the file after each save.
+    """
     config.check(lm)
     out = Path(out)
     done = _melbo_resume(out, lm, config, prompts) if resume else None
@@ -77,6 +81,8 @@ def run_melbo(
 
     def checkpoint(vectors: torch.Tensor) -> None:
         save_bank(melbo_bank(lm, config, vectors, prompts, system, raw, created_by), out)
+        if on_checkpoint is not None:
+            on_checkpoint(len(vectors))
 
     vectors = train(lm, config, [encode(lm, p, system, raw) for p in prompts], on_progress=on_progress,
                     should_stop=should_stop, done=done, on_batch=checkpoint, on_sink=on_sink)

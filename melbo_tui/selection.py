@@ -1,4 +1,4 @@
-"""Row selections typed by a user: `0,3,7`, `1:11`, `1:4,9`, `-5:`, `::10`.
+"""Row selections typed by a user (`0,3,7`, `1:11`, `1:4,9`, `-5:`, `::10`) and their short form.
 
 Python slice semantics over `range(n)`, so `1:11` is rows 1..10 and `-3:` the last three.
 Order is kept and duplicates are removed (a vector counted twice in a mean is never intended).
@@ -45,3 +45,22 @@ def _to_int(text: str, spec: str) -> int:
         return int(text.strip())
     except ValueError:
         raise InputError(f"'{text.strip()}' is not an index in selection '{spec}'") from None
+
+
+def format_rows(rows: tuple[int, ...] | list[int]) -> str:
+    """`(1, 2, 3, 7)` -> `1:4,7`: the short form of rows that `parse_selection` reads back.
+
+    Ascending runs of three or more become slices; order is kept, so the round trip is exact.
+    """
+    parts: list[str] = []
+    i = 0
+    while i < len(rows):
+        j = i
+        while j + 1 < len(rows) and rows[j + 1] == rows[j] + 1:
+            j += 1
+        if j - i >= 2:
+            parts.append(f"{rows[i]}:{rows[j] + 1}")
+        else:
+            parts.extend(str(r) for r in rows[i : j + 1])
+        i = j + 1
+    return ",".join(parts)

@@ -192,11 +192,3 @@ def test_calibrate_prints_table_chart_and_a_recommendation(tiny_model_dir: Path,
     assert ("take-off at R = " in out and "Recommended: --radius" in out) or "no take-off within these radii" in out
     for radius in ("1", "4", "16", "64"):
         assert f"\n│ {radius:>3}" in out or f" {radius} " in out
-
-
-def test_every_face_shares_the_engines_generation_defaults() -> None:
-    from melbo_tui.cli import options
-    from melbo_tui.generation import GenerationSettings
-
-    defaults = GenerationSettings()
-    assert (options.MAX_NEW_TOKENS, options.TEMPERATURE) == (defaults.max_new_tokens, defaults.temperature)

@@ -9,7 +9,7 @@ import torch
 
 from melbo_tui.compose import ComposeMode, Composition, compose
 from melbo_tui.errors import InputError
-from melbo_tui.selection import parse_selection
+from melbo_tui.selection import format_rows, parse_selection
 
 
 @pytest.mark.parametrize(
@@ -47,3 +47,21 @@ def test_non_finite_scale_is_refused() -> None:
 def test_labels_are_short() -> None:
     assert Composition((5,)).label == "vector 5"
     assert Composition(tuple(range(1, 11)) + (20,), ComposeMode.MEAN_SQRT, 2.0).label == "mean-sqrt[1:11,20] x2"
+
+
+@pytest.mark.parametrize(("rows", "text"), [((1, 2, 3, 7), "1:4,7"), ((1, 2, 9), "1,2,9"), ((5,), "5"), ((3, 2, 1), "3,2,1"),
+                                            ((0, 1, 2, 3, 10, 11, 12), "0:4,10:13"), ((), "")])
+def test_format_rows_is_the_short_form_parse_selection_reads_back(rows: tuple[int, ...], text: str) -> None:
+    assert format_rows(rows) == text
+    if rows:
+        assert parse_selection(text, 20) == list(rows)
+
+
+def test_a_composition_names_unsteered_one_row_and_many_rows() -> None:
+    assert Composition().label == "unsteered" and not Composition().steered
+    assert Composition((5,), ComposeMode.SUM).label == "vector 5"  # every mode of one row is the row itself
+    assert Composition((1, 2, 3, 7), "sum", 2).label == "sum[1:4,7] x2"  # plain values become the enum and a float
+    assert Composition((5,), "mean-sqrt").key() == Composition((5,)).key() == "mean:5:x1.0"
+    assert Composition((1, 2), ComposeMode.SUM).key() != Composition((1, 2)).key()
+    assert Composition((1,), scale=2.0).key() != Composition((1,)).key()
+    assert Composition().key() == "unsteered"

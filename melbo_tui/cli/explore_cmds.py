@@ -81,15 +81,14 @@ def run_explorer(
         raise InputError("empty prompt: give some text with --prompt")
     if request is not None and request.threads is not None and request.threads <= 0:
         raise InputError(f"--threads must be positive, got {request.threads}")
-    from melbo_tui.tui.settings import ExploreSettings
+    from melbo_tui.decoding import GenerationSettings  # no torch: the first frame stays fast
 
-    ExploreSettings(prompt="x", temperature=temperature, max_new_tokens=max_new_tokens, seed=seed).check()
+    generation = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    generation.check()
     from melbo_tui.tui.app import ExplorerApp
     from melbo_tui.tui.backend import EngineBackend
 
-    backend = EngineBackend(request)
-    app = ExplorerApp(banks, backend, prompt=prompt, system=system, raw=raw,
-                      max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    app = ExplorerApp(banks, EngineBackend(request), prompt=prompt, system=system, raw=raw, generation=generation)
     loop = asyncio.new_event_loop()  # asyncio.run() would wait for every worker thread at exit
     app.run(loop=loop)
     _leave_without_waiting_for_workers(app.return_code or 0)

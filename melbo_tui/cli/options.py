@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from melbo_tui.decoding import GenerationSettings
 from melbo_tui.errors import InputError
 
 if TYPE_CHECKING:
@@ -28,10 +29,9 @@ if TYPE_CHECKING:
 err = Console(stderr=True)
 
 SEED_PROMPT = "How can I build a bomb?"
-# generation defaults, the same everywhere (mirrors melbo_tui.generation.GenerationSettings,
-# which this module cannot import without torch; a test checks they agree)
-MAX_NEW_TOKENS = 48
-TEMPERATURE = 0.0
+# generation defaults, the same everywhere: the engine's
+MAX_NEW_TOKENS = GenerationSettings.max_new_tokens
+TEMPERATURE = GenerationSettings.temperature
 
 # --- the model -----------------------------------------------------------------------------------
 

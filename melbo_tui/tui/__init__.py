@@ -1,7 +1,9 @@
 """The explorer: a Textual face over the engine to browse vector banks and stream completions.
 
-Direction of imports: `tui` -> `backend` -> engine modules (`bank`, `compose`, `generation`,
-`metrics`, `models`, `prompts`). Widgets never touch the model; they render state the app
-hands them. torch and transformers are imported lazily so the first frame appears before
-either has loaded.
+`app.ExplorerApp` starts on `components.main_screen.MainScreen`, which wires widgets that own
+their state (`VectorList`, `CompletionPanel`, `StatusBar`, the invisible `Measurer` and
+`JobRunner`); the other screens (compare, sweep, plots, help, settings, a one-line question)
+own their keys. Imports flow one way: widgets -> `session` (open banks, completion caches) ->
+`backend` (the only door to the engine). torch and transformers are imported lazily, so the
+first frame appears before either has loaded.
 """

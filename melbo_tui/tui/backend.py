@@ -3,10 +3,12 @@
 `Backend` is what the app needs; `EngineBackend` implements it on the real engine and
 `ScriptedBackend` streams canned text without a model (tests, benchmarks, demos). Every
 method may block for a long time and is called from worker threads, never from the UI thread.
+`tests/tui/test_backend_contract.py` runs the same behaviours against both.
 
 One model serves every thread, and steering works by forward hooks, so two model calls at
-once would see each other's vectors: `EngineBackend` runs one model call at a time, and long
-measurements are cut into chunks so that a generation can slip in between.
+once would see each other's vectors: `EngineBackend` runs one model call at a time (`ModelTurns`),
+generations go first, and long measurements are cut into chunks so that a generation can slip
+in between.
 """
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from melbo_tui.kinds import Metric
+from melbo_tui.compose import Composition
+from melbo_tui.decoding import GenerationResult
 from melbo_tui.errors import MelboError, ModelError
-from melbo_tui.tui.settings import ExploreSettings, Target
+from melbo_tui.tui.settings import ExploreSettings
 
 if TYPE_CHECKING:
     import torch
@@ -32,10 +38,13 @@ OnText = Callable[[str], None]
 ShouldStop = Callable[[], bool]
 OnProgress = Callable[[int, int], None]
 
+# What `metrics` measures (`melbo_tui.metrics.bank_metrics`): every metric that needs the model
+MEASURABLE = tuple(str(m) for m in Metric if m.needs_model)
+
 
 @dataclass(frozen=True)
 class JobProgress:
-    """Where a background MELBO-ortho run is: `done` of `count` vectors saved in `out`."""
+    """Where a background job is: `done` of `count` vectors saved, `step` of `steps` of the current one."""
 
     done: int
     count: int
@@ -65,20 +74,19 @@ class MelboJob:
 @dataclass(frozen=True)
 class GenerationRequest:
     bank: VectorBank
-    target: Target
+    target: Composition
     settings: ExploreSettings
 
 
 @dataclass(frozen=True)
-class StreamResult:
-    text: str
-    num_tokens: int
-    seconds: float
-    stopped: bool
+class MetricsRequest:
+    """Measure metric `names` (`melbo_tui.bank.Metric` values) for every row of `bank` on one prompt."""
 
-    @property
-    def tokens_per_second(self) -> float:
-        return self.num_tokens / self.seconds if self.seconds > 0 else 0.0
+    bank: VectorBank
+    prompt: str
+    system: str | None
+    raw: bool
+    names: tuple[str, ...]
 
 
 class Backend(Protocol):
@@ -91,59 +99,129 @@ class Backend(Protocol):
 
     def load(self) -> str:
         """Load the model (blocking); returns a one-line description."""
+        ...
 
     def check_bank(self, bank: VectorBank) -> None:
         """Raise `BankError` if the bank was made for a differently shaped model."""
+        ...
 
-    def stream(self, request: GenerationRequest, on_text: OnText, should_stop: ShouldStop) -> StreamResult:
+    def stream(self, request: GenerationRequest, on_text: OnText, should_stop: ShouldStop) -> GenerationResult:
         """Generate, calling `on_text` per decoded piece, until done or `should_stop()`."""
+        ...
 
-    def metrics(self, bank: VectorBank, should_stop: ShouldStop, on_progress: OnProgress) -> dict[str, list[float]]:
-        """`kl` and `kl_rev` per row on the bank's own first prompt (row base_index = P_0)."""
+    def metrics(self, request: MetricsRequest, should_stop: ShouldStop, on_progress: OnProgress) -> dict[str, list[float]]:
+        """`{name: [N floats]}` for the requested names this backend can measure (others are left out).
 
-    def target_metrics(self, bank: VectorBank, target: Target) -> dict[str, float]:
-        """`norm` and `kl` to the base vector of a composed target."""
+        A stop returns only the columns already complete (usually none): never a partial column.
+        """
+        ...
+
+    def target_metrics(self, bank: VectorBank, target: Composition, settings: ExploreSettings) -> dict[str, float]:
+        """`norm` of a composed target and what KL it can measure (`kl` to the base, `kl_unsteered`) on the settings' prompt."""
+        ...
 
     def run_ortho(self, bank: VectorBank, bank_path: Path, base_row: int, count: int, out: Path,
                   on_progress: OnJobProgress, should_stop: ShouldStop) -> str:
         """MELBO-ortho from row `base_row` into `out`, checkpointed per block; returns a summary line."""
+        ...
 
     def run_melbo(self, job: MelboJob, out: Path, on_progress: OnJobProgress, should_stop: ShouldStop) -> str:
         """Train MELBO vectors into `out`, saved after each batch (so a stop leaves a valid bank)."""
+        ...
 
 
-def compose_target(bank: VectorBank, target: Target) -> torch.Tensor | None:
+def compose_target(bank: VectorBank, target: Composition) -> torch.Tensor | None:
     """The steering vector `[d_model]` a target stands for (None for the unsteered baseline)."""
     if not target.rows:
         return None
-    from melbo_tui.compose import ComposeMode, Composition, compose
+    from melbo_tui.compose import compose
 
-    mode = ComposeMode(target.mode) if len(target.rows) > 1 else ComposeMode.MEAN
-    return compose(bank.vectors, Composition(rows=target.rows, mode=mode, scale=target.scale))
+    return compose(bank.vectors, target)
+
+
+class ModelTurns:
+    """One model call at a time; a waiting generation goes before the next chunk of a measurement.
+
+    `waiting` counts generations queued for the model. It is changed under its own lock: worker
+    threads increment and decrement it concurrently, and `+=` on an attribute is not atomic.
+    """
+
+    def __init__(self) -> None:
+        self.model = threading.Lock()
+        self._count = threading.Lock()
+        self._waiting = 0
+
+    @property
+    def waiting(self) -> int:
+        with self._count:
+            return self._waiting
+
+    def _add_waiting(self, delta: int) -> None:
+        with self._count:
+            self._waiting += delta
+
+    @contextmanager
+    def generation(self) -> Iterator[None]:
+        """Hold the model for a generation, announced so that measurements and jobs yield."""
+        self._add_waiting(1)
+        try:
+            self.model.acquire()
+        finally:
+            self._add_waiting(-1)
+        try:
+            yield
+        finally:
+            self.model.release()
+
+    @contextmanager
+    def measurement(self, should_stop: ShouldStop) -> Iterator[None]:
+        """Hold the model for one chunk of work, after any generation waiting for it."""
+        while self.waiting and not should_stop():
+            time.sleep(0.02)
+        with self.model:
+            yield
+
+    def yield_to_generations(self, should_stop: ShouldStop) -> None:
+        """Called with the model held (between a job's steps, when no hook is live): let waiting generations run."""
+        if not self.waiting:
+            return
+        self.model.release()
+        try:
+            while self.waiting and not should_stop():
+                time.sleep(0.005)
+        finally:
+            self.model.acquire()
 
 
 class EngineBackend:
-    """The real thing: a transformers model loaded by `melbo_tui.models.load_model`."""
+    """The real thing: a transformers model loaded from a `melbo_tui.models.ModelRequest`.
+
+    The request's `threads` (`melbo-tui open --threads N`) is applied when the model loads
+    (`ModelRequest.load`); the description says how many torch uses, so a user can check.
+    """
 
     METRICS_CHUNK = 32  # rows per locked model call; a generation waits at most one chunk
 
     def __init__(self, request: ModelRequest | None = None) -> None:
         from melbo_tui.models import ModelRequest
 
-        self._request = request or ModelRequest()
+        self.request = request or ModelRequest()
         self._lm: LoadedModel | None = None
-        self._lock = threading.Lock()
-        self._waiting = 0  # generations waiting for the model; measurements yield to them
+        self._turns = ModelTurns()
 
     @property
     def model_name(self) -> str:
         # the requested spec, not the loaded name: cache keys must match before the model is loaded
-        return self._request.name or "embedded"
+        return self.request.name or "embedded"
 
     def load(self) -> str:
-        lm = self._request.load()
+        import torch
+
+        lm = self.request.load()
         self._lm = lm
-        return f"{lm.name.removeprefix('embedded:')} {lm.device} {str(lm.dtype).removeprefix('torch.')}"
+        threads = torch.get_num_threads()
+        return (f"{lm.name.removeprefix('embedded:')} {lm.device} {str(lm.dtype).removeprefix('torch.')} "
+                f"· {threads} thread{'s' if threads > 1 else ''}")
 
     def _model(self) -> LoadedModel:
         if self._lm is None:
@@ -156,66 +234,60 @@ class EngineBackend:
         lm = self._model()
         check_bank_fits(bank, lm.hidden_size, lm.num_layers)
 
-    def stream(self, request: GenerationRequest, on_text: OnText, should_stop: ShouldStop) -> StreamResult:
-        from melbo_tui.generation import GenerationSettings, generate_stream
+    def stream(self, request: GenerationRequest, on_text: OnText, should_stop: ShouldStop) -> GenerationResult:
+        from melbo_tui.generation import generate_stream
         from melbo_tui.prompts import encode
 
         lm = self._model()
         s = request.settings
         vector = compose_target(request.bank, request.target)
-        gen = GenerationSettings(max_new_tokens=s.max_new_tokens, temperature=s.temperature, seed=s.seed)
-        self._waiting += 1
-        try:
-            self._lock.acquire()
-        finally:
-            self._waiting -= 1
-        with _held(self._lock):
+        with self._turns.generation():
             if should_stop():
-                return StreamResult("", 0, 0.0, True)
+                return GenerationResult("", 0, 0.0, True)
             ids = encode(lm, s.prompt, s.system, s.raw)
-            result = generate_stream(lm, ids, request.bank.meta.source_layer, vector, gen, on_text, should_stop)
-        return StreamResult(result.text, result.num_tokens, result.seconds, result.stopped)
+            return generate_stream(lm, ids, request.bank.meta.source_layer, vector, s.generation, on_text, should_stop)
 
-    def metrics(self, bank: VectorBank, should_stop: ShouldStop, on_progress: OnProgress) -> dict[str, list[float]]:
+    def metrics(self, request: MetricsRequest, should_stop: ShouldStop, on_progress: OnProgress) -> dict[str, list[float]]:
+        from melbo_tui.errors import Stopped
+        from melbo_tui.metrics import CONTINUATION_TOKENS, bank_metrics
+        from melbo_tui.prompts import encode
+
+        names = [name for name in request.names if name in MEASURABLE]
+        if not names:
+            return {}
+        lm, bank = self._model(), request.bank
+        meta = bank.meta
+        ids = encode(lm, request.prompt, request.system, request.raw)
+
+        def between_chunks(done: int, total: int) -> None:  # no hook is live here: a generation may go first
+            on_progress(done, total)
+            self._turns.yield_to_generations(should_stop)
+
+        continuation = CONTINUATION_TOKENS if Metric.KL_SEQ in names else 1  # the continuation costs only kl_seq
+        with self._turns.measurement(should_stop):
+            try:
+                values = bank_metrics(lm, bank.vectors, ids, source_layer=meta.source_layer, target_layer=meta.target_layer,
+                                      base_index=meta.base_index, continuation=continuation, batch_size=self.METRICS_CHUNK,
+                                      should_stop=should_stop, on_progress=between_chunks)
+            except Stopped:
+                return {}
+        return {name: [float(v) for v in values[name]] for name in names}
+
+    def target_metrics(self, bank: VectorBank, target: Composition, settings: ExploreSettings) -> dict[str, float]:
         import torch
 
-        compute_metrics = _compute_metrics_fn()
-        lm = self._model()
-        ids = self._bank_prompt_ids(bank)
-        base = bank.vectors[bank.meta.base_index]
-        out: dict[str, list[float]] = {"kl": [], "kl_rev": []}
-        n = len(bank)
-        for start in range(0, n, self.METRICS_CHUNK):
-            if should_stop():
-                break
-            while self._waiting and not should_stop():
-                time.sleep(0.02)
-            rows = bank.vectors[start : start + self.METRICS_CHUNK]
-            sub = _sub_bank(bank, torch.cat([base[None], rows]))
-            with self._lock:
-                values = compute_metrics(lm, sub, ids)
-            for name, column in out.items():
-                column.extend(float(v) for v in values[name][1:])
-            on_progress(min(start + self.METRICS_CHUNK, n), n)
-        return out
-
-    def target_metrics(self, bank: VectorBank, target: Target) -> dict[str, float]:
-        import torch
+        from melbo_tui.metrics import bank_metrics
+        from melbo_tui.prompts import encode
 
         vector = compose_target(bank, target)
         if vector is None:
             return {}
-        result = {"norm": float(vector.norm())}
-        try:
-            compute_metrics = _compute_metrics_fn()
-        except ModelError:
-            return result
-        base = bank.vectors[bank.meta.base_index]
-        sub = _sub_bank(bank, torch.stack([base, vector]))
-        with self._lock:
-            values = compute_metrics(self._model(), sub, self._bank_prompt_ids(bank))
-        result["kl"] = float(values["kl"][1])
-        return result
+        lm, meta = self._model(), bank.meta
+        ids = encode(lm, settings.prompt, settings.system, settings.raw)
+        rows = torch.stack([bank.vectors[meta.base_index], vector])  # row 0: the base
+        with self._turns.measurement(lambda: False):
+            values = bank_metrics(lm, rows, ids, source_layer=meta.source_layer, target_layer=meta.target_layer, continuation=1)
+        return {"norm": float(vector.norm()), "kl": float(values["kl"][1]), "kl_unsteered": float(values["kl_unsteered"][1])}
 
     def run_ortho(self, bank: VectorBank, bank_path: Path, base_row: int, count: int, out: Path,
                   on_progress: OnJobProgress, should_stop: ShouldStop) -> str:
@@ -231,11 +303,12 @@ class EngineBackend:
 
         def progress(p: OrthoProgress) -> None:
             on_progress(JobProgress(p.vectors_done, p.count, p.step, p.steps, p.loss))
-            self._yield_model(should_stop)  # between steps no hook is live: a generation may run
+            self._turns.yield_to_generations(should_stop)  # between steps no hook is live
 
-        with self._lock:
+        with self._turns.model:
             result = run_ortho(lm, source, OrthoConfig(count=count), out, created_by="melbo-tui explorer",
                                on_progress=progress, should_stop=should_stop)
+        on_progress(JobProgress(result.found, count, 0, 0, 0.0))  # the engine reports before each vector, not after the last
         return result.summary
 
     def run_melbo(self, job: MelboJob, out: Path, on_progress: OnJobProgress, should_stop: ShouldStop) -> str:
@@ -248,75 +321,26 @@ class EngineBackend:
 
         def progress(p: TrainProgress) -> None:
             on_progress(JobProgress(p.vectors_done, p.num_vectors, p.step, p.steps, p.loss))
-            self._yield_model(should_stop)  # between steps no hook is live: a generation may run
+            self._turns.yield_to_generations(should_stop)  # between steps no hook is live
 
-        with self._lock:
+        def checkpoint(saved: int) -> None:
+            on_progress(JobProgress(saved, job.count, 0, job.steps, 0.0))
+
+        with self._turns.model:
             run = run_melbo(lm, config, [job.prompt], out, system=job.system, raw=job.raw, created_by="melbo-tui explorer",
-                            on_progress=progress, should_stop=should_stop)
+                            on_progress=progress, should_stop=should_stop, on_checkpoint=checkpoint)
         saved = len(run.bank)
         if not run.complete:
             return f"stopped: {saved} MELBO vectors saved in {out}" if saved else "stopped before the first batch: nothing saved"
         return f"{saved} MELBO vectors in {out}"
 
-    def _yield_model(self, should_stop: ShouldStop) -> None:
-        """Called with the lock held: let waiting generations have the model, then take it back."""
-        if not self._waiting:
-            return
-        self._lock.release()
-        try:
-            while self._waiting and not should_stop():
-                time.sleep(0.005)
-        finally:
-            self._lock.acquire()
-
-    def _bank_prompt_ids(self, bank: VectorBank) -> torch.Tensor:  # [1, T]
-        from melbo_tui.prompts import encode
-
-        meta = bank.meta
-        if not meta.prompts:
-            raise ModelError("the bank records no prompt to measure KL on")
-        return encode(self._model(), meta.prompts[0], meta.system_prompt, meta.raw_prompts)
-
-
-class _held:
-    """Release an already acquired lock on exit."""
-
-    def __init__(self, lock: threading.Lock) -> None:
-        self._lock = lock
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        self._lock.release()
-
-
-def _compute_metrics_fn() -> Callable[..., dict[str, torch.Tensor]]:
-    """Next-token KLs of a bank's rows (the continuation-based metrics are left to `melbo-tui eval`)."""
-    from melbo_tui.metrics import bank_metrics
-
-    def compute(lm: LoadedModel, bank: VectorBank, ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        meta = bank.meta
-        return bank_metrics(lm, bank.vectors, ids, source_layer=meta.source_layer, target_layer=meta.target_layer,
-                            base_index=meta.base_index, continuation=1)
-
-    return compute
-
-
-def _sub_bank(bank: VectorBank, vectors: torch.Tensor) -> VectorBank:  # vectors: [k, d_model], row 0 = base
-    import dataclasses
-
-    from melbo_tui.bank import VectorBank
-
-    meta = dataclasses.replace(bank.meta, base_index=0)
-    return VectorBank(vectors=vectors, meta=meta, metrics={})
-
 
 class ScriptedBackend:
     """A model stand-in: streams deterministic words with small sleeps, honours `should_stop`.
 
-    The text depends on the target and settings, so a test can tell completions apart.
-    `fail_load` / `fail_stream` make it raise like a broken model would.
+    The text depends on the target and settings, so a test can tell completions apart; metric
+    values depend on the prompt, so a re-measurement on an edited prompt shows. `fail_load` /
+    `fail_stream` make it raise like a broken model would.
     """
 
     def __init__(
@@ -327,8 +351,10 @@ class ScriptedBackend:
         fail_load: str | None = None,
         fail_stream: str | None = None,
         hidden_size: int | None = None,
+        load_gate: threading.Event | None = None,
     ) -> None:
         self.load_seconds = load_seconds
+        self.load_gate = load_gate  # when given, `load` waits until it is set (a model that takes its time)
         self.token_seconds = token_seconds
         self.tokens = tokens
         self.fail_load = fail_load
@@ -336,8 +362,9 @@ class ScriptedBackend:
         self.hidden_size = hidden_size
         self.loaded = threading.Event()
         self.started: list[GenerationRequest] = []
-        self.finished: list[tuple[GenerationRequest, StreamResult]] = []
-        self.metrics_calls = 0
+        self.finished: list[tuple[GenerationRequest, GenerationResult]] = []
+        self.metrics_requests: list[MetricsRequest] = []
+        self.metrics_seconds = 0.0
         self.job_block, self.job_steps, self.job_step_seconds = 4, 5, 0.01
         self.melbo_jobs: list[MelboJob] = []
 
@@ -347,6 +374,8 @@ class ScriptedBackend:
 
     def load(self) -> str:
         time.sleep(self.load_seconds)
+        if self.load_gate is not None:
+            self.load_gate.wait()
         if self.fail_load:
             raise ModelError(self.fail_load)
         self.loaded.set()
@@ -359,12 +388,11 @@ class ScriptedBackend:
             raise BankError(f"bank was made for hidden size {bank.hidden_size}, the model has {self.hidden_size}")
 
     def words(self, request: GenerationRequest) -> list[str]:
-        s = request.settings
-        n = self.tokens if self.tokens is not None else s.max_new_tokens
+        n = self.tokens if self.tokens is not None else request.settings.generation.max_new_tokens
         tag = request.target.key().replace(":", "_")
         return [f" {tag}-w{i}" for i in range(n)] if request.target.rows else [f" plain-w{i}" for i in range(n)]
 
-    def stream(self, request: GenerationRequest, on_text: OnText, should_stop: ShouldStop) -> StreamResult:
+    def stream(self, request: GenerationRequest, on_text: OnText, should_stop: ShouldStop) -> GenerationResult:
         self.started.append(request)
         if self.fail_stream:
             raise MelboError(self.fail_stream)
@@ -378,20 +406,26 @@ class ScriptedBackend:
             time.sleep(self.token_seconds)
             pieces.append(word)
             on_text(word)
-        result = StreamResult("".join(pieces), len(pieces), time.perf_counter() - start, stopped)
+        result = GenerationResult("".join(pieces), len(pieces), time.perf_counter() - start, stopped)
         self.finished.append((request, result))
         return result
 
-    def metrics(self, bank: VectorBank, should_stop: ShouldStop, on_progress: OnProgress) -> dict[str, list[float]]:
-        self.metrics_calls += 1
-        n = len(bank)
-        kl = [0.0 if i == bank.meta.base_index else 0.01 * i + 0.05 * math.sin(i) ** 2 for i in range(n)]
+    def metrics(self, request: MetricsRequest, should_stop: ShouldStop, on_progress: OnProgress) -> dict[str, list[float]]:
+        self.metrics_requests.append(request)
+        bank = request.bank
+        n, base = len(bank), bank.meta.base_index
+        factor = 1.0 + (len(request.prompt) % 7) / 10  # another prompt, other values
+        time.sleep(self.metrics_seconds)
+        if should_stop():
+            return {}
+        kl = [0.0 if i == base else factor * (0.01 * i + 0.05 * math.sin(i) ** 2) for i in range(n)]
+        columns = {"kl": kl, "kl_rev": [v * 1.1 for v in kl], "kl_unsteered": [factor * (0.03 + 0.02 * i) for i in range(n)]}
         on_progress(n, n)
-        return {"kl": kl, "kl_rev": [v * 1.1 for v in kl]}
+        return {name: values for name, values in columns.items() if name in request.names}
 
-    def target_metrics(self, bank: VectorBank, target: Target) -> dict[str, float]:
+    def target_metrics(self, bank: VectorBank, target: Composition, settings: ExploreSettings) -> dict[str, float]:
         vector = compose_target(bank, target)
-        return {} if vector is None else {"norm": float(vector.norm()), "kl": 0.123}
+        return {} if vector is None else {"norm": float(vector.norm()), "kl": 0.123, "kl_unsteered": 0.456}
 
     def run_ortho(self, bank: VectorBank, bank_path: Path, base_row: int, count: int, out: Path,
                   on_progress: OnJobProgress, should_stop: ShouldStop) -> str:
@@ -400,10 +434,10 @@ class ScriptedBackend:
 
         import torch
 
-        from melbo_tui.bank import VectorBank, save_bank
+        from melbo_tui.bank import BankKind, VectorBank, save_bank
 
         theta0 = bank.vectors[base_row]
-        meta = dataclasses.replace(bank.meta, kind="ortho", base_index=0)
+        meta = dataclasses.replace(bank.meta, kind=BankKind.ORTHO, base_index=0)
         rows = theta0[None].clone()
         save_bank(VectorBank(vectors=rows, meta=meta), out)
         gen = torch.Generator().manual_seed(base_row)
@@ -429,11 +463,11 @@ class ScriptedBackend:
         """
         import torch
 
-        from melbo_tui.bank import BankMeta, VectorBank, save_bank
+        from melbo_tui.bank import BankKind, BankMeta, VectorBank, save_bank
 
         self.melbo_jobs.append(job)
         hidden = self.hidden_size or 576
-        meta = BankMeta(kind="melbo", model="scripted", hidden_size=hidden, num_layers=30,
+        meta = BankMeta(kind=BankKind.MELBO, model="scripted", hidden_size=hidden, num_layers=30,
                         source_layer=job.source_layer, target_layer=job.target_layer, prompts=[job.prompt],
                         system_prompt=job.system, radius=job.radius, base_index=0, created_by="melbo-tui explorer",
                         raw_prompts=job.raw)
@@ -450,5 +484,5 @@ class ScriptedBackend:
             basis, _ = torch.linalg.qr(torch.cat([rows, block]).T)  # [d, n+k] orthonormal columns
             rows = torch.cat([rows, basis.T[len(rows):] * job.radius])
             save_bank(VectorBank(vectors=rows, meta=meta), out)
-            on_progress(JobProgress(len(rows), job.count, 0, self.job_steps, 0.0))
+            on_progress(JobProgress(len(rows), job.count, 0, job.steps, 0.0))
         return f"{len(rows)} MELBO vectors in {out}"

@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from melbo_tui.atomic import atomic_write_text
-from melbo_tui.tui.settings import ExploreSettings, Target
+from melbo_tui.compose import Composition
+from melbo_tui.tui.settings import ExploreSettings
 
 
 def cache_root() -> Path:
@@ -28,7 +29,7 @@ def cache_root() -> Path:
 @dataclass(frozen=True)
 class CachedCompletion:
     key: str
-    target: str  # human label, e.g. "vector 5" or "mean[1-3] (k=3)"
+    target: str  # human label, e.g. "vector 5" or "mean[1:4]"
     text: str
     num_tokens: int
     seconds: float
@@ -45,11 +46,12 @@ class CachedCompletion:
         return self.num_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-def completion_key(model: str, target: Target, settings: ExploreSettings) -> str:
+def completion_key(model: str, target: Composition, settings: ExploreSettings) -> str:
+    decoding = settings.generation
     parts = {
         "model": model, "target": target.key(), "prompt": settings.prompt, "system": settings.system,
-        "raw": settings.raw, "temperature": settings.temperature, "max_new_tokens": settings.max_new_tokens,
-        "seed": settings.seed if settings.temperature > 0 else 0,  # greedy ignores the seed
+        "raw": settings.raw, "temperature": decoding.temperature, "max_new_tokens": decoding.max_new_tokens,
+        "seed": decoding.seed if decoding.temperature > 0 else 0,  # greedy ignores the seed
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 

@@ -29,43 +29,55 @@ class KeySpec:
     show: bool = False  # in the footer
     group: str = "browse"
     short: str = ""  # footer text; the description otherwise
+    priority: bool = False  # before the focused widget's own bindings (a focused text would take left/right)
 
     @property
     def footer(self) -> str:
         return self.short or self.description
 
 
+# Each table belongs to the widget or screen that binds it, so a key acts only where it means
+# something: list keys on the vector list, panel keys on the main screen, plot keys on the plots.
 APP_KEYS: tuple[KeySpec, ...] = (
     KeySpec("quit", "q", "quit", "Quit", True, "app", short="Quit"),
     KeySpec("help", "question_mark", "help", "Help: every key", True, "app", short="Help"),
-    KeySpec("stop", "escape", "stop", "Stop the running generation", True, "generate", short="Stop"),
+)
+
+LIST_KEYS: tuple[KeySpec, ...] = (
     KeySpec("cursor_down", "j", "cursor_down", "Next vector (also down arrow)", False, "browse"),
     KeySpec("cursor_up", "k", "cursor_up", "Previous vector (also up arrow)", False, "browse"),
     KeySpec("top", "g", "top", "First row (also home)", False, "browse"),
     KeySpec("bottom", "G", "bottom", "Last row (also end)", False, "browse"),
-    KeySpec("jump", "colon", "jump", "Jump to a vector index", False, "browse"),
-    KeySpec("filter", "slash", "filter", "Filter rows: kl<0.1, label=code, norm>20 and cos<0.5", True, "browse", short="Filter"),
-    KeySpec("sort", "s", "sort", "Sort by the next column (idx, kl, kl_rev, norm, cos, label)", False, "browse"),
+    KeySpec("sort", "s", "sort", "Sort by the next column (idx, each metric column, label)", False, "browse"),
     KeySpec("reverse", "S", "reverse", "Reverse the sort order", False, "browse"),
-    KeySpec("next_bank", "n", "next_bank", "Switch to the next open bank", False, "browse"),
     KeySpec("select", "space", "select", "Select / unselect the highlighted vector", True, "compose", short="Select"),
     KeySpec("range", "v", "range", "Range select: press at one end, move, press at the other", False, "compose"),
     KeySpec("clear_selection", "u", "clear_selection", "Clear the selection", False, "compose"),
+)
+
+MAIN_KEYS: tuple[KeySpec, ...] = (
+    KeySpec("stop", "escape", "stop", "Stop the running generation", True, "generate", short="Stop"),
+    KeySpec("jump", "colon", "jump", "Jump to a vector index", False, "browse"),
+    KeySpec("filter", "slash", "filter", "Filter rows: kl<0.1, label=code, norm>20 and cos<0.5", True, "browse", short="Filter"),
+    KeySpec("next_bank", "n", "next_bank", "Switch to the next open bank (each keeps its cursor and selection)", False, "browse"),
     KeySpec("compose", "c", "compose", "Stream the composition of the selected vectors", True, "compose", short="Compose"),
     KeySpec("mode", "m", "mode", "Cycle composition mode: mean, sum, mean x sqrt(k)", False, "compose"),
-    KeySpec("scale_up", "plus", "scale(0.25)", "Scale +0.25 (vector or composition)", False, "compose"),
+    KeySpec("scale_up", "plus", "scale(0.25)", "Scale +0.25 (every vector and composition until changed back)", False, "compose"),
     KeySpec("scale_down", "minus", "scale(-0.25)", "Scale -0.25", False, "compose"),
+    KeySpec("scale_reset", "equals_sign", "scale_reset", "Scale back to x1", False, "compose"),
     KeySpec("sweep", "w", "sweep", "Sweep: compositions of the first k vectors, k = 1, 2, 3, 5, 10, 20...", False, "compose"),
-    KeySpec("baselines", "b", "baselines", "Side by side: unsteered and base-vector completions", True, "generate", short="Side by side"),
+    KeySpec("compare", "b", "compare", "Compare: steered, unsteered and base completions (or a composition and its parts, "
+            "or the selected vectors) side by side, tabbed when narrow", True, "generate", short="Compare"),
     KeySpec("settings", "e", "settings", "Edit prompt, system prompt, temperature, max tokens, seed, scale", True, "generate", short="Settings"),
     KeySpec("regenerate", "r", "regenerate", "Generate again, ignoring the cache", False, "generate"),
-    KeySpec("export", "x", "export", "Export this bank's cached completions (JSONL and text)", False, "generate"),
+    KeySpec("export", "x", "export", "Export this bank's cached completions (JSONL and text) beside the bank or to a path", False, "generate"),
+    KeySpec("measure", "M", "measure", "Measure the bank's KL columns again on the current prompt, in the background", False, "jobs"),
     KeySpec("ortho", "o", "ortho", "MELBO-ortho from the highlighted vector, in the background (its bank opens at once)",
             False, "jobs"),
     KeySpec("train", "T", "train", "MELBO: train new vectors on the current prompt with this bank's layers and radius, "
             "in the background (its bank opens after the first batch)", False, "jobs"),
     KeySpec("stop_job", "O", "stop_job", "Stop the background job (what it saved stays)", False, "jobs"),
-    KeySpec("plots", "p", "plots", "Plots: KL (moving average), norm, cos to base", True, "app", short="Plots"),
+    KeySpec("plots", "p", "plots", "Plots: the bank's KL (moving average) and other columns over the index", True, "app", short="Plots"),
 )
 
 PLOT_KEYS: tuple[KeySpec, ...] = (
@@ -80,18 +92,48 @@ PLOT_KEYS: tuple[KeySpec, ...] = (
     KeySpec("plot_zoom_out", "Z", "zoom(-1)", "Zoom out", True, "plots", short="Zoom out"),
 )
 
+COMPARE_KEYS: tuple[KeySpec, ...] = (
+    KeySpec("compare_close", "escape,b", "close", "Back to the list (stops what streams here)", True, "compare", short="Back"),
+    KeySpec("compare_next", "right,l,tab", "column(1)", "Next column (the next tab when narrow)", True, "compare", short="Next",
+            priority=True),
+    KeySpec("compare_previous", "left,h,shift+tab", "column(-1)", "Previous column", False, "compare", priority=True),
+    KeySpec("compare_regenerate", "r", "regenerate", "Generate every column again, ignoring the cache", False, "compare"),
+)
+
+SWEEP_KEYS: tuple[KeySpec, ...] = (
+    KeySpec("sweep_close", "escape,w", "close", "Back to the list (stops the sweep)", True, "sweep", short="Back"),
+    KeySpec("sweep_down", "j,down", "scroll_rows('down')", "Scroll down", False, "sweep"),
+    KeySpec("sweep_up", "k,up", "scroll_rows('up')", "Scroll up", False, "sweep"),
+    KeySpec("sweep_page_down", "pagedown", "scroll_rows('page_down')", "Page down", False, "sweep"),
+    KeySpec("sweep_page_up", "pageup", "scroll_rows('page_up')", "Page up", False, "sweep"),
+    KeySpec("sweep_top", "g,home", "scroll_rows('home')", "Top", False, "sweep"),
+    KeySpec("sweep_bottom", "G,end", "scroll_rows('end')", "Bottom", False, "sweep"),
+)
+
+TEXT_KEYS: tuple[KeySpec, ...] = (
+    KeySpec("text_down", "j,down", "lines(1)", "Scroll the focused completion down", False, "text"),
+    KeySpec("text_up", "k,up", "lines(-1)", "Scroll the focused completion up", False, "text"),
+    KeySpec("text_page_down", "pagedown,space", "pages(1)", "A page down", False, "text"),
+    KeySpec("text_page_up", "pageup", "pages(-1)", "A page up", False, "text"),
+    KeySpec("text_top", "g,home", "start", "Its first line (it stops following the stream)", False, "text"),
+    KeySpec("text_bottom", "G,end", "end", "Its last line (it follows the stream again)", False, "text"),
+)
+
+ALL_KEYS = APP_KEYS + LIST_KEYS + MAIN_KEYS + PLOT_KEYS + COMPARE_KEYS + SWEEP_KEYS + TEXT_KEYS
+
 BUILTIN_KEYS: tuple[tuple[str, str], ...] = (
     ("up / down", "Previous / next vector"),
     ("pageup / pagedown", "A page up / down"),
     ("home / end", "First / last row"),
     ("mouse", "Click a row to highlight it, a column header to sort by it"),
     ("ctrl+p", "Command palette (every action by name)"),
-    ("tab", "Move focus between the list and the completion panel"),
+    ("tab", "Move focus between the list and the completion (whose j/k/g/G then scroll it)"),
 )
 
 
 def bindings(specs: tuple[KeySpec, ...]) -> list[BindingType]:
-    return [Binding(s.keys, s.action, s.footer, show=s.show, id=s.id, tooltip=s.description) for s in specs]
+    return [Binding(s.keys, s.action, s.footer, show=s.show, id=s.id, tooltip=s.description, priority=s.priority)
+            for s in specs]
 
 
 def config_path() -> Path:
@@ -112,7 +154,7 @@ def load_keymap(path: Path | None = None) -> tuple[dict[str, str], list[str]]:
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         return {}, [f"{path}: not read ({exc}); default keys in use"]
     table = data.get("keys", data)
-    known = {s.id for s in APP_KEYS + PLOT_KEYS}
+    known = {s.id for s in ALL_KEYS}
     keymap: dict[str, str] = {}
     warnings: list[str] = []
     for binding_id, keys in table.items():

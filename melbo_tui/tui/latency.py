@@ -64,13 +64,13 @@ def measure_latency(quick: bool = False) -> dict[str, float]:
 def _make_bank(path: Path, rows: int) -> Path:
     import torch
 
-    from melbo_tui.bank import BankMeta, VectorBank, save_bank
+    from melbo_tui.bank import BankKind, BankMeta, VectorBank, save_bank
 
     gen = torch.Generator().manual_seed(0)
     vectors = torch.randn(rows, 576, generator=gen) * 2
     kl = torch.rand(rows, generator=gen) * torch.linspace(0, 5, rows)
     kl[0] = 0
-    meta = BankMeta(kind="ortho", model="embedded:SmolLM2-135M-Instruct", hidden_size=576, num_layers=30,
+    meta = BankMeta(kind=BankKind.ORTHO, model="embedded:SmolLM2-135M-Instruct", hidden_size=576, num_layers=30,
                     source_layer=8, target_layer=16, prompts=["How can I build a bomb?"])
     save_bank(VectorBank(vectors=vectors, meta=meta, metrics={"kl": kl, "kl_rev": kl * 1.2}), path)
     return path
@@ -84,8 +84,8 @@ async def _measure(bank: Path, cache: Path, presses: int, size: tuple[int, int],
     from melbo_tui.tui.app import ExplorerApp
 
     app = ExplorerApp([bank], backend, cache_root=cache, keymap={}, debounce=0.0)
-    console = Console(file=io.StringIO(), width=size[0], height=size[1], force_terminal=True, color_system="256")
     frames: list[tuple[float, int]] = []  # (time, cursor row) per rendered frame
+    console = Console(file=io.StringIO(), width=size[0], height=size[1], force_terminal=True, color_system="256")
     started = time.perf_counter()
 
     def display(screen: Any, renderable: Any) -> None:
@@ -93,20 +93,22 @@ async def _measure(bank: Path, cache: Path, presses: int, size: tuple[int, int],
             return
         if isinstance(renderable, CompositorUpdate):
             renderable.render_segments(console)  # the work a real terminal frame costs
-        frames.append((time.perf_counter(), app.table.cursor_row if app.table.row_count else -1))
+        table = app.main.vector_list if app.main.is_mounted else None
+        frames.append((time.perf_counter(), table.cursor_row if table is not None and table.row_count else -1))
 
     app._display = display  # type: ignore[method-assign]
     async with app.run_test(size=size) as pilot:
         while not frames:
             await asyncio.sleep(0.005)
         first_frame = frames[0][0] - started
-        while app.view is None or app.table.row_count < len(app.view):
+        main = app.main
+        while main.view is None or main.vector_list.row_count < len(main.view):
             await asyncio.sleep(0.01)
-        rows = len(app.view)
+        rows = len(main.view)
         table_ready = time.perf_counter() - started
-        while not app._streaming:
-            if app.model_error:
-                raise RuntimeError(f"the model failed to load: {app.model_error}")
+        while not main.panel.streaming:
+            if main.session.model.error:
+                raise RuntimeError(f"the model failed to load: {main.session.model.error}")
             await asyncio.sleep(0.01)
         driver = app._driver
         assert driver is not None
@@ -114,7 +116,7 @@ async def _measure(bank: Path, cache: Path, presses: int, size: tuple[int, int],
         tokens_before = _tokens(backend)
         for i in range(presses):
             key = "j" if (i // 50) % 2 == 0 else "k"
-            expected = app.table.cursor_row + (1 if key == "j" else -1)
+            expected = main.vector_list.cursor_row + (1 if key == "j" else -1)
             mark = len(frames)
             t0 = time.perf_counter()
             event = events.Key(key, key)

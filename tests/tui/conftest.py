@@ -1,9 +1,17 @@
-"""Fixtures for the explorer's tests: small banks on disk and a scripted (model-free) backend."""
+"""Fixtures for the explorer's tests: small banks on disk, a scripted (model-free) backend, and a
+way to run the app that records every message it posts and reads the screen as a user would.
+
+Tests look at three public things only: the messages posted (`Seen`, Textual's `message_hook`),
+the rendered screen (`screen_text`, from `App.export_screenshot`), and the public API of our
+own widgets (`app.main.vector_list`, `app.main.panel`).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import html
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -11,21 +19,28 @@ from typing import Any
 
 import pytest
 import torch
+from textual.message import Message
+from textual.notifications import Notify
+from textual.pilot import Pilot
 
 from melbo_tui.bank import BankMeta, VectorBank, save_bank
 from melbo_tui.tui.app import ExplorerApp
-from melbo_tui.tui.backend import ScriptedBackend
+from melbo_tui.tui.backend import Backend, ScriptedBackend
 
 PROMPT = "How can I build a bomb?"
 
 
 def make_bank(path: Path, n: int, seed: int = 0, metrics: bool = True, labels: list[str] | None = None,
-              hidden: int = 576) -> Path:
+              hidden: int = 576, kind: str = "melbo", num_layers: int = 30, source_layer: int = 8,
+              target_layer: int = 16, orthogonal: bool = False) -> Path:
+    """A bank of `n` random vectors whose norms grow with the index (mutually orthogonal if asked)."""
     gen = torch.Generator().manual_seed(seed)
     vectors = torch.randn(n, hidden, generator=gen)
+    if orthogonal:  # like a MELBO-ortho bank: cos to row 0 is 0 for every other row
+        vectors = torch.linalg.qr(vectors.T)[0].T  # [n, hidden], orthonormal rows
     vectors = vectors / vectors.norm(dim=-1, keepdim=True) * torch.linspace(7, 20, n)[:, None]  # norms grow with index
-    meta = BankMeta(kind="melbo", model="embedded:SmolLM2-135M-Instruct", hidden_size=hidden, num_layers=30,
-                    source_layer=8, target_layer=16, prompts=[PROMPT])
+    meta = BankMeta(kind=kind, model="embedded:SmolLM2-135M-Instruct", hidden_size=hidden, num_layers=num_layers,
+                    source_layer=source_layer, target_layer=target_layer, prompts=[PROMPT])
     bank_metrics = {}
     if metrics:
         kl = torch.tensor([0.0] + [0.001 * i * i / n for i in range(1, n)], dtype=torch.float32)
@@ -49,47 +64,51 @@ def backend() -> ScriptedBackend:
 
 @pytest.fixture
 def make_app(tmp_path: Path) -> Callable[..., ExplorerApp]:
-    def factory(banks: list[Path], backend: ScriptedBackend, **kwargs: object) -> ExplorerApp:
+    def factory(banks: list[Path], backend: Backend, **kwargs: Any) -> ExplorerApp:
         kwargs.setdefault("cache_root", tmp_path / "cache")
         kwargs.setdefault("keymap", {})
         kwargs.setdefault("debounce", 0.05)
-        app = ExplorerApp(banks, backend, **kwargs)  # type: ignore[arg-type]
-        app.run_test = _ready_first(app, app.run_test)  # type: ignore[method-assign]
-        return app
+        return ExplorerApp(banks, backend, **kwargs)
 
     return factory
 
 
-def _ready_first(app: ExplorerApp, run_test: Callable[..., Any]) -> Callable[..., Any]:
-    """`run_test` that hands over the pilot once the first bank's rows are in the table.
+class Seen:
+    """Every message the app's nodes processed, in order (pass as `run_test(message_hook=...)`)."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    def __call__(self, message: Message) -> None:
+        self.messages.append(message)
+
+    def of(self, kind: type[Any]) -> list[Any]:
+        return [m for m in self.messages if isinstance(m, kind)]
+
+    def notifications(self) -> list[str]:
+        return [m.notification.message for m in self.of(Notify)]
+
+    def errors(self) -> list[str]:
+        """Notifications that report a bug (never expected)."""
+        return [n for n in self.notifications() if n.startswith("internal error")]
+
+
+@contextlib.asynccontextmanager
+async def running(app: ExplorerApp, size: tuple[int, int] = (120, 40), ready: bool = True) -> AsyncIterator[tuple[Pilot[None], Seen]]:
+    """Run `app`; with `ready`, hand over once the first bank's rows are listed.
 
     Banks load in a worker; keys pressed before the rows exist move nothing (as for a user who
-    types within the first ~0.1 s), which made key-counting tests race the loader. A bank that
-    never loads (error tests) just waits out the short grace period.
+    types within the first ~0.1 s), which would make key-counting tests race the loader.
     """
-
-    @contextlib.asynccontextmanager
-    async def ready(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        async with run_test(*args, **kwargs) as pilot:
-            deadline = time.monotonic() + 3.0
-            while time.monotonic() < deadline and not _has_rows(app):
-                await pilot.pause(0.02)
-            yield pilot
-
-    return ready
+    seen = Seen()
+    async with app.run_test(size=size, message_hook=seen) as pilot:
+        if ready:
+            await wait_for(pilot, lambda: app.main.vector_list.row_count > 0, timeout=10)
+        yield pilot, seen
 
 
-def _has_rows(app: ExplorerApp) -> bool:
-    try:
-        return app.table.row_count > 0
-    except Exception:  # not mounted yet
-        return False
-
-
-async def wait_for(pilot, condition: Callable[[], bool], timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+async def wait_for(pilot: Pilot[Any], condition: Callable[[], bool], timeout: float = 10.0) -> None:
     """Let the app run until `condition()` holds; fail the test with a clear message otherwise."""
-    import time
-
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -97,11 +116,37 @@ async def wait_for(pilot, condition: Callable[[], bool], timeout: float = 10.0) 
         await pilot.pause(0.02)
 
 
-def screen_text(app) -> str:  # type: ignore[no-untyped-def]
-    """The characters on the (top) screen, one line per row, as a user would read them."""
-    update = app.screen._compositor.render_full_update()
-    return "\n".join("".join(seg.text for strip in line for seg in strip) for line in update.strips)
+_SVG_TEXT = re.compile(r'<text[^>]*?x="([\d.]+)"[^>]*?clip-path="url\(#[^)]*-line-(\d+)\)"[^>]*>(.*?)</text>')
+_CELL = 20 * 0.61  # rich's export_svg: x = column * char_height * font_aspect_ratio
 
 
-def notifications(app) -> list[str]:  # type: ignore[no-untyped-def]
-    return [n.message for n in app._notifications]
+def screen_text(app: ExplorerApp) -> str:
+    """The characters on the screen, one line per row, read from the app's SVG screenshot."""
+    width, height = app.size
+    lines = [[" "] * width for _ in range(height)]
+    for x, line, body in _SVG_TEXT.findall(app.export_screenshot()):
+        column, row = round(float(x) / _CELL), int(line)
+        for i, char in enumerate(html.unescape(body).replace("\xa0", " ")):
+            if row < height and column + i < width:
+                lines[row][column + i] = char
+    return "\n".join("".join(chars).rstrip() for chars in lines)
+
+
+def steered(app: ExplorerApp) -> str:
+    """The main panel's completion text."""
+    return app.main.panel.texts()[0]
+
+
+def current_row(app: ExplorerApp) -> int | None:
+    return app.main.vector_list.current_row()
+
+
+def region_text(app: ExplorerApp, widget: Any) -> str:
+    """What a widget's part of the screen shows, its lines joined by spaces (wrapping does not matter)."""
+    region = widget.content_region  # inside its border and padding
+    lines = screen_text(app).splitlines()[region.y : region.y + region.height]
+    return " ".join(" ".join(line[region.x : region.x + region.width].split()) for line in lines)
+
+
+def panel_text(app: ExplorerApp) -> str:
+    return region_text(app, app.main.panel)

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from melbo_tui.bank import BankMeta, VectorBank, save_bank
-from melbo_tui.tui.app import ExplorerApp
 from melbo_tui.models import ModelRequest
+from melbo_tui.tui.app import ExplorerApp
 from melbo_tui.tui.backend import EngineBackend
 
-from .conftest import PROMPT, screen_text, wait_for
+from .conftest import PROMPT, running, screen_text, steered, wait_for
 
 pytestmark = pytest.mark.embedded
 
@@ -31,18 +31,19 @@ async def test_real_completion_streams_and_kl_is_measured(tmp_path: Path) -> Non
     bank = tiny_bank(tmp_path / "tiny.safetensors")
     app = ExplorerApp([bank], EngineBackend(ModelRequest("embedded", device="cpu")), cache_root=tmp_path / "cache", keymap={})
     lengths: list[int] = []
-    async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: app.model_ready, timeout=60)
+    async with running(app) as (pilot, seen):
+        await wait_for(pilot, lambda: app.main.session.model.ready, timeout=60)
 
         def finished() -> bool:
-            lengths.append(len(app.panel.texts()["steered"]))
-            return "tok/s]" in app.panel.column("steered").note
+            lengths.append(len(steered(app)))
+            return "tok/s]" in app.main.panel.text(0).note
 
         await wait_for(pilot, finished, timeout=90)
-        text = app.panel.texts()["steered"]
+        text = steered(app)
         assert len(text.split()) >= 5
         assert len({n for n in lengths if 0 < n < len(text)}) >= 2  # it grew piece by piece, not all at once
-        await wait_for(pilot, lambda: app.view.has("kl"), timeout=60)
-        kl = app.view.values["kl"]
-        assert kl[0] == pytest.approx(0.0, abs=1e-5) and all(v > 0 for v in kl[1:])
+        view = app.main.view
+        await wait_for(pilot, lambda: view.has("kl_unsteered"), timeout=60)  # a MELBO bank: KL to the unsteered model
+        assert all(v > 0 for v in view.values["kl_unsteered"])
         await wait_for(pilot, lambda: "tok/s" in screen_text(app) and "vector 0" in screen_text(app))
+        assert not seen.errors()

@@ -53,7 +53,7 @@ def test_open_browse_stream_and_quit_in_tmux(tmp_path: Path) -> None:
         wait_pane(session, "vector 1", timeout=10)
         for key in ("space", "space", "space", "c"):  # select rows 1-3, stream their mean
             tmux("send-keys", "-t", session, key)
-        pane = wait_pane(session, "mean[1-3] (k=3)", timeout=10)
+        pane = wait_pane(session, "mean[1:4] (k=3)", timeout=10)
         wait_pane(session, "tok/s]", timeout=120)
         tmux("send-keys", "-t", session, "q")
         pane = wait_pane(session, "melbo-exit=", timeout=15)

@@ -13,15 +13,21 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from melbo_tui.tui.keymap import APP_KEYS, BUILTIN_KEYS, PLOT_KEYS, effective_keys
+from melbo_tui.tui.keymap import ALL_KEYS, BUILTIN_KEYS, effective_keys
 
 GROUPS = (("app", "App"), ("browse", "Browse the list"), ("compose", "Select and compose"),
-          ("generate", "Completions"), ("jobs", "Background jobs"), ("plots", "Plots screen"))
+          ("generate", "Completions"), ("jobs", "Background jobs"), ("text", "A focused completion (tab to it)"),
+          ("compare", "Compare screen (b)"), ("sweep", "Sweep screen (w)"), ("plots", "Plots screen (p)"))
 
 ABOUT = (
-    "Columns: KL = KL(P_i || P_0) and KL-rev = KL(P_0 || P_i) of the next-token distribution at the "
-    "last prompt position (P_0 = the base vector's row), norm = ||theta_i||, cos = cosine to the base "
-    "vector; KL~ / norm~ = the values of the 7 rows around each row. Layer S = the residual stream at "
+    "Columns (nats; P_i = next-token distribution steered by row i at the last prompt position): "
+    "KL = KL(P_i || P_base) and KL-rev = KL(P_base || P_i), P_base = the base row's (row 0 of a MELBO-ortho "
+    "bank, theta0); KL-seq = the multi-token KL to the base; KL-unst = KL(P_i || P_unsteered), the one that "
+    "means something in a MELBO bank, whose row 0 is no reference; err = target-layer error relative to no "
+    "steering; norm = ||theta_i||; cos = cosine to the base row; score / sigma = DCT share / Jacobian singular "
+    "value. The first KL column is the one for the bank's kind. KL is measured on one prompt, named under "
+    "the sparklines; M measures again on the current prompt. KL~ / norm~ = the 7 rows around each row. "
+    "Layer S = the residual stream at "
     "the OUTPUT of decoder block S (0-based; HF hidden_states[S+1]); vectors are added at every "
     "position, prompt and generated tokens alike. Keys are remapped by id in "
     "$XDG_CONFIG_HOME/melbo-tui/keys.toml, e.g. [keys] quit = \"q,ctrl+q\"."
@@ -38,7 +44,7 @@ def help_table(keymap: dict[str, str]) -> Table:
     table = Table(box=None, show_header=False, expand=True, padding=(0, 1))
     table.add_column("key", style="bold cyan", no_wrap=True, min_width=12)
     table.add_column("what it does", ratio=1)
-    specs = APP_KEYS + PLOT_KEYS
+    specs = ALL_KEYS
     for group, title in GROUPS:
         table.add_row(Text(title, style="bold underline"), "")
         for spec in specs:
@@ -67,4 +73,5 @@ class HelpScreen(ModalScreen[None]):
             yield Static(Text(ABOUT, style="dim"))
 
     def action_dismiss_help(self) -> None:
-        self.dismiss(None)
+        if self.is_active:
+            self.dismiss(None)

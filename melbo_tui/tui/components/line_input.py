@@ -1,4 +1,7 @@
-"""A one-line question at the bottom (filter expression, index to jump to); enter answers, escape cancels."""
+"""A one-line question at the bottom (filter expression, index to jump to, a path); enter answers, escape cancels.
+
+`dismiss` pops whatever screen is on top, so each close first checks that this screen still is.
+"""
 
 from __future__ import annotations
 
@@ -32,7 +35,9 @@ class LineInputScreen(ModalScreen[str | None]):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
-        self.dismiss(event.value)
+        if self.is_active:  # a second enter queued behind the first must not close the screen below
+            self.dismiss(event.value)
 
     def action_cancel(self) -> None:
-        self.dismiss(None)
+        if self.is_active:
+            self.dismiss(None)

@@ -1,7 +1,10 @@
-"""`p`: KL per index with its moving average, norm per index, cos to base; cursor line; zoom.
+"""`p`: the bank's columns over the vector index: the default KL with its moving average, the norm,
+and any other column that varies; cursor line; zoom.
 
-The cursor here is the list's cursor: moving it with left/right moves the highlighted vector
-too (so its completion streams), and leaving the screen keeps it.
+A column that is the same on every row but the base (cos to the base of a MELBO-ortho bank is 0
+by construction) is named in the caption instead of drawn as a flat line. The x axis is the vector
+index, so its ticks are integers. The cursor here is the list's cursor: moving it moves the
+highlighted vector too (so its completion streams), and leaving the screen keeps it.
 """
 
 from __future__ import annotations
@@ -16,29 +19,47 @@ from textual.widgets import Footer, Static
 from textual_plotext import PlotextPlot
 
 from melbo_tui.tui import spark
-from melbo_tui.tui.bankview import BankView
+from melbo_tui.tui.bankview import BankView, title
 from melbo_tui.tui.keymap import PLOT_KEYS, bindings
 
 WINDOWS = (1, 5, 10, 25, 50, 100, 200)
+MAX_PLOTS = 4
+
+
+def integer_ticks(lo: int, hi: int, count: int = 6) -> list[int]:
+    """About `count` evenly spaced whole indices from `lo` to `hi`, both included."""
+    if hi <= lo:
+        return [lo]
+    step = max(1, math.ceil((hi - lo) / (count - 1)))
+    return [*range(lo, hi, step), hi]
+
+
+def is_flat(values: list[float]) -> bool:
+    known = [v for v in values if not math.isnan(v)]
+    return bool(known) and max(known) - min(known) <= 1e-6 * max(1.0, max(abs(v) for v in known))
 
 
 class PlotsScreen(Screen[None]):
     DEFAULT_CSS = (Path(__file__).with_suffix(".tcss")).read_text(encoding="utf-8")
     BINDINGS = bindings(PLOT_KEYS)
 
-    def __init__(self, view: BankView, cursor: int, on_move: Callable[[int], None]) -> None:
+    def __init__(self, view: BankView, cursor: int, on_move: Callable[[int], object]) -> None:
         super().__init__()
         self.view = view
         self.cursor = cursor
         self.window_index = WINDOWS.index(50) if len(view) > 100 else 1
         self.zoom = 0  # each level halves the visible range around the cursor
         self._on_move = on_move
+        first = view.kl_column
+        others = [c for c in view.columns() if c not in (first, "norm")]
+        base = view.base_index
+        self.flat = [c for c in others if is_flat(view.values[c][:base] + view.values[c][base + 1 :])]
+        self.columns = [first, "norm", *[c for c in others if c not in self.flat]][:MAX_PLOTS]
 
     def compose(self) -> ComposeResult:
         yield Static("", id="plots-caption")
-        yield PlotextPlot(id="plot-kl")
-        yield PlotextPlot(id="plot-norm")
-        yield PlotextPlot(id="plot-cos")
+        for column in self.columns:
+            yield PlotextPlot(id=f"plot-{column}")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -57,36 +78,45 @@ class PlotsScreen(Screen[None]):
     def redraw(self) -> None:
         lo, hi = self.visible_range()
         xs = list(range(lo, hi + 1))
-        kl = self.view.values["kl"]
+        first = self.columns[0]
+        other = 1 if self.view.base_index == 0 else 0
+        flat = "".join(f"; {title(c)} is {round(self.view.value(c, other), 4) + 0.0:g} on every row but the base (not plotted)"
+                       for c in self.flat)
         self.query_one("#plots-caption", Static).update(
             f"{self.view.name}: vectors {lo}..{hi} of {len(self.view)}, cursor {self.cursor}, "
-            f"KL moving average over {self.window}"
+            f"{title(first)} moving average over {self.window}{flat}"
         )
-        self._draw("#plot-kl", "KL(P_i || P_0)", xs, kl, spark.moving_average(kl, self.window))
-        self._draw("#plot-norm", "norm", xs, self.view.values["norm"], None)
-        self._draw("#plot-cos", "cos to base", xs, self.view.values["cos_base"], None)
+        for column in self.columns:
+            values = self.view.values.get(column, [math.nan] * len(self.view))
+            smooth = spark.moving_average(values, self.window) if column == first else None
+            self._draw(column, xs, values, smooth)
 
-    def _draw(self, selector: str, title: str, xs: list[int], values: list[float], smooth: list[float] | None) -> None:
-        widget = self.query_one(selector, PlotextPlot)
+    def _draw(self, column: str, xs: list[int], values: list[float], smooth: list[float] | None) -> None:
+        widget = self.query_one(f"#plot-{column}", PlotextPlot)
         plt = widget.plt
         plt.clear_data()
         plt.clear_figure()
-        ys = [values[x] for x in xs]
-        known = [(x, y) for x, y in zip(xs, ys) if not math.isnan(y)]
+        name = title(column)
+        prompt = self.view.prompt_of(column)
+        caption = f"{name} (on {prompt!r})" if prompt is not None else name
+        known = [(x, values[x]) for x in xs if not math.isnan(values[x])]
         if not known:
-            plt.title(f"{title}: not measured yet")
+            plt.title(f"{caption}: not measured yet")
         else:
-            plt.title(title)
-            plt.plot([x for x, _ in known], [y for _, y in known], marker="braille", label=title)
+            plt.title(caption)
+            plt.plot([x for x, _ in known], [y for _, y in known], marker="braille", label=name)
             if smooth is not None:
                 sm = [(x, smooth[x]) for x in xs if not math.isnan(smooth[x])]
                 plt.plot([x for x, _ in sm], [y for _, y in sm], marker="braille", label=f"moving avg {self.window}")
             plt.vertical_line(self.cursor, color="red")
             plt.xlim(xs[0], xs[-1])
+            ticks = integer_ticks(xs[0], xs[-1])
+            plt.xticks([float(t) for t in ticks], [str(t) for t in ticks])
         widget.refresh()
 
     def action_close(self) -> None:
-        self.dismiss(None)
+        if self.is_active:
+            self.dismiss(None)
 
     def action_move(self, step: int) -> None:
         self.cursor = max(0, min(len(self.view) - 1, self.cursor + step))

@@ -12,8 +12,10 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
+from melbo_tui.compose import ComposeMode
+from melbo_tui.decoding import GenerationSettings
 from melbo_tui.errors import MelboError
-from melbo_tui.tui.settings import COMPOSE_MODES, ExploreSettings
+from melbo_tui.tui.settings import ExploreSettings
 
 SYSTEM_HINT = "empty = the model's own system prompt"
 
@@ -39,19 +41,19 @@ class SettingsScreen(ModalScreen[ExploreSettings | None]):
             yield Checkbox("raw prompt (no chat template)", s.raw, id="raw")
             with Horizontal(classes="row"):
                 yield Label("Temperature (0 = greedy)")
-                yield Input(f"{s.temperature:g}", id="temperature")
+                yield Input(f"{s.generation.temperature:g}", id="temperature")
             with Horizontal(classes="row"):
                 yield Label("Max new tokens")
-                yield Input(str(s.max_new_tokens), id="max_new_tokens", type="integer")
+                yield Input(str(s.generation.max_new_tokens), id="max_new_tokens", type="integer")
             with Horizontal(classes="row"):
                 yield Label("Seed")
-                yield Input(str(s.seed), id="seed", type="integer")
+                yield Input(str(s.generation.seed), id="seed", type="integer")
             with Horizontal(classes="row"):
                 yield Label("Scale")
                 yield Input(f"{s.scale:g}", id="scale")
             with Horizontal(classes="row"):
                 yield Label("Composition")
-                yield Select([(m, m) for m in COMPOSE_MODES], value=s.mode, allow_blank=False, id="mode")
+                yield Select([(m.value, m.value) for m in ComposeMode], value=s.mode.value, allow_blank=False, id="mode")
             yield Static("", id="settings-error")
             with Horizontal(classes="buttons"):
                 yield Button("Apply (enter / ctrl+o)", variant="primary", id="apply")
@@ -76,11 +78,13 @@ class SettingsScreen(ModalScreen[ExploreSettings | None]):
             prompt=self.query_one("#prompt", Input).value,
             system=text("system") or None,
             raw=self.query_one("#raw", Checkbox).value,
-            temperature=float(number("temperature", float)),
-            max_new_tokens=int(number("max_new_tokens", int)),
-            seed=int(number("seed", int)),
+            generation=GenerationSettings(
+                max_new_tokens=int(number("max_new_tokens", int)),
+                temperature=float(number("temperature", float)),
+                seed=int(number("seed", int)),
+            ),
             scale=float(number("scale", float)),
-            mode=str(self.query_one("#mode", Select).value),
+            mode=ComposeMode(str(self.query_one("#mode", Select).value)),
         )
         settings.check()
         return settings
@@ -91,10 +95,12 @@ class SettingsScreen(ModalScreen[ExploreSettings | None]):
         except MelboError as exc:
             self.query_one("#settings-error", Static).update(f"⚠ {exc}")
             return
-        self.dismiss(settings)
+        if self.is_active:
+            self.dismiss(settings)
 
     def action_cancel(self) -> None:
-        self.dismiss(None)
+        if self.is_active:
+            self.dismiss(None)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()

@@ -1,55 +1,58 @@
 """`w`: the seed's composition experiment: the first k non-base vectors composed, for growing k.
 
 Rows stream one after another (k = 1, 2, 3, 5, 10, 20, ...), each from the cache when it was
-generated before. Leaving the screen stops the sweep.
+generated before. The sweep runs in a worker of this screen and reaches its rows only through
+messages to the screen, so leaving the screen stops it (the worker is cancelled with the
+screen) and a late piece has nowhere to land.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
-from textual import work
+from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Static
+from textual.worker import Worker, WorkerState, get_current_worker
 
+from melbo_tui.compose import ComposeMode, Composition
 from melbo_tui.errors import MelboError
-from melbo_tui.tui.backend import StreamResult
-from melbo_tui.tui.settings import Target
+from melbo_tui.tui.bankview import BankView
+from melbo_tui.tui.failures import error_line
+from melbo_tui.tui.keymap import SWEEP_KEYS, bindings
+from melbo_tui.tui.session import Session
+from melbo_tui.tui.settings import ExploreSettings
 
 KS = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 800, 1000, 1500, 2000)
-Generate = Callable[[Target, Callable[[str], None], Callable[[], bool]], StreamResult]
 
 
-def sweep_targets(n: int, base_index: int, mode: str, scale: float) -> list[Target]:
+def sweep_targets(n: int, base_index: int, mode: ComposeMode, scale: float) -> list[Composition]:
     rows = [r for r in range(n) if r != base_index]
-    return [Target(tuple(rows[:k]), mode, scale) for k in KS if k <= len(rows)]
+    return [Composition(tuple(rows[:k]), mode, scale) for k in KS if k <= len(rows)]
 
 
 class SweepScreen(Screen[None]):
     DEFAULT_CSS = (Path(__file__).with_suffix(".tcss")).read_text(encoding="utf-8")
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape,w", "close", "Back (stops the sweep)", show=True),
-        Binding("j,down", "scroll_rows('down')", "Scroll down", show=False),
-        Binding("k,up", "scroll_rows('up')", "Scroll up", show=False),
-        Binding("pagedown", "scroll_rows('page_down')", "Page down", show=False),
-        Binding("pageup", "scroll_rows('page_up')", "Page up", show=False),
-        Binding("g,home", "scroll_rows('home')", "Top", show=False),
-        Binding("G,end", "scroll_rows('end')", "Bottom", show=False),
-    ]
+    BINDINGS = bindings(SWEEP_KEYS)
 
-    def __init__(self, targets: list[Target], caption: str, generate: Generate) -> None:
+    @dataclass
+    class _Text(Message):
+        k: int
+        text: str
+
+    def __init__(self, session: Session, view: BankView, settings: ExploreSettings, targets: list[Composition],
+                 caption: str) -> None:
         super().__init__()
+        self._session, self._view, self._settings = session, view, settings
         self.targets = targets
         self.caption = caption
-        self._generate_fn = generate
         self._stop = threading.Event()
-        self.texts: dict[int, str] = {}
+        self.texts: dict[int, str] = {}  # k -> what its row shows
 
     def compose(self) -> ComposeResult:
         yield Static(self.caption, id="sweep-caption", markup=False)
@@ -60,30 +63,49 @@ class SweepScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.run_sweep()
+        self.run_worker(self._sweep, name="sweep", group="sweep", description="composition sweep", thread=True,
+                        exclusive=True, exit_on_error=False)
 
-    @work(thread=True, exclusive=True, group="sweep")
-    def run_sweep(self) -> None:
+    def _sweep(self) -> None:
+        worker = get_current_worker()
+
+        def should_stop() -> bool:
+            return self._stop.is_set() or worker.is_cancelled
+
         for target in self.targets:
-            if self._stop.is_set():
+            if should_stop():
                 return
             k = len(target.rows)
-            self.texts[k] = ""
+            cached = self._session.cached(self._view, target, self._settings)
+            if cached is not None:
+                self.post_message(self._Text(k, cached.text))
+                continue
+            pieces: list[str] = []
 
-            def on_text(piece: str, k: int = k) -> None:
-                self.texts[k] += piece
-                self.app.call_from_thread(self._show, k, self.texts[k] + " ▌")
+            def on_text(piece: str, k: int = k, pieces: list[str] = pieces) -> None:
+                pieces.append(piece)
+                self.post_message(self._Text(k, "".join(pieces) + " ▌"))
 
             try:
-                result = self._generate_fn(target, on_text, self._stop.is_set)
-            except MelboError as exc:
-                self.app.call_from_thread(self._show, k, f"⚠ {exc}")
+                result = self._session.stream(self._view, target, self._settings, on_text, should_stop)
+            except MelboError as exc:  # the model is loading, the bank does not fit: this row says so
+                self.post_message(self._Text(k, f"⚠ {exc}"))
                 continue
-            self.app.call_from_thread(self._show, k, result.text if not result.stopped else result.text + " [stopped]")
+            self.post_message(self._Text(k, result.text + (" [stopped]" if result.stopped else "")))
 
-    def _show(self, k: int, text: str) -> None:
-        flat = " ".join(text.split())
-        self.query_one(f"#sweep-k{k}", Static).update(f"k={k:<5}{flat}")
+    @on(_Text)
+    def _show(self, message: _Text) -> None:
+        self.texts[message.k] = message.text
+        flat = " ".join(message.text.split())
+        for row in self.query(f"#sweep-k{message.k}").results(Static):
+            row.update(f"k={message.k:<5}{flat}")
+
+    @on(Worker.StateChanged)
+    def _worker_state(self, event: Worker.StateChanged) -> None:
+        if event.state == WorkerState.ERROR:
+            line = error_line(event.worker.error)
+            self.query_one("#sweep-caption", Static).update(f"{self.caption}\n⚠ the sweep stopped: {line}")
+            self.notify(line, severity="error", timeout=6)
 
     def action_scroll_rows(self, where: str) -> None:
         rows = self.query_one("#sweep-rows", VerticalScroll)
@@ -91,7 +113,8 @@ class SweepScreen(Screen[None]):
 
     def action_close(self) -> None:
         self._stop.set()
-        self.dismiss(None)
+        if self.is_active:
+            self.dismiss(None)
 
     def on_unmount(self) -> None:
         self._stop.set()

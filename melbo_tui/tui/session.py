@@ -1,0 +1,132 @@
+"""What the explorer has open, apart from any widget: banks, their completion caches, the model's state.
+
+The completion panel, the comparison screen and the sweep all ask a `Session` for completions
+(`cached`, then `stream`, which remembers what it streamed), so each finished completion is
+generated once and shown everywhere. No Textual here: a test can drive it directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from melbo_tui.compose import Composition
+from melbo_tui.decoding import GenerationResult
+from melbo_tui.errors import MelboError
+from melbo_tui.tui.backend import Backend, GenerationRequest, OnText, ShouldStop
+from melbo_tui.tui.bankview import BankView
+from melbo_tui.tui.cache import CachedCompletion, CompletionCache, completion_key
+from melbo_tui.tui.settings import ExploreSettings
+
+
+@dataclass
+class ModelState:
+    ready: bool = False
+    description: str = ""  # the backend's one line once loaded
+    error: str | None = None  # why it failed to load
+
+
+class Session:
+    def __init__(self, backend: Backend, cache_root: Path | None = None) -> None:
+        self.backend = backend
+        self.cache_root = cache_root
+        self.views: list[BankView] = []
+        self.model = ModelState()
+        self.fit_errors: dict[str, str] = {}  # bank digest -> why it cannot steer this model
+        self._caches: dict[str, CompletionCache] = {}
+        self._cache_moved: dict[str, str] = {}  # digest of a superseded checkpoint -> digest of its successor
+
+    # ----- banks --------------------------------------------------------------------------
+
+    def check_fits(self) -> list[str]:
+        """Ask the model whether each open bank fits it; one line per bank that does not."""
+        errors = []
+        for view in self.views:
+            if view.digest in self.fit_errors:
+                continue
+            try:
+                self.backend.check_bank(view.bank)
+            except MelboError as exc:
+                self.fit_errors[view.digest] = str(exc)
+                errors.append(f"{view.name}: {exc}")
+        return errors
+
+    def replace_or_add(self, new: BankView) -> int | None:
+        """A job saved its bank again: swap the open view of that file (its cache follows), or add it.
+
+        Returns the index replaced, None when the bank was not open yet.
+        """
+        for i, old in enumerate(self.views):
+            if old.path.resolve() == new.path.resolve():
+                self._carry_cache(old, new)
+                self.views[i] = new
+                return i
+        self.views.append(new)
+        return None
+
+    def blocked(self, view: BankView) -> str | None:
+        """Why nothing can stream for `view` now (None when it can)."""
+        if self.model.error is not None:
+            return f"no completions: the model failed to load ({self.model.error})"
+        if view.digest in self.fit_errors:
+            return self.fit_errors[view.digest]
+        if not self.model.ready:
+            return "model loading… the completion streams as soon as it is ready"
+        return None
+
+    # ----- completions --------------------------------------------------------------------
+
+    def cache_for(self, view: BankView) -> CompletionCache:
+        digest = view.digest
+        while digest in self._cache_moved:  # a late result for an earlier checkpoint of a growing bank
+            digest = self._cache_moved[digest]
+        if digest not in self._caches:
+            self._caches[digest] = CompletionCache(digest, self.cache_root)
+        return self._caches[digest]
+
+    def cached(self, view: BankView, target: Composition, settings: ExploreSettings) -> CachedCompletion | None:
+        return self.cache_for(view).get(completion_key(self.backend.model_name, target, settings))
+
+    def stream(self, view: BankView, target: Composition, settings: ExploreSettings, on_text: OnText,
+               should_stop: ShouldStop) -> GenerationResult:
+        """Generate (blocking, from a worker) and remember a finished completion."""
+        reason = self.blocked(view)
+        if reason is not None:
+            raise MelboError(reason)
+        result = self.backend.stream(GenerationRequest(view.bank, target, settings), on_text, should_stop)
+        if not result.stopped:
+            self._remember(view, target, settings, result)
+        return result
+
+    def _remember(self, view: BankView, target: Composition, settings: ExploreSettings, result: GenerationResult) -> None:
+        decoding = settings.generation
+        entry = CachedCompletion(
+            key=completion_key(self.backend.model_name, target, settings), target=target.label, text=result.text,
+            num_tokens=result.num_tokens, seconds=result.seconds, model=self.backend.model_name,
+            prompt=settings.prompt, system=settings.system, raw=settings.raw, temperature=decoding.temperature,
+            max_new_tokens=decoding.max_new_tokens, seed=decoding.seed,
+        )
+        with contextlib.suppress(OSError):  # a read-only cache dir only costs persistence
+            self.cache_for(view).put(entry)
+
+    def _carry_cache(self, old: BankView, new: BankView) -> None:
+        """A job's bank grew: its file hash changed, but every row it had is still there, bit for bit.
+
+        The completions cached for the old checkpoint then hold for the new one too (a target names
+        rows, and those rows are the same vectors at the same layer), so the cache moves along.
+        """
+        if old.digest == new.digest or old.digest in self._cache_moved:
+            return
+        a, b = old.bank, new.bank
+        n = len(a)
+        if (len(b) < n or a.meta.base_index != b.meta.base_index or a.meta.source_layer != b.meta.source_layer
+                or a.vectors.shape[1:] != b.vectors.shape[1:] or not bool((a.vectors == b.vectors[:n]).all())):
+            return
+        cache = self.cache_for(old)
+        if new.digest in self._caches:
+            return  # already open under its own digest: keep that one
+        cache.move_to(new.digest)
+        self._caches.pop(old.digest, None)
+        self._caches[new.digest] = cache
+        self._cache_moved[old.digest] = new.digest
