@@ -20,7 +20,7 @@ from dataclasses import replace
 
 import torch
 
-from melbo_tui.bank import VectorBank, check_bank_fits
+from melbo_tui.bank import Metric, VectorBank, check_bank_fits
 from melbo_tui.errors import InputError
 from melbo_tui.models import LoadedModel
 from melbo_tui.prefix import PrefixCache
@@ -60,13 +60,17 @@ def compute_metrics(lm: LoadedModel, bank: VectorBank, input_ids: torch.Tensor,
 
 def evaluate_bank(lm: LoadedModel, bank: VectorBank, input_ids: torch.Tensor, prompt: str,
                   system: str | None, raw: bool, batch_size: int | None = None) -> VectorBank:
-    """`bank` with its metrics replaced and the evaluation recorded in its metadata."""
-    metrics = compute_metrics(lm, bank, input_ids, batch_size)
+    """`bank` with its metrics replaced and the evaluation recorded in its metadata.
+
+    What the making method measured (DCT's score, the Jacobian's sigma) and its aux tensors stay.
+    """
+    made = {name: values for name, values in bank.metrics.items() if name in (Metric.SCORE, Metric.SIGMA)}
+    metrics = {**made, **compute_metrics(lm, bank, input_ids, batch_size)}
     extra = dict(bank.meta.extra)
     extra["eval"] = {"prompt": prompt, "system_prompt": system, "raw": raw, "position": "last prompt token",
                      "base_index": bank.meta.base_index, "units": "nats", "softmax_dtype": "float32",
                      **KL_DIRECTIONS}
-    return VectorBank(vectors=bank.vectors, meta=replace(bank.meta, extra=extra), metrics=metrics)
+    return VectorBank(vectors=bank.vectors, meta=replace(bank.meta, extra=extra), metrics=metrics, aux=bank.aux)
 
 
 def last_logprobs(lm: LoadedModel, cache: PrefixCache, thetas: torch.Tensor) -> torch.Tensor:
