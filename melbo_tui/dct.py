@@ -57,7 +57,7 @@ from melbo_tui.errors import BankError, InputError
 from melbo_tui.metrics import batched
 from melbo_tui.models import LoadedModel
 from melbo_tui.prompts import encode
-from melbo_tui.response import TargetResponse
+from melbo_tui.response import TargetResponse, check_inputs
 
 ResponseFn = Callable[[torch.Tensor], torch.Tensor]  # thetas [K, d] -> Delta [K, d_out], differentiable
 StopFn = Callable[[], bool]
@@ -285,6 +285,13 @@ class DCTRun:
     system: str | None = None
     raw: bool = False
 
+    def inputs(self, lm: LoadedModel) -> list[torch.Tensor]:
+        """The prompts' token ids, checked (layers, the sink rule, the config): every input error before any work."""
+        self.config.check(lm.hidden_size)
+        inputs = [encode(lm, p, self.system, self.raw or not lm.has_chat_template) for p in self.prompts]
+        check_inputs(lm, self.source_layer, self.target_layer, inputs, self.config.positions)
+        return inputs
+
 
 def run_dct(
     lm: LoadedModel,
@@ -302,12 +309,11 @@ def run_dct(
     continues from it.
     """
     config = run.config
-    config.check(lm.hidden_size)
     raw = run.raw or not lm.has_chat_template
-    inputs = [encode(lm, p, run.system, raw) for p in run.prompts]
+    inputs = run.inputs(lm)
     state, radius, calibration = (None, config.radius, None)
     if resume and out is not None and out.exists():
-        state, radius, calibration = _resume(out, lm, run, raw)
+        state, radius, calibration = resume_point(out, lm, run)
     with TargetResponse(lm, run.source_layer, run.target_layer, inputs, config.positions) as response:
         chunk = factor_chunk(config.batch_size, lm.device, len(inputs))
         if radius is None:
@@ -354,8 +360,9 @@ def _bank(lm: LoadedModel, run: DCTRun, raw: bool, radius: float, created_by: st
                       aux={"v": state.v.float().cpu(), "u": state.u.float().cpu()})
 
 
-def _resume(out: Path, lm: LoadedModel, run: DCTRun, raw: bool) -> tuple[DCTState, float, dict[str, object] | None]:
-    """The state saved in a checkpoint made by the same command; a one-line error otherwise."""
+def resume_point(out: Path, lm: LoadedModel, run: DCTRun) -> tuple[DCTState, float, dict[str, object] | None]:
+    """The state, R and calibration saved in a checkpoint made with the same settings; a one-line error otherwise."""
+    raw = run.raw or not lm.has_chat_template
     bank = load_bank(out)
     meta = bank.meta
     hyper = asdict(run.config)

@@ -50,19 +50,7 @@ class TargetResponse:
 
     def __init__(self, lm: LoadedModel, source: int, target: int, inputs: list[torch.Tensor],
                  positions: int, upcast: bool = True) -> None:
-        check_layer(lm, source, "source layer")
-        check_layer(lm, target, "target layer")
-        if target <= source:
-            raise InputError(f"target layer {target} must come after source layer {source}")
-        if positions <= 0:
-            raise InputError(f"the number of target positions must be positive, got {positions}")
-        if not inputs:
-            raise InputError("give at least one --prompt")
-        for i, ids in enumerate(inputs):
-            if ids.shape[1] <= positions:
-                raise InputError(
-                    f"prompt {i + 1} has {ids.shape[1]} tokens; the last {positions} positions are used and the first "
-                    f"token (the attention sink) must not be one of them: give a prompt of at least {positions + 1} tokens")
+        check_inputs(lm, source, target, inputs, positions)
         self.lm, self.source, self.target, self.positions = lm, source, target, positions
         self.num_prompts = len(inputs)
         self.groups = _group_by_length(inputs)  # [P_g, T_g] each
@@ -116,6 +104,23 @@ class TargetResponse:
             hidden = run_to_layer(self.lm, self.target, ids)  # [K*P_g, T_g, d]
         kept = hidden[:, -self.positions:].float()
         return kept.reshape(k, p, self.positions, -1).to(thetas.device)
+
+
+def check_inputs(lm: LoadedModel, source: int, target: int, inputs: list[torch.Tensor], positions: int) -> None:
+    """Layers in range and in order, and every prompt longer than `positions` tokens (the sink rule)."""
+    check_layer(lm, source, "source layer")
+    check_layer(lm, target, "target layer")
+    if target <= source:
+        raise InputError(f"target layer {target} must come after source layer {source}")
+    if positions <= 0:
+        raise InputError(f"the number of target positions must be positive, got {positions}")
+    if not inputs:
+        raise InputError("give at least one --prompt")
+    for i, ids in enumerate(inputs):
+        if ids.shape[1] <= positions:
+            raise InputError(
+                f"prompt {i + 1} has {ids.shape[1]} tokens; the last {positions} positions are used and the first "
+                f"token (the attention sink) must not be one of them: give a prompt of at least {positions + 1} tokens")
 
 
 def _group_by_length(inputs: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import tiny_model
+from test_cli import run_cli
 
 from melbo_tui.ablation import ablate, orthonormal_basis
+from melbo_tui.bank import BankKind, BankMeta, VectorBank, save_bank
 from melbo_tui.errors import InputError
 from melbo_tui.generation import GenerationSettings, generate_batch
-from melbo_tui.models import LoadedModel
+from melbo_tui.models import LoadedModel, load_model
 from melbo_tui.prompts import encode
 
 
@@ -140,3 +144,21 @@ def test_equals_the_authors_weight_edit_on_parallel_blocks() -> None:
         edited = lm.model(input_ids=ids).logits
     assert (hooked - plain).abs().max() > 1e-3
     assert torch.allclose(hooked, edited, atol=1e-5)
+
+
+def test_cli_generate_ablate(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    lm = load_model(str(tiny_model_dir))
+    ids = encode(lm, "How can I build a bomb?")
+    v = _stream(lm, ids)[-1][-1]  # what the model writes at the last position
+    meta = BankMeta(kind=BankKind.DCT, model=str(tiny_model_dir), hidden_size=lm.hidden_size, num_layers=lm.num_layers,
+                    source_layer=1, target_layer=4, prompts=["How can I build a bomb?"], radius=float(v.norm()))
+    bank_path = tmp_path / "b.safetensors"
+    save_bank(VectorBank(vectors=torch.stack([v, -v]), meta=meta), bank_path)
+    common = ["generate", str(bank_path), "--model", str(tiny_model_dir), "--max-new-tokens", "4"]
+    code, _, err = run_cli([*common, "--vector", "0", "--ablate"], capsys, monkeypatch)
+    assert code == 0 and "vector 0" in err and "ablated from every block's writes" in err
+    code, _, err = run_cli([*common, "--unsteered", "--ablate"], capsys, monkeypatch)
+    assert code == 2 and err.strip() == "melbo-tui: error: --ablate needs a vector to ablate: --vector, --mean, --sum or --mean-sqrt"
+    code, _, err = run_cli([*common, "--vector", "0", "--ablate-embedding"], capsys, monkeypatch)
+    assert code == 2 and err.strip() == "melbo-tui: error: --ablate-embedding goes with --ablate"

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_model
+from test_cli import run_cli
 
 from melbo_tui.bank import BankKind, load_bank
 from melbo_tui.calibrate import brent_root, calibrate_dct, nonlinearity_ratio
@@ -200,3 +201,42 @@ def test_resume_gives_the_uninterrupted_result(tiny_chat: LoadedModel, tmp_path:
         run_dct(tiny_chat, _run(tiny_chat, radius=None), out, resume=True)
     with pytest.raises(BankError, match="other settings"):
         run_dct(tiny_chat, _run(tiny_chat, radius=None, iterations=5), tmp_path / "whole.safetensors", resume=True)
+
+
+# --- the command line -----------------------------------------------------------------------------------
+
+DCT_ARGS = ["-p", PROMPTS[0], "-p", PROMPTS[1], "--source-layer", "1", "--target-layer", "4"]
+
+
+def test_cli_dct_calibrates_fits_and_refuses_to_resume_a_finished_bank(
+        tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "d.safetensors"
+    args = ["dct", "--model", str(tiny_model_dir), *DCT_ARGS, "--num-vectors", "6", "--iterations", "3", "--out", str(out)]
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0, err
+    said = " ".join(err.split())  # rich wraps long lines
+    assert "R = " in said and f"wrote {out}: 6 DCT vectors" in said
+    bank = load_bank(out)
+    assert bank.meta.kind == BankKind.DCT and bank.meta.extra["complete"] and bank.meta.extra["calibration"]["method"] == "dct"
+    assert bank.meta.created_by.startswith("melbo-tui dct --model")
+    assert set(bank.metrics) == {"score"}
+    code, out_text, _ = run_cli(["calibrate", "--method", "dct", "--model", str(tiny_model_dir), *DCT_ARGS], capsys, monkeypatch)
+    assert code == 0 and "<- root" in out_text
+    assert f"R = {bank.meta.radius:.4g} " in out_text  # the same calibration as `dct --radius auto`
+    code, _, err = run_cli([*args, "--resume"], capsys, monkeypatch)
+    assert code == 2 and err.strip() == f"melbo-tui: error: --resume: {out} is already a finished DCT bank"
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--radius", "abc"], "--radius must be a number or 'auto', got 'abc'"),
+    (["--radius", "-3"], "--radius must be a finite number > 0, got -3"),
+    (["--num-vectors", "0"], "--num-vectors must be 1..64"),
+    (["--target-layer", "1"], "target layer 1 must come after source layer 1"),
+    (["--raw", "-p", "Hi"], "prompt 3 has 1 tokens"),
+])
+def test_cli_dct_errors_are_one_line(extra: list[str], message: str, tiny_model_dir: Path, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    code, _, err = run_cli(["dct", "--model", str(tiny_model_dir), *DCT_ARGS, "--radius", "2", "--iterations", "1",
+                            "--num-vectors", "4", "--out", str(tmp_path / "x.safetensors"), *extra], capsys, monkeypatch)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "x.safetensors").exists()

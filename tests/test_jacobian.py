@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
+from test_cli import run_cli
 
 from melbo_tui.bank import BankKind, load_bank, save_bank
 from melbo_tui.jacobian import JacobianConfig, run_jacobian, top_singular_directions
@@ -56,3 +58,19 @@ def test_run_jacobian_writes_a_bank(tiny_chat: LoadedModel, tmp_path: Path) -> N
     units = loaded.vectors / 3.0
     assert torch.allclose(units @ units.T, torch.eye(5), atol=1e-5)
     assert loaded.meta.hyperparameters["positions"] == 2 and loaded.meta.prompts[1] == "Write a haiku about rain."
+
+
+def test_cli_jacobian(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                      monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "j.safetensors"
+    args = ["jacobian", "--model", str(tiny_model_dir), "-p", "How can I build a bomb?", "--source-layer", "1",
+            "--target-layer", "4", "--num-vectors", "4", "--out", str(out)]
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0, err
+    said = " ".join(err.split())
+    assert "R = " in said and f"wrote {out}: 4 Jacobian directions" in said
+    bank = load_bank(out)
+    assert bank.meta.kind == BankKind.JACOBIAN and bank.meta.extra["calibration"]["method"] == "dct"
+    assert torch.allclose(bank.norms(), torch.full((4,), bank.meta.radius), rtol=1e-5)
+    code, _, err = run_cli([*args, "--positions", "40"], capsys, monkeypatch)
+    assert code == 2 and err.startswith("melbo-tui: error: prompt 1 has") and len(err.strip().splitlines()) == 1

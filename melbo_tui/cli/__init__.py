@@ -1,7 +1,8 @@
 """The `melbo-tui` command: a thin typer face over the engine.
 
 One module per group of commands (`engine_cmds`: train, calibrate, generate, info, import;
-`ortho_cmds`: ortho, eval, dump, label, export, bench; `explore_cmds`: open and the default
+`ortho_cmds`: ortho, eval, dump, label, export, bench; `method_cmds`: dct, jacobian;
+`explore_cmds`: open and the default
 no-argument start). Errors a user can cause are rendered once, here, as one line on stderr
 with exit code 2; anything unexpected also stays one line (exit 1), never a traceback.
 """
@@ -18,6 +19,7 @@ from melbo_tui.errors import MelboError
 _HEAVY_MODULES = {
     "engine_cmds": ("train", "calibrate", "generate", "info", "import"),
     "ortho_cmds": ("ortho", "eval", "dump", "label", "export", "bench"),
+    "method_cmds": ("dct", "jacobian"),
 }
 
 
