@@ -197,10 +197,10 @@ def load_bank(path: Path) -> VectorBank:
                 raise BankError(f"{path}: metric '{name}' must be float32 [{len(vectors)}], got {values.dtype} {list(values.shape)}")
             metrics[name.value] = values
     aux = {key[len(AUX_PREFIX):]: tensors[key] for key in tensors if key.startswith(AUX_PREFIX)}
-    for name, values in aux.items():
+    for aux_name, values in aux.items():
         if values.dtype != torch.float32:
-            raise BankError(f"{path}: aux tensor '{name}' has dtype {values.dtype}, expected float32")
-        _checked_aux(name, values, str(path))
+            raise BankError(f"{path}: aux tensor '{aux_name}' has dtype {values.dtype}, expected float32")
+        _checked_aux(aux_name, values, str(path))
     if meta.hidden_size != vectors.shape[1]:
         raise BankError(f"{path}: metadata says hidden_size {meta.hidden_size} but vectors are {vectors.shape[1]} wide")
     if not 0 <= meta.base_index < len(vectors):

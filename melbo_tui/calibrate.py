@@ -133,7 +133,7 @@ def nonlinearity_ratio(response: Callable[[torch.Tensor], torch.Tensor], directi
     device = directions.device
 
     def jvp(rows: torch.Tensor) -> torch.Tensor:
-        _, tangent = torch.func.jvp(response, (torch.zeros_like(rows),), (rows,))
+        tangent = torch.func.jvp(response, (torch.zeros_like(rows),), (rows,))[1]
         return tangent.detach().flatten(1)  # [c, d_out]
 
     jv = batched(jvp, directions, chunk, device).double()  # [n, d_out]

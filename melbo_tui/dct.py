@@ -53,7 +53,7 @@ from pathlib import Path
 import torch
 
 from melbo_tui.bank import BankKind, BankMeta, Metric, VectorBank, load_bank, save_bank
-from melbo_tui.calibrate import DCTCalibration, RatioPoint, calibrate_dct
+from melbo_tui.calibrate import RatioPoint, calibrate_dct
 from melbo_tui.errors import BankError, InputError
 from melbo_tui.metrics import batched
 from melbo_tui.models import LoadedModel
@@ -312,15 +312,17 @@ def run_dct(
     config = run.config
     raw = run.raw or not lm.has_chat_template
     inputs = run.inputs(lm)
-    state, radius, calibration = (None, config.radius, None)
+    state: DCTState | None = None
+    radius = config.radius
+    calibration: dict[str, object] | None = None  # how R was chosen, as the bank records it
     if resume and out is not None and out.exists():
         state, radius, calibration = resume_point(out, lm, run)
     with TargetResponse(lm, run.source_layer, run.target_layer, inputs, config.positions) as response:
         chunk = factor_chunk(config.batch_size, lm.device, len(inputs))
         if radius is None:
-            calibration = calibrate_dct(response.mean, lm.hidden_size, lm.device, seed=config.seed, chunk=chunk,
-                                        on_point=on_calibration)
-            radius = calibration.radius
+            calibrated = calibrate_dct(response.mean, lm.hidden_size, lm.device, seed=config.seed, chunk=chunk,
+                                       on_point=on_calibration)
+            radius, calibration = calibrated.radius, calibrated.to_json()
 
         def checkpoint(current: DCTState) -> None:
             if out is not None:
@@ -337,14 +339,12 @@ def run_dct(
 
 
 def _bank(lm: LoadedModel, run: DCTRun, raw: bool, radius: float, created_by: str,
-          calibration: DCTCalibration | dict[str, object] | None, state: DCTState | None = None,
+          calibration: dict[str, object] | None, state: DCTState | None = None,
           result: DCTResult | None = None) -> VectorBank:
     hyper = asdict(run.config)
     hyper.pop("radius")
     extra: dict[str, object] = {"complete": result is not None}
-    if isinstance(calibration, DCTCalibration):
-        extra["calibration"] = calibration.to_json()
-    elif calibration is not None:
+    if calibration is not None:
         extra["calibration"] = calibration
     meta = BankMeta(kind=BankKind.DCT, model=lm.name, hidden_size=lm.hidden_size, num_layers=lm.num_layers,
                     source_layer=run.source_layer, target_layer=run.target_layer, prompts=list(run.prompts),

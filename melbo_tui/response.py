@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import torch
 
@@ -59,7 +59,7 @@ class TargetResponse:
         self._base: list[torch.Tensor] = []  # [P_g, positions, d] float32 each
         self._stack = contextlib.ExitStack()
 
-    def __enter__(self) -> TargetResponse:
+    def __enter__(self) -> Self:
         stack = self._stack
         try:
             stack.enter_context(_eager_attention(self.lm))

@@ -16,7 +16,7 @@ from unittest import mock
 
 import torch
 
-import melbo_tui.dct as dct
+from melbo_tui import dct
 
 
 def planted_map(seed: int, orthonormal_u: bool, d: int = 48, d_out: int = 40, m: int = 6, radius: float = 4.0):  # type: ignore[no-untyped-def]

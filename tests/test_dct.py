@@ -98,9 +98,8 @@ def test_calibration_root_matches_a_brute_force_scan(tiny_llama: LoadedModel) ->
 
 def test_calibration_that_never_crosses_is_a_one_line_error(tiny_llama: LoadedModel) -> None:
     inputs = [torch.tensor([[5, 17, 3, 40, 22, 9]])]
-    with TargetResponse(tiny_llama, 0, 3, inputs, positions=3) as response:
-        with pytest.raises(InputError, match="never rises through 5"):
-            calibrate_dct(response.mean, 32, CPU, num_directions=4, target=5.0)
+    with TargetResponse(tiny_llama, 0, 3, inputs, positions=3) as response, pytest.raises(InputError, match="never rises through 5"):
+        calibrate_dct(response.mean, 32, CPU, num_directions=4, target=5.0)
 
 
 def test_dct_on_every_architecture(any_tiny: LoadedModel) -> None:
