@@ -27,10 +27,12 @@ heuristic: it recovers most, not always all, planted factors.
 
 Batching: the VJPs of a chunk of factors are one forward of [chunk x prompts] rows and one
 backward (rows are independent, so the gradient of sum_l <u_l, Delta_l> is every J_l^T u_l at
-once). Measured on the embedded model (32 factors x 4 prompts, one thread, median of 3 on a busy
-shared 2-core machine, `scripts/measure_dct_products.py`): plain batched autograd 7.1 s,
-`torch.func.vmap(vjp)` 10.0 s, batched autograd with PyTorch's fused (sdpa) attention 8.9 s;
-hence batched autograd with eager attention.
+once). Measured on the embedded model (32 factors x 4 prompts, one thread, median of 3, two runs
+of `scripts/measure_dct_products.py` on a busy shared 2-core machine): batched autograd with eager
+attention 7.1 / 8.1 s, `torch.func.vmap(vjp)` 10.0 / 8.2 s, batched autograd with PyTorch's fused
+(sdpa) attention 8.9 / 7.0 s. vmap was never faster, so plain batched autograd; eager against sdpa
+is within this machine's noise, and eager is what the calibration's JVP and power iteration's
+double backward need, so the whole fit uses it.
 
 State after every iteration (`DCTState`) is handed to `on_state`; `fit_dct(state=...)` continues
 from it and, the init being seeded and every later step deterministic, ends where an

@@ -16,8 +16,8 @@ restored on exit.
 - Prompts of different lengths are never padded (the DCT authors' code attends to pads): they are
   grouped by length and each group is one batch, so every row sees exactly its own prompt.
 - Eager attention: PyTorch's fused CPU attention has neither a forward-mode derivative (needed
-  by the calibration's JVP) nor a double backward (needed by power iteration); measured on the
-  embedded model it was also not faster than eager at these sequence lengths (docs/methods.md).
+  by the calibration's JVP) nor a double backward (needed by power iteration); for DCT's plain
+  backward the two were within noise of each other on the embedded model (melbo_tui/dct.py).
 - `upcast=True` (the default) runs blocks S+1..T in float32 when the model is not: derivatives
   and the differences Z(theta) - Z(0) lose most of their digits in bf16 (the DCT authors found
   bf16 finite differences too noisy). The blocks are cast back afterwards (bf16 -> fp32 -> bf16
