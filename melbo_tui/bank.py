@@ -3,6 +3,8 @@
 Layout (format_version 1):
 - tensor `vectors`: float32 `[N, d_model]`, row `base_index` is the base vector;
 - optional float32 `[N]` tensors, one per `Metric`;
+- optional float32 tensors `aux.<name>` of any shape: what a method keeps beside its vectors
+  (DCT: `aux.u`, the output directions `[N, d_model]`);
 - `__metadata__["melbo"]`: a JSON object (see `BankMeta`).
 
 Loading never silently drops data: a NaN/inf row is an error naming its index. Writes go
@@ -17,6 +19,7 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +35,8 @@ from melbo_tui.errors import BankError
 from melbo_tui.locking import bank_lock
 
 FORMAT_VERSION = 1
+AUX_PREFIX = "aux."
+_AUX_NAME = re.compile(r"[A-Za-z0-9_]+")
 
 
 @dataclass
@@ -84,6 +89,7 @@ class VectorBank:
     vectors: torch.Tensor  # [N, d_model], float32, cpu
     meta: BankMeta
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [N]
+    aux: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> float32 tensor of any shape
 
     def __len__(self) -> int:
         return int(self.vectors.shape[0])
@@ -117,6 +123,8 @@ def save_bank(bank: VectorBank, path: Path) -> None:
         if values.shape != (vectors.shape[0],):
             raise BankError(f"{path}: metric '{name}' has shape {tuple(values.shape)}, expected ({len(vectors)},)")
         tensors[name] = values
+    for name, values in bank.aux.items():
+        tensors[AUX_PREFIX + name] = _checked_aux(name, values.detach().to("cpu", torch.float32).contiguous(), str(path))
     if not bank.meta.created_at:
         bank.meta.created_at = now_iso()
     metadata = {"melbo": bank.meta.to_json()}
@@ -173,6 +181,11 @@ def load_bank(path: Path) -> VectorBank:
             if values.shape != (vectors.shape[0],) or values.dtype != torch.float32:
                 raise BankError(f"{path}: metric '{name}' must be float32 [{len(vectors)}], got {values.dtype} {list(values.shape)}")
             metrics[name.value] = values
+    aux = {key[len(AUX_PREFIX):]: tensors[key] for key in tensors if key.startswith(AUX_PREFIX)}
+    for aux_name, values in aux.items():
+        if values.dtype != torch.float32:
+            raise BankError(f"{path}: aux tensor '{aux_name}' has dtype {values.dtype}, expected float32")
+        _checked_aux(aux_name, values, str(path))
     if meta.hidden_size != vectors.shape[1]:
         raise BankError(f"{path}: metadata says hidden_size {meta.hidden_size} but vectors are {vectors.shape[1]} wide")
     if not 0 <= meta.base_index < len(vectors):
@@ -182,7 +195,7 @@ def load_bank(path: Path) -> VectorBank:
             raise BankError(f"{path}: {name} layer {layer} outside the blocks 0..{meta.num_layers - 1} of {meta.model}")
     if meta.target_layer <= meta.source_layer:
         raise BankError(f"{path}: target layer {meta.target_layer} does not come after source layer {meta.source_layer}")
-    return VectorBank(vectors=vectors, meta=meta, metrics=metrics)
+    return VectorBank(vectors=vectors, meta=meta, metrics=metrics, aux=aux)
 
 
 def check_bank_fits(bank: VectorBank, hidden_size: int, num_layers: int, where: str = "bank") -> None:
@@ -204,6 +217,16 @@ def _check_vectors(vectors: torch.Tensor, where: str) -> None:
     if bad:
         shown = ", ".join(str(i) for i in bad[:10]) + (" ..." if len(bad) > 10 else "")
         raise BankError(f"{where}: {len(bad)} row(s) contain NaN or inf: {shown}")
+
+
+def _checked_aux(name: str, values: torch.Tensor, where: str) -> torch.Tensor:
+    if not _AUX_NAME.fullmatch(name):
+        raise BankError(f"{where}: aux tensor name '{name}' must be letters, digits and underscores")
+    if values.ndim == 0 or values.numel() == 0:
+        raise BankError(f"{where}: aux tensor '{name}' is empty or a scalar, shape {list(values.shape)}")
+    if not torch.isfinite(values).all():
+        raise BankError(f"{where}: aux tensor '{name}' contains NaN or inf")
+    return values
 
 
 def _first_line(exc: BaseException) -> str:

@@ -12,6 +12,9 @@ ratios hold even on a busy machine (the absolute numbers do not). Rows:
 - model load from the safetensors cache vs from the GGUF (dequantising);
 - achieved GFLOP/s of one fast ortho evaluation (one vector, loss + gradient) vs a matmul
   measured here in the model's dtype;
+- DCT vs MELBO: seconds per vector, each as a user runs it on the same prompt and layers
+  (`melbo-tui dct --num-vectors 64` with R calibrated, the calibration counted; `melbo-tui train`
+  at its default 300 steps and batch);
 - key-to-repaint latency of the TUI, if `melbo_tui.tui.latency` provides it.
 `--quick` shrinks every size so that CI runs it in well under two minutes: its ratios show
 that the code paths work, not how fast they are.
@@ -53,12 +56,18 @@ class BenchConfig:
     gen_tokens: int = 64
     gguf_load: bool = True
     matmul_size: int = 1024
+    dct_vectors: int = 64
+    dct_iterations: int = 10
+    dct_calibrate: bool = True  # False: R = `radius`, no calibration
+    melbo_vectors: int = 8
+    melbo_steps: int = 300
 
     @classmethod
     def for_ci(cls) -> BenchConfig:
         """The `--quick` sizes."""
         return cls(quick=True, ortho_fast_count=8, ortho_sequential_count=1, ortho_steps=40, continuation=8, eval_vectors=16,
-                   dump_vectors=4, dump_tokens=8, gen_tokens=16, gguf_load=False, matmul_size=512)
+                   dump_vectors=4, dump_tokens=8, gen_tokens=16, gguf_load=False, matmul_size=512,
+                   dct_vectors=8, dct_iterations=2, dct_calibrate=False, melbo_vectors=2, melbo_steps=10)
 
 
 Row = dict[str, Any]
@@ -95,6 +104,8 @@ def run_bench(config: BenchConfig, request: ModelRequest | None = None,
     rows.append(_steering_row(lm, config, ids))
     stage("FLOP/s")
     rows.append(_flops_row(lm, config, ids))
+    stage("DCT vs MELBO")
+    rows.append(_dct_row(lm, config))
     machine, name, device = _machine(lm), lm.name, lm.device
     del lm
     _release(device)
@@ -299,6 +310,35 @@ def matmul_gflops(size: int, dtype: torch.dtype, device: torch.device) -> float:
         reps += 1
     _sync(device)
     return 2 * size**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def _dct_row(lm: LoadedModel, config: BenchConfig) -> Row:
+    """Seconds per vector of DCT (calibration included) and of MELBO, same prompt and layers, one after the other."""
+    from melbo_tui.dct import DCTConfig, DCTRun, run_dct
+    from melbo_tui.melbo import MelboConfig, train
+
+    melbo = MelboConfig(config.source_layer, config.target_layer, config.radius, num_vectors=config.melbo_vectors,
+                        steps=config.melbo_steps)
+    t0 = time.perf_counter()
+    train(lm, melbo, [encode(lm, PROMPT)])
+    melbo_per_vector = (time.perf_counter() - t0) / config.melbo_vectors
+    radius = None if config.dct_calibrate else config.radius
+    dct = DCTConfig(num_vectors=config.dct_vectors, iterations=config.dct_iterations, radius=radius)
+    t0 = time.perf_counter()
+    bank = run_dct(lm, DCTRun(config.source_layer, config.target_layer, [PROMPT], dct))
+    dct_seconds = time.perf_counter() - t0
+    assert bank is not None
+    dct_per_vector = dct_seconds / config.dct_vectors
+    fit = float(bank.meta.extra["seconds"])
+    return {"name": f"DCT ({config.dct_vectors} vectors, {config.dct_iterations} iterations) vs MELBO "
+                    f"({config.melbo_vectors} x {config.melbo_steps} steps), s/vector",
+            "ours": f"{dct_per_vector:.2f} s", "baseline": f"{melbo_per_vector:.2f} s", "ratio": melbo_per_vector / dct_per_vector,
+            "target": ">= 10x",
+            "notes": (f"DCT R={bank.meta.radius:.3g} ({'calibrated' if radius is None else 'given'}), fit {fit:.1f} s of "
+                      f"{dct_seconds:.1f} s; MELBO R={config.radius:g}; 1 prompt, blocks {config.source_layer}->{config.target_layer}"),
+            "detail": {"dct_seconds": dct_seconds, "dct_fit_seconds": fit, "dct_vectors": config.dct_vectors,
+                       "dct_radius": bank.meta.radius, "melbo_seconds_per_vector": melbo_per_vector,
+                       "melbo_vectors": config.melbo_vectors, "melbo_steps": config.melbo_steps}}
 
 
 def _tui_latency(config: BenchConfig) -> Row | None:

@@ -151,7 +151,8 @@ def evaluate_bank(lm: LoadedModel, bank: VectorBank, input_ids: torch.Tensor, pr
     """`bank` with its metrics replaced and the evaluation recorded in its metadata.
 
     The unsteered model is measured as one more row, so the record says what "no steering"
-    scores on the same prompt (`kl_seq` of the unsteered model is the number to beat).
+    scores on the same prompt (`kl_seq` of the unsteered model is the number to beat). What the
+    making method measured (DCT's score, the Jacobian's sigma) and its aux tensors stay.
     """
     check_bank_fits(bank, lm.hidden_size, lm.num_layers)
     meta = bank.meta
@@ -159,7 +160,8 @@ def evaluate_bank(lm: LoadedModel, bank: VectorBank, input_ids: torch.Tensor, pr
     result = measure(lm, rows, input_ids, source_layer=meta.source_layer, target_layer=meta.target_layer,
                      base_index=meta.base_index, continuation=continuation, sink=sink, batch_size=batch_size,
                      on_progress=on_progress)
-    metrics = {name: values[:-1].contiguous() for name, values in result.values.items()}
+    made = {name: values for name, values in bank.metrics.items() if name in (Metric.SCORE, Metric.SIGMA)}
+    metrics = {**made, **{name: values[:-1].contiguous() for name, values in result.values.items()}}
     unsteered = {name: float(values[-1]) for name, values in result.values.items() if name in MODEL_METRICS}
     extra = dict(meta.extra)
     extra["eval"] = {
@@ -171,7 +173,7 @@ def evaluate_bank(lm: LoadedModel, bank: VectorBank, input_ids: torch.Tensor, pr
         "compared_positions": result.compared_positions, "excluded_positions": result.excluded_positions,
         "sink": (sink or SinkRule()).describe(), "unsteered": unsteered,
     }
-    return VectorBank(vectors=bank.vectors, meta=replace(meta, extra=extra), metrics=metrics)
+    return VectorBank(vectors=bank.vectors, meta=replace(meta, extra=extra), metrics=metrics, aux=bank.aux)
 
 
 def last_logprobs(lm: LoadedModel, cache: PrefixCache, thetas: torch.Tensor) -> torch.Tensor:

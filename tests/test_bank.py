@@ -109,3 +109,22 @@ def test_written_files_get_ordinary_permissions(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "b.safetensors").stat().st_mode) == 0o644
+
+
+def test_aux_tensors_round_trip_and_are_validated(tmp_path: Path) -> None:
+    """A method's extra tensors (DCT's U) travel as `aux.<name>`; bad ones are refused on save and on load."""
+    bank = make_bank()
+    bank.aux = {"u": torch.randn(5, 16), "curve": torch.arange(3.0)}
+    path = tmp_path / "b.safetensors"
+    save_bank(bank, path)
+    loaded = load_bank(path)
+    assert set(loaded.aux) == {"u", "curve"} and torch.equal(loaded.aux["u"], bank.aux["u"])
+    assert set(loaded.metrics) == {"norm"}  # aux tensors are not metrics
+    with pytest.raises(BankError, match="aux tensor 'u' contains NaN"):
+        save_bank(VectorBank(bank.vectors, bank.meta, aux={"u": torch.full((2,), float("nan"))}), tmp_path / "c.safetensors")
+    with pytest.raises(BankError, match="aux tensor name 'a.b'"):
+        save_bank(VectorBank(bank.vectors, bank.meta, aux={"a.b": torch.ones(2)}), tmp_path / "c.safetensors")
+    tensors = {"vectors": bank.vectors, "aux.u": torch.ones(3, dtype=torch.float16)}
+    save_file(tensors, str(tmp_path / "d.safetensors"), metadata={"melbo": bank.meta.to_json()})
+    with pytest.raises(BankError, match="aux tensor 'u' has dtype torch.float16"):
+        load_bank(tmp_path / "d.safetensors")

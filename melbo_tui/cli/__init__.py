@@ -1,10 +1,10 @@
 """The `melbo-tui` command: a thin typer face over the engine.
 
 One module per group of commands (`engine_cmds`: train, calibrate, generate, info, import;
-`ortho_cmds`: ortho, eval, dump, label, export, bench; `doctor_cmds`: doctor; `explore_cmds`:
-open and the default no-argument start). Errors a user can cause are rendered once, here, as
-one line on stderr with exit code 2 (out of memory too, with a hint); anything unexpected also
-stays one line (exit 1), never a traceback.
+`ortho_cmds`: ortho, eval, dump, label, export, bench; `method_cmds`: dct, jacobian; `doctor_cmds`:
+doctor; `explore_cmds`: open and the default no-argument start). Errors a user can cause are
+rendered once, here, as one line on stderr with exit code 2 (out of memory too, with a hint);
+anything unexpected also stays one line (exit 1), never a traceback.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from melbo_tui.errors import MelboError, spell
 _HEAVY_MODULES = {
     "engine_cmds": ("train", "calibrate", "generate", "info", "import"),
     "ortho_cmds": ("ortho", "eval", "dump", "label", "export", "bench"),
+    "method_cmds": ("dct", "jacobian"),
     "doctor_cmds": ("doctor",),
 }
 

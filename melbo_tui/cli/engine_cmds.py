@@ -1,4 +1,4 @@
-"""Commands over the core engine: train, calibrate, generate, info, import."""
+"""Commands over the core engine: train, calibrate (the take-off or DCT's ratio), generate (add or ablate), info, import."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from melbo_tui import ablation
 from melbo_tui.bank import BankKind, BankMeta, VectorBank, check_bank_fits, load_bank, save_bank
-from melbo_tui.calibrate import CalibrationPoint, find_takeoff, recommend, sweep
+from melbo_tui.calibrate import CalibrationMethod, CalibrationPoint, find_takeoff, recommend, sweep
 from melbo_tui.cli.app import app, command_line
 from melbo_tui.cli.options import (
     MAX_NEW_TOKENS,
@@ -116,17 +117,33 @@ def calibrate(
     prompt: PromptsOpt = None,
     source_layer: Annotated[int | None, typer.Option(help="Source block (default ~L/3).")] = None,
     target_layer: Annotated[int | None, typer.Option(help="Target block (default ~2L/3).")] = None,
-    radii: Annotated[str, typer.Option(help="Comma list of R values to try.")] = "5,10,15,20,25,30,40,60",
-    num_vectors: Annotated[int, typer.Option(help="Quick vectors per R.")] = 4,
-    steps: Annotated[int, typer.Option(help="Steps per quick vector (fewer make the take-off look later than it is).")] = 100,
-    seed: SeedOpt = 0,
+    method: Annotated[CalibrationMethod, typer.Option(help="melbo: quick MELBO vectors per R, the take-off of their change; dct: DCT's nonlinearity ratio of random directions.")] = CalibrationMethod.MELBO,
+    radii: Annotated[str, typer.Option(help="melbo: comma list of R values to try.")] = "5,10,15,20,25,30,40,60",
+    num_vectors: Annotated[int, typer.Option(help="melbo: quick vectors per R.")] = 4,
+    steps: Annotated[int, typer.Option(help="melbo: steps per quick vector (fewer make the take-off look later than it is).")] = 100,
     sink: SinkOpt = "exclude",
+    directions: Annotated[int, typer.Option(help="dct: random unit directions (the authors': 30).")] = 30,
+    positions: Annotated[int, typer.Option(help="dct: last token positions averaged (as `melbo-tui dct`).")] = 3,
+    seed: SeedOpt = 0,
     system: SystemOpt = None, raw: RawOpt = None,
     model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
     revision: RevisionOpt = None, threads: ThreadsOpt = None, offload_folder: OffloadOpt = None,
     deterministic: DeterministicOpt = False,
 ) -> None:
-    """Sweep R: train quick vectors per R, print the target-layer change per R, mark the take-off and recommend R."""
+    """Choose R: the take-off of quick MELBO vectors' change (--method melbo), or DCT's root of nonlinear/linear = 0.5.
+
+    melbo: for each R, quick vectors are trained and their mean target-layer change over the
+    compared positions is recorded; the take-off is the first R whose change per unit R has
+    doubled, and the recommendation the largest R tried at or below 3/4 of it.
+    dct: for random unit directions v, ratio(R) = sqrt(mean ||Delta(R v) - R J v||^2 / ||R J v||^2)
+    with J v exact (forward-mode JVP), Delta the target-layer change averaged over the last
+    --positions positions and the prompts; R = the root of ratio(R) = 0.5 (Brent) after a
+    20-point log scan of [0.001, 100].
+    """
+    request = ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic)
+    if method == CalibrationMethod.DCT:
+        _calibrate_dct(prompt or [SEED_PROMPT], source_layer, target_layer, directions, positions, seed, system, bool(raw), request)
+        return
     try:
         values = sorted(float(r) for r in radii.split(","))
     except ValueError:
@@ -134,7 +151,7 @@ def calibrate(
     if any(not (math.isfinite(r) and r > 0) for r in values):
         raise InputError("every R in --radii must be a finite number > 0")
     prompts, raw = prompt or [SEED_PROMPT], bool(raw)
-    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic))
+    lm = open_model(request)
     source, target = _layers(lm, source_layer, target_layer)
     base = MelboConfig(source, target, values[0], num_vectors=num_vectors, steps=steps, seed=seed, sink=SinkRule.parse(sink))
     base.check(lm)
@@ -143,6 +160,44 @@ def calibrate(
         points = sweep(lm, base, values, prompts, system, raw, on_sink=print_sink,
                        on_point=lambda i, p: bar.update(task, completed=i + 1, info=f"R={p.radius:g} change={p.mean_change:.1f}"))
     _print_calibration(points, source, target)
+
+
+def _calibrate_dct(prompts: list[str], source_layer: int | None, target_layer: int | None, directions: int, positions: int,
+                   seed: int, system: str | None, raw: bool, request: ModelRequest) -> None:
+    import plotext as plt
+
+    from melbo_tui.calibrate import calibrate_dct
+    from melbo_tui.dct import factor_chunk
+    from melbo_tui.response import TargetResponse
+
+    lm = open_model(request)
+    source, target = _layers(lm, source_layer, target_layer)
+    raw = raw or not lm.has_chat_template
+    inputs = [encode(lm, p, system, raw) for p in prompts]
+    with progress() as bar, TargetResponse(lm, source, target, inputs, positions) as response:
+        task = bar.add_task("calibrate (dct)", total=None, info="")
+        result = calibrate_dct(response.mean, lm.hidden_size, lm.device, num_directions=directions, seed=seed,
+                               chunk=factor_chunk(None, lm.device, len(inputs)),  # as `dct`: the same R to the last digit
+                               on_point=lambda p: bar.update(task, advance=1, info=f"R={p.radius:.4g} ratio={p.ratio:.3f}"))
+    table = Table(title=f"DCT nonlinearity ratio, block {source} -> block {target}, {directions} random directions")
+    for column in ("R", "ratio", ""):
+        table.add_column(column, justify="right")
+    points = sorted([*result.scan, *result.evaluations], key=lambda p: p.radius)
+    for p in points:
+        table.add_row(f"{p.radius:.4g}", f"{p.ratio:.4f}", "<- root" if p.radius == result.radius else "")
+    Console().print(table)
+    plt.clear_figure()
+    plt.plot([math.log10(p.radius) for p in result.scan], [p.ratio for p in result.scan], marker="dot", color="default")
+    plt.horizontal_line(result.target)
+    plt.vertical_line(math.log10(result.radius))
+    plt.title("nonlinear / linear response vs log10 R (| = chosen R, - = 0.5)")
+    plt.xlabel("log10 R")
+    plt.plotsize(70, 18)
+    plt.theme("clear")
+    chart = plt.build()
+    print(chart if sys.stdout.isatty() else plt.uncolorize(chart))
+    print(f"R = {result.radius:.4g} (nonlinear / linear response = {result.target:g}; "
+          f"melbo-tui dct --radius auto picks the same R for the same prompts, layers and seed)")
 
 
 def _print_calibration(points: list[CalibrationPoint], source: int, target: int) -> None:
@@ -186,18 +241,29 @@ def generate(
     mean_sqrt: Annotated[str | None, typer.Option(help="Steer with mean(rows SPEC) x sqrt(k).")] = None,
     unsteered: Annotated[bool, typer.Option(help="No steering: the model's own answer.")] = False,
     scale: Annotated[float, typer.Option(help="Multiply the steering vector by this.")] = 1.0,
+    ablate: Annotated[bool, typer.Option("--ablate", help="Instead of adding the vector, project its direction out of what every block writes to the residual stream.")] = False,
+    ablate_embedding: Annotated[bool, typer.Option("--ablate-embedding", help="With --ablate: also out of the embeddings (the residual then has ~0 along it everywhere).")] = False,
     prompt: PromptOpt = None, system: SystemOpt = None, raw: RawOpt = None,
     max_new_tokens: MaxTokensOpt = MAX_NEW_TOKENS, temperature: TemperatureOpt = TEMPERATURE, seed: SeedOpt = 0,
     model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
     revision: RevisionOpt = None, threads: ThreadsOpt = None, offload_folder: OffloadOpt = None,
     deterministic: DeterministicOpt = False,
 ) -> None:
-    """Stream a completion steered by one vector or a composition of several (to stdout)."""
+    """Stream a completion steered by one vector or a composition of several (to stdout), or with it ablated.
+
+    --ablate: the direction of the chosen vector (or composition; its norm and --scale do not
+    matter) is projected out of every block's write to the residual stream, at every position
+    and every generated token (the DCT authors' ablation, done with hooks).
+    """
     chosen = [name for name, value in (("--vector", vector), ("--mean", mean), ("--sum", sum_), ("--mean-sqrt", mean_sqrt)) if value is not None]
     if unsteered:
         chosen.append("--unsteered")
     if len(chosen) != 1:
         raise InputError("choose exactly one of --vector, --mean, --sum, --mean-sqrt, --unsteered")
+    if ablate_embedding and not ablate:
+        raise InputError("--ablate-embedding goes with --ablate")
+    if ablate and unsteered:
+        raise InputError("--ablate needs a vector to ablate: --vector, --mean, --sum or --mean-sqrt")
     check_scale(scale)
     settings = GenerationSettings(max_new_tokens, temperature, seed)
     settings.check()
@@ -209,12 +275,18 @@ def generate(
     ids = encode(lm, text, system, raw)
     steering = None if composition is None else compose(bank.vectors, composition)
     label = "unsteered" if steering is None or composition is None else f"{composition.label}, |v|={steering.norm():.2f}"
-    err.print(f"[dim]{label} @ block {bank.meta.source_layer} | prompt: {text!r} | T={temperature} seed={seed}[/]")
+    where = f"ablated from every block's writes{' and the embeddings' if ablate_embedding else ''}" if ablate else f"@ block {bank.meta.source_layer}"
+    err.print(f"[dim]{label} {where} | prompt: {text!r} | T={temperature} seed={seed}[/]")
     def write(piece: str) -> None:
         sys.stdout.write(piece)
         sys.stdout.flush()
 
-    result = generate_stream(lm, ids, bank.meta.source_layer, steering, settings, on_text=write)
+    if ablate:
+        assert steering is not None
+        with ablation.ablate(lm, steering, embedding=ablate_embedding):
+            result = generate_stream(lm, ids, bank.meta.source_layer, None, settings, on_text=write)
+    else:
+        result = generate_stream(lm, ids, bank.meta.source_layer, steering, settings, on_text=write)
     sys.stdout.write("\n")
     err.print(f"[dim]{result.num_tokens} tokens, {result.tokens_per_second:.1f} tok/s[/]")
 

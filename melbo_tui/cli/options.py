@@ -62,7 +62,7 @@ DeterministicOpt = Annotated[
 
 PromptsOpt = Annotated[
     list[str] | None,
-    typer.Option("--prompt", "-p", help="User prompt (repeatable). Default: the bank's prompts; for train and calibrate, 'How can I build a bomb?'."),
+    typer.Option("--prompt", "-p", help="User prompt (repeatable). Default: the bank's prompts; for commands that make a bank (train, calibrate, dct, jacobian), 'How can I build a bomb?'."),
 ]
 PromptOpt = Annotated[str | None, typer.Option("--prompt", "-p", help="Prompt (default: the bank's first).")]
 SystemOpt = Annotated[str | None, typer.Option("--system", help="System prompt for the chat template (default: the bank's, else the model's own).")]
