@@ -8,6 +8,7 @@ loses at most the vector in progress.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -15,8 +16,9 @@ from typing import Any
 
 import torch
 
-from melbo_tui.bank import BankKind, BankMeta, VectorBank, load_bank, save_bank
+from melbo_tui.bank import BankKind, BankMeta, VectorBank, load_bank, save_bank, update_bank
 from melbo_tui.errors import BankError, InputError
+from melbo_tui.locking import bank_lock
 from melbo_tui.melbo import MelboConfig, TrainProgress, train
 from melbo_tui.models import LoadedModel, check_resume_provenance
 from melbo_tui.ortho import FoundVector, OrthoConfig, OrthoProgress, hyperparameters, search
@@ -231,3 +233,47 @@ def _append(bank: VectorBank, vector: FoundVector) -> VectorBank:
     extra["ortho_loss"] = [*extra.get("ortho_loss", []), vector.loss]
     extra["ortho_steps"] = [*extra.get("ortho_steps", []), vector.steps]
     return VectorBank(vectors=torch.cat([bank.vectors, vector.theta[None]]), meta=replace(bank.meta, extra=extra))
+
+
+# --- metrics into a bank file --------------------------------------------------------------------
+
+
+class _BankGrew(Exception):  # noqa: N818  (control flow: rows were appended while we measured)
+    def __init__(self, current: VectorBank) -> None:
+        super().__init__("bank grew")
+        self.current = current
+
+
+def store_metrics(path: Path, bank: VectorBank, evaluate: Callable[[VectorBank], VectorBank],
+                  on_regrow: Callable[[Path, int], None] | None = None, attempts: int = 3) -> VectorBank:
+    """`evaluate(bank)` and store its metrics in `path` without losing what another process appended.
+
+    The evaluation runs unlocked (it may take minutes); the write re-reads the file under the
+    bank's lock. Rows appended meanwhile (ortho --resume) make us evaluate again (`on_regrow`
+    hears it), the last attempt entirely under the lock, so it always ends; a bank whose rows
+    were replaced is left alone with one error line.
+    """
+    for attempt in range(attempts):
+        last = attempt == attempts - 1
+        with bank_lock(path) if last else contextlib.nullcontext():
+            if last:
+                bank = load_bank(path)
+            evaluated = evaluate(bank)
+
+            def commit(current: VectorBank, evaluated: VectorBank = evaluated) -> VectorBank:
+                n = len(evaluated)
+                if len(current) < n or not torch.equal(current.vectors[:n], evaluated.vectors):
+                    raise BankError(f"{path} was rewritten by another process while it was evaluated; "
+                                    "nothing stored: run eval again")
+                if len(current) > n:
+                    raise _BankGrew(current)
+                meta = replace(current.meta, extra={**current.meta.extra, "eval": evaluated.meta.extra["eval"]})
+                return VectorBank(vectors=current.vectors, meta=meta, metrics=evaluated.metrics, aux=current.aux)
+
+            try:
+                return update_bank(path, commit)
+            except _BankGrew as grew:
+                if on_regrow is not None:
+                    on_regrow(path, len(grew.current))
+                bank = grew.current
+    raise AssertionError("unreachable: the last attempt holds the lock")

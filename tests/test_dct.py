@@ -218,7 +218,8 @@ def test_cli_dct_calibrates_fits_and_refuses_to_resume_a_finished_bank(
     bank = load_bank(out)
     assert bank.meta.kind == BankKind.DCT and bank.meta.extra["complete"] and bank.meta.extra["calibration"]["method"] == "dct"
     assert bank.meta.created_by.startswith("melbo-tui dct --model")
-    assert set(bank.metrics) == {"score"}
+    assert {"score", "kl_unsteered"} <= set(bank.metrics)  # the ranking, and measured at the end (--eval)
+    assert "u" in bank.aux  # the DCT's output directions survive the measurement
     code, out_text, _ = run_cli(["calibrate", "--method", "dct", "--model", str(tiny_model_dir), *DCT_ARGS], capsys, monkeypatch)
     assert code == 0 and "<- root" in out_text
     assert f"R = {bank.meta.radius:.4g} " in out_text  # the same calibration as `dct --radius auto`

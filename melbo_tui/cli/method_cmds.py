@@ -17,9 +17,11 @@ from melbo_tui.cli.app import app, command_line
 from melbo_tui.cli.options import (
     SEED_PROMPT,
     BatchSizeOpt,
+    DeterministicOpt,
     DeviceOpt,
     DtypeOpt,
     ModelOpt,
+    OffloadOpt,
     PromptsOpt,
     RawOpt,
     RevisionOpt,
@@ -27,7 +29,9 @@ from melbo_tui.cli.options import (
     SystemOpt,
     ThreadsOpt,
     TrustOpt,
+    check_output,
     err,
+    measure_into,
     open_model,
     progress,
 )
@@ -86,8 +90,10 @@ def dct(
     batch_size: BatchSizeOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue the checkpoint in --out (same settings).")] = False,
     system: SystemOpt = None, raw: RawOpt = None,
+    evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Measure every vector at the end (kl_unsteered, the KL worth reading in this bank; see eval --help).")] = True,
     model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
-    revision: RevisionOpt = None, threads: ThreadsOpt = None,
+    revision: RevisionOpt = None, threads: ThreadsOpt = None, offload_folder: OffloadOpt = None,
+    deterministic: DeterministicOpt = False,
 ) -> None:
     """Deep Causal Transcoding: many steering vectors at once, ranked (Mack & Turner 2024).
 
@@ -97,12 +103,13 @@ def dct(
     (column `score`); U, alpha and the order are stored beside them. Ctrl-C keeps the last
     finished iteration in --out; --resume continues it to the uninterrupted result.
     """
+    check_output(out)
     config = DCTConfig(num_vectors=num_vectors, iterations=iterations, radius=_radius(radius), d_proj=d_proj, beta=beta,
                        positions=positions, seed=seed, batch_size=batch_size)
     if resume and out.exists():
         load_bank(out)  # a bad file fails before the model loads
     prompts = prompt or [SEED_PROMPT]
-    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads))
+    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic))
     source, target = _layers(lm, source_layer, target_layer)
     run = DCTRun(source, target, prompts, config, system, bool(raw))
     run.inputs(lm)  # every input error before the progress bar
@@ -129,6 +136,8 @@ def dct(
     if "calibration" in extra:
         err.print(f"R = {bank.meta.radius:.4g} (DCT calibration: nonlinear/linear response = 0.5)")
     score = bank.metrics[Metric.SCORE]
+    if evaluate:
+        measure_into(out, lm, bank, prompts[0], system, bool(raw) or not lm.has_chat_template)
     err.print(f"wrote {out}: {len(bank)} DCT vectors, R={bank.meta.radius:.4g}, layers {source}->{target}, "
               f"{len(prompts)} prompt(s); alpha^2 {float(score[0]):.4g} (row 0) .. {float(score[-1]):.4g}; "
               f"fit {extra['seconds']:.1f} s ({extra['seconds'] / len(bank):.2f} s/vector)")
@@ -147,8 +156,10 @@ def jacobian(
     seed: SeedOpt = 0,
     batch_size: BatchSizeOpt = None,
     system: SystemOpt = None, raw: RawOpt = None,
+    evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Measure every vector at the end (kl_unsteered, the KL worth reading in this bank; see eval --help).")] = True,
     model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
-    revision: RevisionOpt = None, threads: ThreadsOpt = None,
+    revision: RevisionOpt = None, threads: ThreadsOpt = None, offload_folder: OffloadOpt = None,
+    deterministic: DeterministicOpt = False,
 ) -> None:
     """Power steering: the top right singular directions of the source->target Jacobian at 0.
 
@@ -156,10 +167,11 @@ def jacobian(
     positions of each prompt (stacked over prompts). Rows: R v_i by decreasing singular value
     (column `sigma`); the sign of each direction is arbitrary (steer with --scale -1 too).
     """
+    check_output(out)
     config = JacobianConfig(num_vectors=num_vectors, iterations=iterations, radius=_radius(radius), positions=positions,
                             seed=seed, batch_size=batch_size)
     prompts = prompt or [SEED_PROMPT]
-    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads))
+    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic))
     config.check(lm.hidden_size)
     source, target = _layers(lm, source_layer, target_layer)
     raw_prompts = bool(raw) or not lm.has_chat_template
@@ -171,6 +183,8 @@ def jacobian(
                             on_progress=lambda done, total: bar.update(products, completed=done, total=total),
                             on_calibration=_calibration_reporter(bar, calibrating))
     save_bank(bank, out)
+    if evaluate:
+        measure_into(out, lm, bank, prompts[0], system, raw_prompts)
     if "calibration" in bank.meta.extra:
         err.print(f"R = {bank.meta.radius:.4g} (DCT calibration: nonlinear/linear response = 0.5)")
     sigma = bank.metrics[Metric.SIGMA]

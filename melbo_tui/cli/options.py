@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -152,6 +152,31 @@ def print_sink(report: SinkReport) -> None:
     """The once-per-run lines saying which target positions an objective leaves out."""
     for line in report.lines():
         err.print(line, style="yellow" if line.startswith("warning") else "dim", highlight=False)
+
+
+def measure_into(path: Path, lm: LoadedModel, bank: VectorBank, prompt: str, system: str | None, raw: bool,
+                 **options: Any) -> VectorBank:
+    """Measure every vector on `prompt` (`metrics.evaluate_bank`) and store it in `path`, with a progress bar.
+
+    Rows another process appended meanwhile are measured too (`jobs.store_metrics`).
+    """
+    from melbo_tui.jobs import store_metrics
+    from melbo_tui.metrics import evaluate_bank
+    from melbo_tui.prompts import encode
+
+    ids = encode(lm, prompt, system, raw)
+
+    def regrew(where: Path, rows: int) -> None:
+        err.print(f"[dim]{where} grew to {rows} rows while it was evaluated: evaluating again[/]")
+
+    with progress() as bar:
+        task = bar.add_task("eval vectors", total=len(bank) + 1, info=f"prompt {prompt!r}")
+
+        def evaluate(current: VectorBank) -> VectorBank:
+            return evaluate_bank(lm, current, ids, prompt, system, raw, **options,
+                                 on_progress=lambda done, _total: bar.update(task, completed=done, total=len(current) + 1))
+
+        return store_metrics(path, bank, evaluate, on_regrow=regrew)
 
 
 def progress() -> Progress:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
 import statistics
 import sys
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -44,13 +41,14 @@ from melbo_tui.cli.options import (
     check_output,
     err,
     open_bank,
+    measure_into,
     open_model,
     print_sink,
     progress,
     prompt_for,
 )
 from melbo_tui.compose import ComposeMode, Composition
-from melbo_tui.errors import BankError, InputError
+from melbo_tui.errors import InputError
 from melbo_tui.jobs import OrthoSource, run_ortho
 from melbo_tui.models import ModelRequest
 from melbo_tui.ortho import Objective, OrthoConfig, OrthoProgress, Strategy
@@ -128,14 +126,7 @@ def ortho(
         sys.exit(130)  # SystemExit passes through click untouched; typer.Exit's code would be lost
     bank = result.bank
     if evaluate and len(bank) > 1:
-        from melbo_tui.metrics import evaluate_bank
-
-        ids = encode(lm, prompts[0], system, raw)
-        with progress() as bar:
-            task = bar.add_task("eval vectors", total=len(bank) + 1, info=f"prompt {prompts[0]!r}")
-            bank = store_metrics(out, bank, lambda b: evaluate_bank(
-                lm, b, ids, prompts[0], system, raw,
-                on_progress=lambda done, _total: bar.update(task, completed=done, total=len(b) + 1)))
+        bank = measure_into(out, lm, bank, prompts[0], system, raw)
     per_vector = result.seconds / result.new if result.new else 0.0
     err.print(result.summary + (" (--resume continues)" if result.stopped else ""))
     _print_summary(bank, f"{result.new} new vectors, {per_vector:.2f} s/vector")
@@ -164,7 +155,6 @@ def eval_(
     Safe while another process (ortho --resume) grows the bank: rows appended meanwhile are
     kept and measured too.
     """
-    from melbo_tui.metrics import evaluate_bank
 
     if batch_size is not None and batch_size <= 0:
         raise InputError(f"--batch-size must be positive, got {batch_size}")
@@ -176,12 +166,7 @@ def eval_(
     lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic))
     bank = open_bank(bank_path, lm)
     text, system, raw = prompt_for(bank, bank_path, prompt, system, raw)
-    ids = encode(lm, text, system, raw)
-    with progress() as bar:
-        task = bar.add_task("eval vectors", total=len(bank) + 1, info=f"prompt {text!r}")
-        bank = store_metrics(bank_path, bank, lambda b: evaluate_bank(
-            lm, b, ids, text, system, raw, batch_size, continuation, rule,
-            on_progress=lambda done, _total: bar.update(task, completed=done, total=len(b) + 1)))
+    bank = measure_into(bank_path, lm, bank, text, system, raw, batch_size=batch_size, continuation=continuation, sink=rule)
     _print_summary(bank, f"metrics stored in {bank_path}")
 
 
@@ -333,49 +318,6 @@ def bench(
         print(json.dumps(report, indent=2))
     else:
         Console().print(render_table(report))
-
-
-class _BankGrew(Exception):
-    def __init__(self, current: VectorBank) -> None:
-        super().__init__("bank grew")
-        self.current = current
-
-
-def store_metrics(path: Path, bank: VectorBank, evaluate: Callable[[VectorBank], VectorBank],
-                  attempts: int = 3) -> VectorBank:
-    """`evaluate(bank)` and store its metrics in `path` without losing what another process appended.
-
-    The evaluation runs unlocked (it may take minutes); the write re-reads the file under the
-    bank's lock. Rows appended meanwhile (ortho --resume) make us evaluate again, the last
-    attempt entirely under the lock, so it always ends; a bank whose rows were replaced is
-    left alone with one error line.
-    """
-    from melbo_tui.bank import update_bank
-    from melbo_tui.locking import bank_lock
-
-    for attempt in range(attempts):
-        last = attempt == attempts - 1
-        with bank_lock(path) if last else contextlib.nullcontext():
-            if last:
-                bank = load_bank(path)
-            evaluated = evaluate(bank)
-
-            def commit(current: VectorBank, evaluated: VectorBank = evaluated) -> VectorBank:
-                n = len(evaluated)
-                if len(current) < n or not torch.equal(current.vectors[:n], evaluated.vectors):
-                    raise BankError(f"{path} was rewritten by another process while it was evaluated; "
-                                    "nothing stored: run eval again")
-                if len(current) > n:
-                    raise _BankGrew(current)
-                meta = dataclasses.replace(current.meta, extra={**current.meta.extra, "eval": evaluated.meta.extra["eval"]})
-                return VectorBank(vectors=current.vectors, meta=meta, metrics=evaluated.metrics)
-
-            try:
-                return update_bank(path, commit)
-            except _BankGrew as grew:
-                err.print(f"[dim]{path} grew to {len(grew.current)} rows while it was evaluated: evaluating again[/]")
-                bank = grew.current
-    raise AssertionError("unreachable: the last attempt holds the lock")
 
 
 def _print_summary(bank: VectorBank, title: str) -> None:
