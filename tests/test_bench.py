@@ -40,7 +40,7 @@ def test_bench_quick_json(embedded: object) -> None:
 def test_render_table_shows_every_row() -> None:
     from rich.console import Console
 
-    from melbo_tui.bench import render_table
+    from melbo_tui.benchmarks.bench import render_table
 
     report = {"model": "m", "config": {"quick": True},
               "machine": {"device": "cpu", "cpu": "x86", "threads": 2, "dtype": "float32"},

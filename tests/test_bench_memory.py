@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from melbo_tui.bench import BenchConfig, run_bench
+from melbo_tui.benchmarks.bench import BenchConfig, run_bench
 from melbo_tui.models import LoadedModel, ModelRequest
 
 

@@ -305,7 +305,7 @@ def bench(
     revision: RevisionOpt = None, offload_folder: OffloadOpt = None, deterministic: DeterministicOpt = False,
 ) -> None:
     """Side-by-side speed ratios measured in one run: ortho, eval, dump, steering, loading, FLOP/s."""
-    from melbo_tui.bench import BenchConfig, render_table, run_bench
+    from melbo_tui.benchmarks.bench import BenchConfig, render_table, run_bench
 
     if threads is not None and threads <= 0:
         raise InputError(f"--threads must be positive, got {threads}")

@@ -52,7 +52,7 @@ def measure_key_latency(
 
 
 def measure_latency(quick: bool = False) -> dict[str, float]:
-    """The benchmark's entry point (`melbo_tui.bench`): numbers only, 200 presses (50 if quick)."""
+    """The benchmark's entry point (`melbo_tui.benchmarks.bench`): numbers only, 200 presses (50 if quick)."""
     report = measure_key_latency(presses=50 if quick else 200)
     return {
         "median_ms": report.median_ms, "p95_ms": report.p95_ms, "max_ms": report.max_ms,

@@ -15,7 +15,7 @@ ratios hold even on a busy machine (the absolute numbers do not). Rows:
 - DCT vs MELBO: seconds per vector, each as a user runs it on the same prompt and layers
   (`melbo-tui dct --num-vectors 64` with R calibrated, the calibration counted; `melbo-tui train`
   at its default 300 steps and batch);
-- key-to-repaint latency of the TUI, if `melbo_tui.tui.latency` provides it.
+- key-to-repaint latency of the explorer (`tui_latency`).
 `--quick` shrinks every size so that CI runs it in well under two minutes: its ratios show
 that the code paths work, not how fast they are.
 """
@@ -111,9 +111,7 @@ def run_bench(config: BenchConfig, request: ModelRequest | None = None,
     _release(device)
     stage("model load")
     rows.append(_load_row(request, cached_load, config))
-    latency = _tui_latency(config)
-    if latency is not None:
-        rows.append(latency)
+    rows.append(_tui_latency(config))
     return {"rows": rows, "machine": machine, "config": asdict(config), "model": name}
 
 
@@ -341,17 +339,12 @@ def _dct_row(lm: LoadedModel, config: BenchConfig) -> Row:
                        "melbo_vectors": config.melbo_vectors, "melbo_steps": config.melbo_steps}}
 
 
-def _tui_latency(config: BenchConfig) -> Row | None:
-    try:
-        from melbo_tui.tui import latency  # provided by the TUI; optional
-    except ImportError:
-        return None
-    measure = getattr(latency, "measure_latency", None)
-    if measure is None:
-        return None
-    numbers = measure(quick=config.quick)
-    median = numbers.get("median_ms") if isinstance(numbers, dict) else None
-    return {"name": "TUI key-to-repaint latency", "ours": f"{median:.1f} ms" if median is not None else "?",
+def _tui_latency(config: BenchConfig) -> Row:
+    from melbo_tui.benchmarks.tui_latency import measure_latency
+
+    numbers = measure_latency(quick=config.quick)
+    median = numbers["median_ms"]
+    return {"name": "TUI key-to-repaint latency", "ours": f"{median:.1f} ms",
             "baseline": "-", "ratio": None, "notes": ", ".join(f"{k} {v:g}" for k, v in numbers.items()),
             "detail": numbers}
 
