@@ -31,8 +31,8 @@ _EXPORTS = {
     "ComposeMode": "melbo_tui.compose",
     "VectorBank": "melbo_tui.bank",
     "BankMeta": "melbo_tui.bank",
-    "BankKind": "melbo_tui.bank",
-    "Metric": "melbo_tui.bank",
+    "BankKind": "melbo_tui.kinds",
+    "Metric": "melbo_tui.kinds",
     "load_bank": "melbo_tui.bank",
     "save_bank": "melbo_tui.bank",
     "SinkRule": "melbo_tui.sink",
@@ -41,7 +41,31 @@ _EXPORTS = {
     "MelboError": "melbo_tui.errors",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "BankKind",
+    "BankMeta",
+    "ComposeMode",
+    "Composition",
+    "LoadedModel",
+    "MelboError",
+    "Metric",
+    "ModelRequest",
+    "Objective",
+    "SinkRule",
+    "Strategy",
+    "VectorBank",
+    "bank_metrics",
+    "compose",
+    "encode",
+    "find_orthogonal",
+    "generate",
+    "load_bank",
+    "load_model",
+    "save_bank",
+    "steer",
+    "train_melbo",
+    "wrap_model",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -59,9 +83,10 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the lazy __getattr__ above does this
     from melbo_tui.api import bank_metrics, find_orthogonal, generate, train_melbo, wrap_model
-    from melbo_tui.bank import BankKind, BankMeta, Metric, VectorBank, load_bank, save_bank
+    from melbo_tui.bank import BankMeta, VectorBank, load_bank, save_bank
     from melbo_tui.compose import ComposeMode, Composition, compose
     from melbo_tui.errors import MelboError
+    from melbo_tui.kinds import BankKind, Metric
     from melbo_tui.models import LoadedModel, ModelRequest, load_model
     from melbo_tui.ortho import Objective, Strategy
     from melbo_tui.prompts import encode

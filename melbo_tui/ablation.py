@@ -46,7 +46,8 @@ def orthonormal_basis(directions: torch.Tensor, hidden_size: int) -> torch.Tenso
     keep = torch.diagonal(r).abs() > 1e-6 * rows.norm(dim=1).max().clamp_min(1e-30).double()
     if not keep.any():
         raise InputError("cannot ablate a zero vector")
-    return q[:, keep].T.float().contiguous()
+    basis: torch.Tensor = q[:, keep].T.float().contiguous()
+    return basis
 
 
 @contextlib.contextmanager

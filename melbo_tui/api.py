@@ -149,7 +149,7 @@ def generate(
         try:
             generate_stream(lm, ids, source_layer if source_layer is not None else 0, vector, settings,
                             on_text=pieces.put, should_stop=stop.is_set)
-        except BaseException as exc:  # noqa: BLE001  handed to the caller's thread
+        except BaseException as exc:
             pieces.put(exc)
         finally:
             pieces.put(None)

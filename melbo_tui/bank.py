@@ -29,9 +29,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
-from melbo_tui.kinds import BankKind, Metric, default_kl  # noqa: F401  (re-exported: the bank's vocabulary)
 from melbo_tui.atomic import atomic_write
 from melbo_tui.errors import BankError
+from melbo_tui.kinds import BankKind, Metric
 from melbo_tui.locking import bank_lock
 
 FORMAT_VERSION = 1
@@ -99,7 +99,8 @@ class VectorBank:
         return int(self.vectors.shape[1])
 
     def norms(self) -> torch.Tensor:
-        return self.vectors.norm(dim=-1)
+        norms: torch.Tensor = self.vectors.norm(dim=-1)
+        return norms
 
     def fingerprint(self) -> str:
         """A short hash of the vectors alone: the same bank after `eval` rewrote its metrics keeps it."""
@@ -119,7 +120,7 @@ def save_bank(bank: VectorBank, path: Path) -> None:
     for name, values in bank.metrics.items():
         if name not in Metric.__members__.values():
             raise BankError(f"{path}: unknown metric '{name}'")
-        values = values.detach().to("cpu", torch.float32).contiguous()
+        values = values.detach().to("cpu", torch.float32).contiguous()  # noqa: PLW2901  (the checked copy)
         if values.shape != (vectors.shape[0],):
             raise BankError(f"{path}: metric '{name}' has shape {tuple(values.shape)}, expected ({len(vectors)},)")
         tensors[name] = values
@@ -190,9 +191,9 @@ def load_bank(path: Path) -> VectorBank:
         raise BankError(f"{path}: metadata says hidden_size {meta.hidden_size} but vectors are {vectors.shape[1]} wide")
     if not 0 <= meta.base_index < len(vectors):
         raise BankError(f"{path}: base_index {meta.base_index} outside 0..{len(vectors) - 1}")
-    for name, layer in (("source", meta.source_layer), ("target", meta.target_layer)):
+    for which, layer in (("source", meta.source_layer), ("target", meta.target_layer)):
         if not 0 <= layer < meta.num_layers:
-            raise BankError(f"{path}: {name} layer {layer} outside the blocks 0..{meta.num_layers - 1} of {meta.model}")
+            raise BankError(f"{path}: {which} layer {layer} outside the blocks 0..{meta.num_layers - 1} of {meta.model}")
     if meta.target_layer <= meta.source_layer:
         raise BankError(f"{path}: target layer {meta.target_layer} does not come after source layer {meta.source_layer}")
     return VectorBank(vectors=vectors, meta=meta, metrics=metrics, aux=aux)

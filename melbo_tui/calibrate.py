@@ -140,7 +140,8 @@ def nonlinearity_ratio(response: Callable[[torch.Tensor], torch.Tensor], directi
 
     def jvp(rows: torch.Tensor) -> torch.Tensor:
         tangent = torch.func.jvp(response, (torch.zeros_like(rows),), (rows,))[1]
-        return tangent.detach().flatten(1)  # [c, d_out]
+        linear: torch.Tensor = tangent.detach().flatten(1)  # [c, d_out]
+        return linear
 
     jv = batched(jvp, directions, chunk, device).double()  # [n, d_out]
     linear_sq = jv.pow(2).sum(dim=1)  # ||J v||^2

@@ -54,9 +54,10 @@ from pathlib import Path
 
 import torch
 
-from melbo_tui.bank import BankKind, BankMeta, Metric, VectorBank, load_bank, save_bank
+from melbo_tui.bank import BankMeta, VectorBank, load_bank, save_bank
 from melbo_tui.calibrate import RatioPoint, calibrate_dct
-from melbo_tui.errors import BankError, InputError
+from melbo_tui.errors import BankError, InputError, Stopped
+from melbo_tui.kinds import BankKind, Metric
 from melbo_tui.metrics import batched
 from melbo_tui.models import LoadedModel
 from melbo_tui.prompts import encode
@@ -163,7 +164,7 @@ def fit_dct(
             if on_state is not None:
                 on_state(state)
         alpha = rank_factors(response, state, radius, chunk, config.iterations, report, stop)
-    except _Stopped:
+    except Stopped:
         return None
     order = sorted(range(len(alpha)), key=lambda i: -float(alpha[i]) ** 2)
     index = torch.tensor(order)
@@ -240,7 +241,8 @@ def solve_alpha(u: torch.Tensor, v: torch.Tensor, delta: torch.Tensor) -> torch.
         alpha = torch.linalg.solve(kernel, a)
     except RuntimeError:  # torch.linalg.LinAlgError: singular
         alpha = torch.linalg.pinv(kernel) @ a
-    return alpha.float()
+    ranked: torch.Tensor = alpha.float()
+    return ranked
 
 
 def factor_chunk(batch_size: int | None, device: torch.device, rows_per_factor: int) -> int:
@@ -248,17 +250,14 @@ def factor_chunk(batch_size: int | None, device: torch.device, rows_per_factor: 
     return batch_size or max(1, (256 if device.type == "cuda" else 64) // rows_per_factor)
 
 
-class _Stopped(Exception):
-    pass
-
-
 def _check(stop: StopFn) -> None:
     if stop():
-        raise _Stopped
+        raise Stopped
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    unit: torch.Tensor = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    return unit
 
 
 def _no_grad(response: ResponseFn, thetas: torch.Tensor) -> torch.Tensor:

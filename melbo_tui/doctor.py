@@ -214,7 +214,8 @@ def _vector(lm: LoadedModel, ids: torch.Tensor, source: int) -> torch.Tensor:
     with torch.no_grad():
         norm = float(run_to_layer(lm, source, ids).float().norm(dim=-1).median())
     direction = torch.randn(lm.hidden_size, generator=torch.Generator().manual_seed(1))
-    return direction / direction.norm() * 4 * max(norm, 1.0)
+    scaled: torch.Tensor = direction / direction.norm() * 4 * max(norm, 1.0)
+    return scaled
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -344,7 +345,7 @@ def massive_activations(lm: LoadedModel, ids: torch.Tensor, target: int) -> Chec
         return Check("massive activations", Status.INFO,
                      f"none above {SINK_RATIO:g}x the median norm {median:.3g} at layer {target} ({ids.shape[1]} tokens)")
     tokens = [repr(lm.tokenizer.decode(ids[0, i : i + 1])) if lm.tokenizer is not None else str(int(ids[0, i])) for i in massive]
-    shown = ", ".join(f"{i} {tok} ({float(norms[i]) / median:.0f}x)" for i, tok in zip(massive, tokens))
+    shown = ", ".join(f"{i} {tok} ({float(norms[i]) / median:.0f}x)" for i, tok in zip(massive, tokens, strict=True))
     return Check("massive activations", Status.INFO,
                  f"layer {target}, median norm of the others {median:.3g}: positions {shown} of {ids.shape[1]}")
 

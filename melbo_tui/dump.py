@@ -23,7 +23,6 @@ from melbo_tui.generation import GenerationSettings, generate_batch
 from melbo_tui.metrics import batched, default_batch_size
 from melbo_tui.models import LoadedModel
 
-
 DUMP_METRICS = ("kl_seq", "err", "kl", "kl_unsteered", "score", "sigma")  # shown beside a row's completion, when stored
 
 
@@ -107,7 +106,7 @@ def dump_completions(
         return texts
 
     texts = _batched_texts(run, torch.arange(len(named)), batch_size or default_batch_size(lm.device) // 2, lm.device)
-    return [DumpEntry(name, row, comp, text) for (name, row, comp), text in zip(named, texts)]
+    return [DumpEntry(name, row, comp, text) for (name, row, comp), text in zip(named, texts, strict=True)]
 
 
 def write_dump(entries: list[DumpEntry], text_path: Path, jsonl_path: Path, prompt: str,

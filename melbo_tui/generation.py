@@ -30,6 +30,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TextStreamer
 
 from melbo_tui.decoding import MAX_NEW_TOKENS_LIMIT, GenerationResult, GenerationSettings
+from melbo_tui.errors import InputError
 from melbo_tui.models import LoadedModel
 from melbo_tui.steering import steer
 
@@ -47,7 +48,7 @@ class _CallbackStreamer(TextStreamer):
     def put(self, value: torch.Tensor) -> None:
         if not self.next_tokens_are_prompt:
             self.num_tokens += int(value.numel())
-        super().put(value)
+        super().put(value)  # type: ignore[no-untyped-call]  # transformers leaves it unannotated
 
     def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
         if text:

@@ -33,9 +33,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from melbo_tui.bank import BankKind, BankMeta, Metric, VectorBank
+from melbo_tui.bank import BankMeta, VectorBank
 from melbo_tui.calibrate import RatioPoint, calibrate_dct
 from melbo_tui.errors import InputError
+from melbo_tui.kinds import BankKind, Metric
 from melbo_tui.models import LoadedModel
 from melbo_tui.prompts import encode
 from melbo_tui.response import TargetResponse
@@ -130,7 +131,8 @@ def top_singular_directions(
 
 def _orthonormal_rows(x: torch.Tensor) -> torch.Tensor:
     """Rows of `x  # [k, d]` orthonormalised in order (QR; the signs do not matter for a subspace)."""
-    return torch.linalg.qr(x.T).Q.T
+    rows: torch.Tensor = torch.linalg.qr(x.T).Q.T
+    return rows
 
 
 def run_jacobian(

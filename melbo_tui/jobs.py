@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
-from melbo_tui.bank import BankKind, BankMeta, VectorBank, load_bank, save_bank, update_bank
+from melbo_tui.bank import BankMeta, VectorBank, load_bank, save_bank, update_bank
 from melbo_tui.errors import BankError, InputError
+from melbo_tui.kinds import BankKind
 from melbo_tui.locking import bank_lock
 from melbo_tui.melbo import MelboConfig, TrainProgress, train
 from melbo_tui.models import LoadedModel, check_resume_provenance

@@ -182,7 +182,7 @@ def _is_repetitive(text: str, min_words: int, max_distinct: float, max_run: floa
     words = text.split()
     if len(words) < min_words:
         return False
-    grams = list(zip(words, words[1:], words[2:]))
+    grams = list(zip(words, words[1:], words[2:], strict=False))  # trigrams: the shorter tails end it
     return len(Counter(grams)) / len(grams) < max_distinct
 
 

@@ -184,12 +184,13 @@ class MelboObjective:
         for z in unsteered:
             positions = select_positions(z.norm(dim=-1), config.sink, token_slice)
             self.positions.append(positions)
-        self.unsteered = [z for z in unsteered]
+        self.unsteered = unsteered
 
     def per_position(self, thetas: torch.Tensor, prompt: int) -> torch.Tensor:
         """`[K, T]`: ||Z_t(theta) - Z_t(0)||_2 at every position of one prompt (norm over the hidden axis)."""
         z = self.caches[prompt].target(thetas, self.config.target_layer).float()  # [K, T, d]
-        return (z - self.unsteered[prompt].to(z.device)[None]).norm(dim=-1)
+        change: torch.Tensor = (z - self.unsteered[prompt].to(z.device)[None]).norm(dim=-1)
+        return change
 
     def change(self, thetas: torch.Tensor) -> torch.Tensor:
         """`[K]`: sum over prompts of (sum_{t compared} ||dZ_t||^p)^(1/q), what training maximises."""
@@ -270,4 +271,5 @@ def _retract(thetas: torch.Tensor, basis: torch.Tensor, radius: float) -> torch.
     signs = torch.sign(torch.diagonal(r))
     signs[signs == 0] = 1.0
     units = (q * signs).T  # [K, d], same orientation as the rows they came from
-    return (units * radius).to(thetas.dtype)
+    retracted: torch.Tensor = (units * radius).to(thetas.dtype)
+    return retracted

@@ -31,8 +31,9 @@ from typing import Any
 
 import torch
 
-from melbo_tui.bank import Metric, VectorBank, check_bank_fits
+from melbo_tui.bank import VectorBank, check_bank_fits
 from melbo_tui.errors import InputError, Stopped
+from melbo_tui.kinds import Metric
 from melbo_tui.models import LoadedModel
 from melbo_tui.prefix import PrefixCache
 from melbo_tui.sink import SinkRule, select_positions

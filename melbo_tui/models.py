@@ -500,7 +500,11 @@ def quiet_loading() -> Iterator[None]:
     switches turn off bars and logs while any thread loads, and warnings are dropped only for
     the loading thread.
     """
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from huggingface_hub.utils import (  # type: ignore[attr-defined]  # exported at run time, not in the stubs
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
     from transformers.utils import logging as hf_logging
 
     me = threading.get_ident()

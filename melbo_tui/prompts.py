@@ -31,4 +31,5 @@ def encode(lm: LoadedModel, prompt: str, system: str | None = None, raw: bool = 
     text = format_prompt(lm, prompt, system, raw)
     # the template already holds the special tokens; raw text gets the tokenizer's BOS if any
     ids = lm.tokenizer(text, add_special_tokens=raw or not lm.has_chat_template, return_tensors="pt")["input_ids"]
-    return ids.to(lm.device)
+    on_device: torch.Tensor = ids.to(lm.device)
+    return on_device

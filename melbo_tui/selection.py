@@ -14,8 +14,8 @@ def parse_selection(spec: str, n: int) -> list[int]:
     if not spec or not spec.strip():
         raise InputError("empty selection: give indices or slices such as 1:11 or 0,3,7")
     rows: list[int] = []
-    for part in spec.split(","):
-        part = part.strip()
+    for item in spec.split(","):
+        part = item.strip()
         if not part:
             raise InputError(f"empty item in selection '{spec}'")
         rows.extend(_parse_part(part, n, spec))

@@ -20,7 +20,7 @@ from melbo_tui.errors import InputError
 from melbo_tui.models import LoadedModel
 
 
-class _StopForward(Exception):
+class _StopForward(Exception):  # noqa: N818  (control flow: the target block has run)
     """Raised by the capture hook to skip every block after the target layer."""
 
 

@@ -10,9 +10,10 @@ from conftest import tiny_model
 from test_cli import run_cli
 
 from melbo_tui.ablation import ablate, orthonormal_basis
-from melbo_tui.bank import BankKind, BankMeta, VectorBank, save_bank
+from melbo_tui.bank import BankMeta, VectorBank, save_bank
 from melbo_tui.errors import InputError
 from melbo_tui.generation import GenerationSettings, generate_batch
+from melbo_tui.kinds import BankKind
 from melbo_tui.models import LoadedModel, load_model
 from melbo_tui.prompts import encode
 

@@ -90,7 +90,7 @@ def test_generate_steered_differs_from_unsteered(trained_bank: Path, tiny_model_
     assert steered.strip() and steered != plain  # (the random tiny model alone prints newlines)
     code, again, _ = run_cli(["generate", str(trained_bank), "--vector", "1", *common], capsys, monkeypatch)
     assert again == steered  # greedy is deterministic
-    code, mean, err = run_cli(["generate", str(trained_bank), "--mean-sqrt", "0:3", "--scale", "2", *common], capsys, monkeypatch)
+    code, _, err = run_cli(["generate", str(trained_bank), "--mean-sqrt", "0:3", "--scale", "2", *common], capsys, monkeypatch)
     assert code == 0 and "mean-sqrt[0:3] x2" in err
 
 

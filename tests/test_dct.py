@@ -11,10 +11,11 @@ import torch
 from conftest import tiny_model
 from test_cli import run_cli
 
-from melbo_tui.bank import BankKind, load_bank
+from melbo_tui.bank import load_bank
 from melbo_tui.calibrate import brent_root, calibrate_dct, nonlinearity_ratio
 from melbo_tui.dct import DCTConfig, DCTRun, fit_dct, run_dct
 from melbo_tui.errors import BankError, InputError
+from melbo_tui.kinds import BankKind
 from melbo_tui.models import LoadedModel
 from melbo_tui.response import TargetResponse
 

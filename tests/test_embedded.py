@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from melbo_tui.api import train_melbo
 from melbo_tui.bank import load_bank, save_bank
 from melbo_tui.generation import GenerationSettings, generate_stream
-from melbo_tui.api import train_melbo
 from melbo_tui.jobs import melbo_bank
 from melbo_tui.melbo import MelboConfig
 from melbo_tui.models import EMBEDDED_NAME, LoadedModel, embedded_model_dir, load_model
@@ -99,7 +99,7 @@ def test_a_notebook_cell_trains_finds_and_measures_without_files_or_ui(tmp_path:
                           check=False, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
-    kl_seq = eval(lines["kl_seq"])  # noqa: S307  (our own printed list)
+    kl_seq = eval(lines["kl_seq"])
     assert len(kl_seq) == 3 and kl_seq[0] == 0.0 and all(v > 0 for v in kl_seq[1:])
     assert lines["text"].strip() and lines["ui"] == "[]"
     assert list(tmp_path.iterdir()) == []  # nothing written where the notebook runs

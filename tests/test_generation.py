@@ -99,7 +99,7 @@ def test_sampling_ignores_the_models_generation_config(opinionated_dir: Path) ->
     ids = lm.tokenizer("How can I build a bomb?", return_tensors="pt").input_ids
     settings = GenerationSettings(max_new_tokens=10, temperature=1.5, seed=7)
     texts = generate_batch(lm, ids, 2, torch.zeros(4, lm.hidden_size), settings, keys=["a", "b", "c", "d"])
-    for key, text in zip("abcd", texts):
+    for key, text in zip("abcd", texts, strict=True):
         sampler = RowSampler(settings.temperature, settings.seed, [key])
         assert text == lm.tokenizer.decode(_reference(lm, ids, 2, None, 10, sampler), skip_special_tokens=True)
     greedy = generate_batch(lm, ids, 2, None, GenerationSettings(max_new_tokens=10))[0]

@@ -8,8 +8,9 @@ import pytest
 import torch
 from test_cli import run_cli
 
-from melbo_tui.bank import BankKind, load_bank, save_bank
+from melbo_tui.bank import load_bank, save_bank
 from melbo_tui.jacobian import JacobianConfig, run_jacobian, top_singular_directions
+from melbo_tui.kinds import BankKind
 from melbo_tui.models import LoadedModel
 from melbo_tui.response import TargetResponse
 

@@ -12,18 +12,18 @@ import torch
 from helpers_ortho import one_thread, prompt_ids, random_bank  # noqa: F401 (autouse fixture)
 
 from melbo_tui.bank import load_bank, save_bank
-from melbo_tui.jobs import OrthoSource, run_ortho
 from melbo_tui.errors import BankError, InputError
+from melbo_tui.jobs import OrthoSource, run_ortho
 from melbo_tui.models import LoadedModel
 from melbo_tui.ortho import (
     Objective,
     OrthoConfig,
     OrthoLoss,
+    SearchResult,
     _CachedForward,
     _FullForward,
     extend_basis,
     max_abs_cos,
-    SearchResult,
     project,
     search,
 )
@@ -284,7 +284,7 @@ def test_a_bf16_model_searches_in_fp32_copies_of_the_blocks_it_runs(tiny_llama: 
     assert forward.blocks is not None and all(p.dtype == torch.float32 for b in forward.blocks for p in b.parameters())
     assert all(p.dtype == torch.bfloat16 for p in half.parameters())  # the model itself is untouched
     losses = []
-    for lm, fwd in ((lm16, forward), (lm32, _CachedForward(lm32, 0, 3, ids))):
+    for fwd in (forward, _CachedForward(lm32, 0, 3, ids)):
         loss = OrthoLoss(fwd, Objective.TOKENS, SinkRule.parse("0"))
         loss.set_base(theta0[0])
         losses.append(loss.value(thetas))

@@ -51,9 +51,8 @@ def test_leaving_the_context_restores_logits_bit_identical(any_tiny: LoadedModel
 
 
 def test_hook_removed_even_when_the_body_raises(tiny_llama: LoadedModel) -> None:
-    with pytest.raises(RuntimeError):
-        with steer(tiny_llama, 1, torch.ones(32)):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), steer(tiny_llama, 1, torch.ones(32)):
+        raise RuntimeError("boom")
     assert not tiny_llama.blocks[1]._forward_hooks
 
 
@@ -103,15 +102,12 @@ def test_gradients_flow_into_theta(tiny_llama: LoadedModel) -> None:
 
 
 def test_bad_layer_and_shape_are_input_errors(tiny_llama: LoadedModel) -> None:
-    with pytest.raises(InputError, match="out of range"):
-        with steer(tiny_llama, 4, torch.ones(32)):
-            pass
-    with pytest.raises(InputError, match="shape"):
-        with steer(tiny_llama, 1, torch.ones(31)):
-            pass
-    with pytest.raises(InputError, match="batch"):
-        with steer(tiny_llama, 1, torch.ones(2, 32)):
-            run_to_layer(tiny_llama, 2, IDS)
+    with pytest.raises(InputError, match="out of range"), steer(tiny_llama, 4, torch.ones(32)):
+        pass
+    with pytest.raises(InputError, match="shape"), steer(tiny_llama, 1, torch.ones(31)):
+        pass
+    with pytest.raises(InputError, match="batch"), steer(tiny_llama, 1, torch.ones(2, 32)):
+        run_to_layer(tiny_llama, 2, IDS)
 
 
 def test_unknown_architecture_is_a_model_error() -> None:

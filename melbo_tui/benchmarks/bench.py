@@ -31,8 +31,9 @@ from typing import Any
 
 import torch
 
-from melbo_tui.bank import BankKind, BankMeta, VectorBank
+from melbo_tui.bank import BankMeta, VectorBank
 from melbo_tui.generation import GenerationSettings, generate_batch, run_generate
+from melbo_tui.kinds import BankKind
 from melbo_tui.models import LoadedModel, ModelRequest, embedded_gguf_path, load_model
 from melbo_tui.prompts import encode
 from melbo_tui.steering import steer
@@ -219,7 +220,7 @@ def _dump_row(lm: LoadedModel, config: BenchConfig, ids: torch.Tensor) -> Row:
     t0 = time.perf_counter()
     looped = [generate_batch(lm, ids, config.source_layer, v[None], settings)[0] for v in vectors]
     slow = time.perf_counter() - t0
-    same = sum(a == b for a, b in zip(batched, looped))
+    same = sum(a == b for a, b in zip(batched, looped, strict=True))
     return {"name": f"dump batched vs loop ({len(vectors)} x {config.dump_tokens} tokens)", "ours": f"{fast:.2f} s",
             "baseline": f"{slow:.2f} s", "ratio": slow / fast, "target": ">= 8x",
             "notes": f"{same}/{len(vectors)} greedy texts identical",

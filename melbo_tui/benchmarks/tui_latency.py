@@ -64,7 +64,8 @@ def measure_latency(quick: bool = False) -> dict[str, float]:
 def _make_bank(path: Path, rows: int) -> Path:
     import torch
 
-    from melbo_tui.bank import BankKind, BankMeta, VectorBank, save_bank
+    from melbo_tui.bank import BankMeta, VectorBank, save_bank
+    from melbo_tui.kinds import BankKind
 
     gen = torch.Generator().manual_seed(0)
     vectors = torch.randn(rows, 576, generator=gen) * 2

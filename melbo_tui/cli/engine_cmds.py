@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from melbo_tui import ablation
-from melbo_tui.bank import BankKind, BankMeta, VectorBank, check_bank_fits, load_bank, save_bank
+from melbo_tui.bank import BankMeta, VectorBank, check_bank_fits, load_bank, save_bank
 from melbo_tui.calibrate import CalibrationMethod, CalibrationPoint, find_takeoff, recommend, sweep
 from melbo_tui.cli.app import app, command_line
 from melbo_tui.cli.options import (
@@ -49,6 +49,7 @@ from melbo_tui.compose import ComposeMode, Composition, check_scale, compose
 from melbo_tui.errors import BankError, InputError
 from melbo_tui.generation import GenerationSettings, generate_stream
 from melbo_tui.jobs import run_melbo
+from melbo_tui.kinds import BankKind
 from melbo_tui.labels import read_labels
 from melbo_tui.melbo import MelboConfig, TrainProgress, default_layers
 from melbo_tui.models import LoadedModel, ModelRequest
@@ -339,7 +340,7 @@ def row_listing(bank: VectorBank, bank_path: Path, picked: list[int], sort: str 
     labels = read_labels(bank_path) or [""] * len(bank)
     norms, base = bank.norms(), bank.vectors[bank.meta.base_index]
     cos = (bank.vectors @ base) / (norms * base.norm()).clamp_min(1e-30)
-    columns = {"norm": norms, "cos_base": cos, **{name: values for name, values in bank.metrics.items()}}
+    columns = {"norm": norms, "cos_base": cos, **bank.metrics}
     records = [{"idx": r, "label": labels[r] if r < len(labels) else "",
                 **{name: round(float(values[r]), 6) + 0.0 for name, values in columns.items()}} for r in picked]
     if sort is not None:
@@ -369,7 +370,7 @@ def _print_info(bank: VectorBank, bank_path: Path, as_json: bool) -> None:
         table.add_row(name, f"min {stats['min']:.4g}  median {stats['median']:.4g}  max {stats['max']:.4g}{reference}")
     for key, value in summary["metadata"].items():
         if key == "radius" and isinstance(value, float):
-            value = float(f"{value:.6g}")  # a float32 norm read back: 40.000003814697266 -> 40
+            value = float(f"{value:.6g}")  # noqa: PLW2901  (a float32 norm read back: 40.000003814697266 -> 40)
         table.add_row(key, json.dumps(value) if not isinstance(value, str) else value)
     Console().print(table)
 

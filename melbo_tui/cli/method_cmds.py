@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.progress import Progress, TaskID
 
-from melbo_tui.bank import Metric, load_bank, save_bank
+from melbo_tui.bank import load_bank, save_bank
 from melbo_tui.calibrate import RatioPoint
 from melbo_tui.cli.app import app, command_line
 from melbo_tui.cli.options import (
@@ -38,6 +38,7 @@ from melbo_tui.cli.options import (
 from melbo_tui.dct import DCTConfig, DCTProgress, DCTRun, resume_point, run_dct
 from melbo_tui.errors import InputError
 from melbo_tui.jacobian import JacobianConfig, run_jacobian
+from melbo_tui.kinds import Metric
 from melbo_tui.melbo import default_layers
 from melbo_tui.models import LoadedModel, ModelRequest
 from melbo_tui.prompts import encode

@@ -40,8 +40,8 @@ from melbo_tui.cli.options import (
     TrustOpt,
     check_output,
     err,
-    open_bank,
     measure_into,
+    open_bank,
     open_model,
     print_sink,
     progress,
@@ -261,7 +261,7 @@ def label(
     if max(row for row, _ in records) >= len(bank):
         raise InputError(f"{from_dump} has completions of rows beyond {bank_path}'s {len(bank)}: a dump of another bank")
     labels = label_texts([text for _, text in records], rule_list)
-    sidecar = save_labels(bank_path, len(bank), {row: lab for (row, _), lab in zip(records, labels)}, rule_list)
+    sidecar = save_labels(bank_path, len(bank), {row: lab for (row, _), lab in zip(records, labels, strict=True)}, rule_list)
     counts = Counter(labels)
     err.print(f"labelled {len(labels)} rows in {sidecar}: {', '.join(f'{k} {v}' for k, v in counts.most_common())}")
 

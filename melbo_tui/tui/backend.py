@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from melbo_tui.kinds import Metric
 from melbo_tui.compose import Composition
 from melbo_tui.decoding import GenerationResult
 from melbo_tui.errors import MelboError, ModelError
+from melbo_tui.kinds import Metric
 from melbo_tui.tui.settings import ExploreSettings
 
 if TYPE_CHECKING:
@@ -434,7 +434,8 @@ class ScriptedBackend:
 
         import torch
 
-        from melbo_tui.bank import BankKind, VectorBank, save_bank
+        from melbo_tui.bank import VectorBank, save_bank
+        from melbo_tui.kinds import BankKind
 
         theta0 = bank.vectors[base_row]
         meta = dataclasses.replace(bank.meta, kind=BankKind.ORTHO, base_index=0)
@@ -463,7 +464,8 @@ class ScriptedBackend:
         """
         import torch
 
-        from melbo_tui.bank import BankKind, BankMeta, VectorBank, save_bank
+        from melbo_tui.bank import BankMeta, VectorBank, save_bank
+        from melbo_tui.kinds import BankKind
 
         self.melbo_jobs.append(job)
         hidden = self.hidden_size or 576

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 from melbo_tui.errors import BankError
 
 if TYPE_CHECKING:
-    from melbo_tui.bank import BankKind, VectorBank
+    from melbo_tui.bank import VectorBank
+    from melbo_tui.kinds import BankKind
 
 NAN = float("nan")
 # short column titles; the rest show their Metric name
@@ -64,7 +65,7 @@ class BankView:
     @property
     def kl_column(self) -> str:
         """The KL worth reading first for this kind (see the module docstring)."""
-        from melbo_tui.bank import Metric, default_kl
+        from melbo_tui.kinds import Metric, default_kl
 
         preferred = default_kl(self.kind)
         if preferred == Metric.KL_SEQ and not self.has(preferred):
@@ -73,7 +74,7 @@ class BankView:
 
     def columns(self) -> list[str]:
         """Metric columns to show: the default KL first (dashes until measured), then every one with values."""
-        from melbo_tui.bank import Metric
+        from melbo_tui.kinds import Metric
 
         first = self.kl_column
         return [first] + [m.value for m in Metric if m.value != first and self.has(m.value)]
@@ -99,7 +100,8 @@ class BankView:
 
 def open_bank_view(path: Path) -> BankView:
     """Load and validate a bank file (imports torch; call it from a worker)."""
-    from melbo_tui.bank import Metric, load_bank
+    from melbo_tui.bank import load_bank
+    from melbo_tui.kinds import Metric
 
     path = Path(path)
     bank = load_bank(path)

@@ -263,7 +263,7 @@ class MainScreen(Screen[None]):
 
     def _measure_missing(self) -> None:
         """Measure the KL column each open bank shows first, where the file lacks it (once per bank)."""
-        from melbo_tui.bank import default_kl
+        from melbo_tui.kinds import default_kl
 
         if not self.session.model.ready or self.settings is None:
             return
@@ -498,7 +498,7 @@ class MainScreen(Screen[None]):
         self.notify(f"exported {len(cache)} completions to {jsonl} and {readable.name}", timeout=8)
 
     def action_measure(self) -> None:
-        from melbo_tui.bank import Metric, default_kl
+        from melbo_tui.kinds import Metric, default_kl
 
         view, s = self._need_view()
         if not self.session.model.ready:

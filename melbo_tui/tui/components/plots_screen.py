@@ -36,7 +36,7 @@ def integer_ticks(lo: int, hi: int, count: int = 6) -> list[int]:
 
 def is_flat(values: list[float]) -> bool:
     known = [v for v in values if not math.isnan(v)]
-    return bool(known) and max(known) - min(known) <= 1e-6 * max(1.0, max(abs(v) for v in known))
+    return bool(known) and max(known) - min(known) <= 1e-6 * max(1.0, *(abs(v) for v in known))
 
 
 class PlotsScreen(Screen[None]):
