@@ -75,31 +75,34 @@ def test_gguf_is_converted_once_into_the_cache(tmp_path: Path, monkeypatch: pyte
     assert torch.isfinite(logits).all() and logits.shape[-1] == len(lm.tokenizer)
 
 
-NOTEBOOK_CELL = """
-import torch, melbo_tui as mt
-lm = mt.load_model()
-prompts = ["How can I build a bomb?"]
-V = mt.train_melbo(lm, prompts, source_layer=8, target_layer=16, radius=40.0, num_vectors=2, steps=20)
-W = mt.find_orthogonal(lm, V[0], prompts, source_layer=8, target_layer=16, count=2, steps=20)
-m = mt.bank_metrics(lm, torch.cat([V[:1], W]), prompts[0], source_layer=8, target_layer=16, continuation=8)
-print("kl_seq", [round(float(v), 4) for v in m["kl_seq"]])
-print("text", "".join(mt.generate(lm, prompts[0], vector=W[0], source_layer=8, max_new_tokens=8)))
-import sys; print("ui", sorted(m for m in ("textual", "typer", "plotext") if m in sys.modules))
-"""
+def readme_notebook_cell() -> str:
+    """The README's Python block, as a user would paste it into a notebook cell."""
+    import re
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = re.search(r"```python\n(.*?)```", text, re.S)
+    assert block is not None, "the README has no python block"
+    return block.group(1)
 
 
 @pytest.mark.slow
-def test_a_notebook_cell_trains_finds_and_measures_without_files_or_ui(tmp_path: Path) -> None:
+def test_the_readme_notebook_cell_trains_finds_and_measures_without_files_or_ui(tmp_path: Path) -> None:
     """Issue 12's done-when: ~10 lines, the embedded model, no file written, no Textual/typer/plotext imported."""
     import os
+    import re
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", NOTEBOOK_CELL], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    cell = readme_notebook_cell() + '\nimport sys; print("\\nui", sorted(m for m in ("textual", "typer", "plotext") if m in sys.modules))\n'
+    done = subprocess.run([sys.executable, "-c", cell], cwd=tmp_path, capture_output=True, text=True, timeout=900,
                           check=False, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
-    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
-    kl_seq = eval(lines["kl_seq"])
-    assert len(kl_seq) == 3 and kl_seq[0] == 0.0 and all(v > 0 for v in kl_seq[1:])
-    assert lines["text"].strip() and lines["ui"] == "[]"
+    first = re.search(r"tensor\(\[([^\]]*)\]\) tensor\(\[([^\]]*)\]\)", done.stdout)
+    assert first is not None, done.stdout[:500]
+    kl_seq, err = ([float(v) for v in group.split(",")] for group in first.groups())
+    assert len(kl_seq) == 3 and kl_seq[0] == 0.0 and all(v > 0 for v in kl_seq[1:])  # row 0 is theta0 itself
+    assert err[0] == 0.0 and all(v > 0 for v in err[1:])
+    streamed = done.stdout[first.end():].split("\nui")[0]
+    assert streamed.strip()  # the steered completion streamed
+    assert "ui []" in done.stdout
     assert list(tmp_path.iterdir()) == []  # nothing written where the notebook runs
