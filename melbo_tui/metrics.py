@@ -12,7 +12,7 @@ P_unsteered: no vector), all stored in nats, log_softmax in fp32 whatever the mo
 - `kl_unsteered` = KL(P_i || P_unsteered) at the last prompt position: how much the vector changes
              the model, the KL worth reading where row 0 is not a base (MELBO, DCT banks),
 - `err`    = target-layer RMS error to the base over the compared prompt positions (the sink left
-             out, `sink.SinkRule`), divided by that of no steering: < 1 means closer to the base's
+             out, `sink.SinkRule`: massive unsteered or under the base), divided by that of no steering: < 1 means closer to the base's
              effect than not steering at all,
 - `norm`   = ||theta_i||, `cos_base` = cos(theta_i, theta_base).
 
@@ -107,7 +107,7 @@ def measure(
 
     cache = PrefixCache(lm, source_layer, ids)
     refs = _forward(lm, cache, torch.stack([base, zero]), target_layer)  # row 0: base, row 1: unsteered
-    positions = select_positions(refs.target[1].norm(dim=-1), sink)
+    positions = select_positions(refs.target[1].norm(dim=-1), sink, base_norms=refs.target[0].norm(dim=-1))
     kept = positions.kept.to(refs.target.device)
     base_target = refs.target[0, kept]  # [k, d]
     unsteered_err = _rms(refs.target[1, kept] - base_target)

@@ -246,20 +246,20 @@ class OrthoLoss:
 
     `weights[g]  # [P_g, T_g]` is 1/k_p on the k_p compared positions of prompt p and 0 elsewhere,
     so `seed` means over the compared positions and `tokens` averages per-position errors over them.
+    The sink rule sees both the unsteered run and theta0's: a position theta0 makes massive (an
+    induced sink) would otherwise hold the `tokens` objective alone (`sink` module docstring).
     """
 
-    def __init__(self, forward: _Forward, objective: Objective, sink: SinkRule) -> None:
+    def __init__(self, forward: _Forward, objective: Objective, sink: SinkRule, theta0: torch.Tensor) -> None:
         self.forward, self.objective, self.sink = forward, objective, sink
         zero = torch.zeros(1, forward.lm.hidden_size, device=forward.lm.device)
+        groups = range(len(forward.groups))
         with torch.no_grad():
-            self.unsteered = [forward.hidden(zero, g)[0] for g in range(len(forward.groups))]  # [P_g, T_g, d]
-        self.positions = [[select_positions(z.norm(dim=-1), sink) for z in group] for group in self.unsteered]
+            self.unsteered = [forward.hidden(zero, g)[0] for g in groups]  # [P_g, T_g, d]
+            self.base = [forward.hidden(theta0[None].to(zero), g)[0] for g in groups]  # theta0's target layer [P_g, T_g, d]
+        self.positions = [[select_positions(z.norm(dim=-1), sink, base_norms=b.norm(dim=-1)) for z, b in zip(zs, bs, strict=True)]
+                          for zs, bs in zip(self.unsteered, self.base, strict=True)]
         self.weights = [_weights(group, z.shape[1], z.device) for group, z in zip(self.positions, self.unsteered, strict=True)]
-        self.base: list[torch.Tensor] = []  # theta0's target layer [P_g, T_g, d]
-
-    def set_base(self, theta0: torch.Tensor) -> None:
-        with torch.no_grad():
-            self.base = [self.forward.hidden(theta0[None], g)[0] for g in range(len(self.forward.groups))]
 
     def value(self, thetas: torch.Tensor) -> torch.Tensor:
         """`[K]`: what the optimiser minimises (seed: L2 of the mean difference; tokens: mean squared error)."""
@@ -280,14 +280,14 @@ class OrthoLoss:
         """The number shown and stored as `ortho_loss`: in activation units for both objectives (tokens: RMS error)."""
         return math.sqrt(max(value, 0.0)) if self.objective == Objective.TOKENS else value
 
-    def report(self, theta0: torch.Tensor) -> SinkReport:
+    def report(self) -> SinkReport:
         """Which positions the rule leaves out and their share of sum_t ||Z_t(0) - Z_t(theta0)||^2."""
         excluded, detected, share_num, detected_num, total = [], [], 0.0, 0.0, 0.0
         flag = SinkRule(SinkMode.EXCLUDE, ratio=self.sink.ratio)
         for unsteered, base, group in zip(self.unsteered, self.base, self.positions, strict=True):
             per_position = (unsteered - base).pow(2).sum(dim=-1)  # [P, T]
             for p, positions in enumerate(group):
-                flagged = flag.excluded(unsteered[p].norm(dim=-1))
+                flagged = flag.excluded(unsteered[p].norm(dim=-1), base[p].norm(dim=-1))
                 excluded.append(positions.excluded)
                 detected.append(flagged)
                 share_num += float(per_position[p, list(positions.excluded)].sum())
@@ -426,10 +426,9 @@ def search(
     device = lm.device
     earlier = done.float().cpu() if done is not None else torch.zeros(0, lm.hidden_size)
     forward = (_CachedForward if cfg.strategy == Strategy.FAST else _FullForward)(lm, source_layer, target_layer, inputs)
-    objective = OrthoLoss(forward, cfg.objective, cfg.sink)
-    objective.set_base(theta0.float().to(device))
+    objective = OrthoLoss(forward, cfg.objective, cfg.sink, theta0.float().to(device))
     if on_sink is not None:
-        on_sink(objective.report(theta0.float().to(device)))
+        on_sink(objective.report())
     optimise = lbfgs_vector if cfg.strategy == Strategy.FAST else adam_vector
     basis = extend_basis(torch.zeros(0, lm.hidden_size, dtype=torch.float64, device=device),
                          torch.cat([theta0.float().cpu()[None], earlier]).to(device))

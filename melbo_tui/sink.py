@@ -8,10 +8,16 @@ from theta0 as not steering). Any objective that sums or averages the target lay
 positions is then mostly about that one position (99.7% of sum_t ||dZ_t||^2). REFERENCE.md
 s.2a has the numbers.
 
-Rule (`SinkRule`, default `exclude`): position t of a prompt is a sink when its *unsteered*
-target-layer norm is more than `ratio` (10) times the median norm of the prompt's other
-positions. `keep` compares every position (the seed's and the MELBO paper's setting);
-explicit positions (`0` or `0,1`, negative counting from the end) replace the detection.
+Rule (`SinkRule`, default `exclude`): position t of a prompt is a sink when its target-layer
+norm is more than `ratio` (10) times the median norm of the prompt's other positions, in the
+unsteered run or, where there is a base vector (MELBO-ortho's theta0, the base row of `eval`),
+in the run steered by it. The second case is a sink the base *induces*: on the embedded model,
+2 of the 32 vectors of the shipped MELBO bank (R = 15) make positions 1-5 massive too (norm
+~18,000 against ~185), and an ortho objective that keeps those positions matches them and
+nothing else: err 0.04 of not steering, yet kl_seq 4.1 against 0.23 for no vector at all; with
+them left out, kl_seq 0.24 (docs/replication.md). `keep` compares every position (the seed's
+and the MELBO paper's setting); explicit positions (`0` or `0,1`, negative counting from the
+end) replace the detection.
 """
 
 from __future__ import annotations
@@ -55,7 +61,8 @@ class SinkRule:
     def describe(self) -> str:
         """What the bank records in `hyperparameters.sink`."""
         if self.mode == SinkMode.EXCLUDE:
-            return f"exclude positions with unsteered target-layer norm > {self.ratio:g}x the median of the others"
+            return (f"exclude positions with target-layer norm > {self.ratio:g}x the median of the others, unsteered "
+                    "or steered by the base where there is one")
         if self.mode == SinkMode.KEEP:
             return "keep every position"
         return f"exclude positions {','.join(map(str, self.positions))}"
@@ -64,14 +71,18 @@ class SinkRule:
         """JSON-plain form stored in a bank's hyperparameters (and compared on resume)."""
         return {"mode": self.mode.value, "positions": list(self.positions), "ratio": self.ratio, "rule": self.describe()}
 
-    def excluded(self, norms: torch.Tensor) -> list[int]:
-        """Positions to leave out of a prompt whose unsteered target-layer norms are `norms  # [T]`."""
+    def excluded(self, norms: torch.Tensor, base_norms: torch.Tensor | None = None) -> list[int]:
+        """Positions to leave out of a prompt: `norms  # [T]` its unsteered target-layer norms,
+        `base_norms  # [T]` those steered by the base vector, where there is one (induced sinks)."""
         length = int(norms.shape[0])
         if self.mode == SinkMode.KEEP:
             return []
         if self.mode == SinkMode.POSITIONS:
             return sorted({p % length for p in self.positions if -length <= p < length})
-        return detect_sink(norms, self.ratio)
+        found = set(detect_sink(norms, self.ratio))
+        if base_norms is not None:
+            found |= set(detect_sink(base_norms, self.ratio))
+        return sorted(found)
 
 
 def detect_sink(norms: torch.Tensor, ratio: float = SINK_RATIO) -> list[int]:
@@ -93,11 +104,13 @@ class Positions:
     excluded: tuple[int, ...]
 
 
-def select_positions(norms: torch.Tensor, rule: SinkRule, token_slice: slice = slice(None)) -> Positions:
-    """Positions of `token_slice` (python slice over the prompt) minus the sink, for norms `[T]`."""
+def select_positions(norms: torch.Tensor, rule: SinkRule, token_slice: slice = slice(None),
+                     base_norms: torch.Tensor | None = None) -> Positions:
+    """Positions of `token_slice` (python slice over the prompt) minus the sink, for unsteered norms
+    `[T]` (and, where there is a base vector, the norms it gives, `base_norms  # [T]`)."""
     length = int(norms.shape[0])
     wanted = list(range(length))[token_slice]
-    excluded = set(rule.excluded(norms))
+    excluded = set(rule.excluded(norms, base_norms))
     kept = [t for t in wanted if t not in excluded]
     if not kept:
         raise InputError(

@@ -109,7 +109,7 @@ import sys
 
 from rich.console import Console
 
-from melbo_tui.bench import render_table
+from melbo_tui.benchmarks.bench import render_table
 
 Console(width=200).print(render_table(json.load(open(sys.argv[1]))))
 PY

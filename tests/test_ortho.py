@@ -94,10 +94,8 @@ def test_cached_prefix_objective_equals_the_full_forward(tiny_llama: LoadedModel
     prompts = [prompt_ids(tiny_llama, 7, seed=1), prompt_ids(tiny_llama, 5, seed=2), prompt_ids(tiny_llama, 7, seed=3)]
     theta0, thetas = random_bank(tiny_llama, rows=4).vectors.split([1, 3])
     sink = SinkRule.parse("0")
-    full = OrthoLoss(_FullForward(tiny_llama, 0, 3, prompts), objective, sink)
-    cached = OrthoLoss(_CachedForward(tiny_llama, 0, 3, prompts), objective, sink)
-    for loss in (full, cached):
-        loss.set_base(theta0[0])
+    full = OrthoLoss(_FullForward(tiny_llama, 0, 3, prompts), objective, sink, theta0[0])
+    cached = OrthoLoss(_CachedForward(tiny_llama, 0, 3, prompts), objective, sink, theta0[0])
     expected = full.value(thetas)
     assert (expected > 0).all()
     assert torch.allclose(cached.value(thetas), expected, rtol=1e-4, atol=1e-5)
@@ -118,10 +116,8 @@ def test_objectives_against_an_independent_computation(tiny_llama: LoadedModel) 
             handle.remove()
 
     diffs = [target(t) - target(theta0[0]) for t in thetas]
-    seed = OrthoLoss(_CachedForward(tiny_llama, 0, 2, [ids]), Objective.SEED, SinkRule(SinkMode.KEEP))
-    tokens = OrthoLoss(_CachedForward(tiny_llama, 0, 2, [ids]), Objective.TOKENS, SinkRule.parse("0"))
-    for loss in (seed, tokens):
-        loss.set_base(theta0[0])
+    seed = OrthoLoss(_CachedForward(tiny_llama, 0, 2, [ids]), Objective.SEED, SinkRule(SinkMode.KEEP), theta0[0])
+    tokens = OrthoLoss(_CachedForward(tiny_llama, 0, 2, [ids]), Objective.TOKENS, SinkRule.parse("0"), theta0[0])
     expected_seed = torch.stack([d.mean(dim=0).norm() for d in diffs])
     expected_tokens = torch.stack([d[1:].pow(2).sum(dim=-1).mean() for d in diffs])
     torch.testing.assert_close(seed.value(thetas).double(), expected_seed, rtol=1e-4, atol=1e-5)
@@ -285,8 +281,7 @@ def test_a_bf16_model_searches_in_fp32_copies_of_the_blocks_it_runs(tiny_llama: 
     assert all(p.dtype == torch.bfloat16 for p in half.parameters())  # the model itself is untouched
     losses = []
     for fwd in (forward, _CachedForward(lm32, 0, 3, ids)):
-        loss = OrthoLoss(fwd, Objective.TOKENS, SinkRule.parse("0"))
-        loss.set_base(theta0[0])
+        loss = OrthoLoss(fwd, Objective.TOKENS, SinkRule.parse("0"), theta0[0])
         losses.append(loss.value(thetas))
     assert losses[0].dtype == torch.float32
     torch.testing.assert_close(losses[0], losses[1], rtol=2e-2, atol=1e-3)  # only block 0 ran in bf16

@@ -83,8 +83,7 @@ def test_ortho_objective_ignores_an_excluded_position_and_sees_a_kept_one(sink_l
     theta0, thetas = random_bank(sink_llama, rows=3, norm=4.0).vectors.split([1, 2])
     values = {}
     for rule in (SinkRule(), SinkRule(SinkMode.KEEP)):
-        loss = OrthoLoss(_CachedForward(sink_llama, 0, 2, [IDS]), objective, rule)
-        loss.set_base(theta0[0])
+        loss = OrthoLoss(_CachedForward(sink_llama, 0, 2, [IDS]), objective, rule, theta0[0])
         before = loss.value(thetas)
         with perturbed_at(sink_llama, 2, position=0, seed=1):  # changes Z_0(theta) but not Z_0(theta0), fixed above
             after = loss.value(thetas)
@@ -111,12 +110,59 @@ def test_the_report_says_what_was_left_out_and_warns_when_a_kept_sink_dominates(
     theta0 = random_bank(sink_llama, rows=1, norm=4.0).vectors[0]
     lines = {}
     for rule in (SinkRule(), SinkRule(SinkMode.KEEP)):
-        loss = OrthoLoss(_CachedForward(sink_llama, 0, 2, [IDS]), Objective.TOKENS, rule)
+        loss = OrthoLoss(_CachedForward(sink_llama, 0, 2, [IDS]), Objective.TOKENS, rule, theta0)
         with perturbed_at(sink_llama, 2, position=0, seed=3):  # theta0 moves the sink a lot, as on SmolLM2 (6,600 vs ~60)
-            loss.set_base(theta0)
-        report = loss.report(theta0)
+            loss.base = [loss.forward.hidden(theta0[None], 0)[0]]
+        report = loss.report()
         lines[rule.mode] = report.lines()
     assert report.detected == [[0]] and report.detected_share > 0.5
     excluded = lines[SinkMode.EXCLUDE]
     assert len(excluded) == 1 and "excluded position(s) 0" in excluded[0] and "%" in excluded[0]
     assert any(line.startswith("warning: position(s) 0 hold") for line in lines[SinkMode.KEEP])
+
+
+@contextmanager
+def induced_sink(lm: LoadedModel, layer: int, position: int, direction: torch.Tensor) -> Iterator[None]:
+    """Block `layer` makes `position` massive when the residual there leans along `direction`.
+
+    A stand-in for what 2 of the 32 vectors of the shipped MELBO bank do on SmolLM2 (positions
+    1-5 grow to ~18,000 against ~185): the base vector, not the prompt, creates the sink.
+    """
+    unit = direction / direction.norm()
+
+    def hook(_module: torch.nn.Module, _args: object, output: object) -> object:
+        hidden = output[0] if isinstance(output, tuple) else output
+        hidden = hidden.clone()
+        lean = torch.relu(hidden[:, position] @ unit - 0.5 * float(direction.norm()))  # [B]: 0 unless steered along `direction`
+        hidden[:, position] += 2000.0 * lean[:, None] * unit
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    handle = lm.blocks[layer].register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def test_a_sink_the_base_induces_is_left_out_too(sink_llama: LoadedModel) -> None:
+    theta0 = random_bank(sink_llama, rows=1, norm=8.0).vectors[0]
+    with induced_sink(sink_llama, 1, position=4, direction=theta0):  # block 1 reads block 0 + theta
+        with torch.no_grad():
+            unsteered = run_to_layer(sink_llama, 2, IDS)[0].norm(dim=-1)
+        assert detect_sink(unsteered) == [0]  # the prompt alone has only the first-token sink
+        default = OrthoLoss(_CachedForward(sink_llama, 0, 2, [IDS]), Objective.TOKENS, SinkRule(), theta0)
+        kept = OrthoLoss(_CachedForward(sink_llama, 0, 2, [IDS]), Objective.TOKENS, SinkRule(SinkMode.KEEP), theta0)
+        assert float(default.base[0][0, 4].norm()) > 10 * float(default.base[0][0, 1:4].norm(dim=-1).median())
+        assert default.positions[0][0].excluded == (0, 4)
+        assert kept.positions[0][0].excluded == ()
+        report = default.report()
+        assert "excluded position(s) 0,4" in report.lines()[0]
+        # vectors orthogonal to theta0 do not lean along it: the induced position holds the kept objective alone
+        others = random_bank(sink_llama, rows=2, norm=8.0).vectors
+        others = others - (others @ theta0)[:, None] * theta0 / theta0.norm() ** 2
+        with torch.no_grad():
+            z = _CachedForward(sink_llama, 0, 2, [IDS]).hidden(others, 0)[:, 0]  # [K, T, d]
+        per_position = (z - kept.base[0][0]).pow(2).sum(dim=-1)  # [K, T]
+        assert (per_position[:, 4] / per_position[:, 1:].sum(dim=1) > 0.9).all()
+    values = {"metrics": select_positions(unsteered, SinkRule(), base_norms=default.base[0][0].norm(dim=-1))}
+    assert values["metrics"].excluded == (0, 4)

@@ -272,9 +272,8 @@ def _flops_row(lm: LoadedModel, config: BenchConfig, ids: torch.Tensor) -> Row:
     from melbo_tui.sink import SinkRule
 
     peak = matmul_gflops(config.matmul_size, lm.dtype, lm.device)
-    objective = OrthoLoss(_CachedForward(lm, config.source_layer, config.target_layer, [ids]), Objective.TOKENS, SinkRule())
     theta0 = _random_vectors(lm, 1, config.radius, seed=4).to(lm.device)
-    objective.set_base(theta0[0])
+    objective = OrthoLoss(_CachedForward(lm, config.source_layer, config.target_layer, [ids]), Objective.TOKENS, SinkRule(), theta0[0])
     k = 1  # what the fast strategy runs per loss evaluation
     thetas = torch.nn.Parameter(_random_vectors(lm, k, config.radius, seed=5).to(lm.device))
     objective.value(thetas).sum().backward()  # warm-up
