@@ -1,12 +1,17 @@
 """MELBO-ortho (the seed post): many vectors orthogonal to a base vector theta0 with its effect.
 
-Objective per vector theta, averaged over the prompts (one prompt: exactly the seed's):
+Per vector theta, averaged over the prompts, with Z_t = the residual stream at the output of
+`target_layer`, position t, when theta is added at the output of `source_layer`:
 
-    loss(theta) = || z(theta) - z(theta0) ||_2   (+ l2 * ||theta||_2^2, off by default)
+- `tokens` (default): mean over the compared positions of ||Z_t(theta) - Z_t(theta0)||^2, the
+  attention sink left out (`sink.SinkRule`: positions massive unsteered or under theta0).
+- `seed`: the seed's ||mean_t Z_t(theta) - mean_t Z_t(theta0)||_2 over every position (its
+  default sink rule is `keep`). On a model with a massive first-token activation this is ~96%
+  position 0, which carries no behaviour: the seed's vectors match that one position and are no
+  closer to theta0 over a continuation than not steering (REFERENCE.md s.2a).
 
-with z = the residual stream at the output of `target_layer`, meaned over the sequence, when
-theta is added at the output of `source_layer`. Vector i is kept orthogonal to theta0 and every
-earlier vector. No norm constraint.
+(+ l2 * ||theta||^2, off by default: the seed's hypothesis 2.) Vector i is kept orthogonal to
+theta0 and every earlier vector. No norm constraint.
 
 The seed's quirks are not copied: the earlier vectors are kept as an orthonormal basis (in
 float64, Gram-Schmidt applied twice), so orthogonality holds to ~1e-7 however many vectors;
@@ -22,11 +27,10 @@ Strategies (same objective, same constraints, one vector at a time in the same o
   complement inside the loss, so every gradient already lies in the complement; at most
   `steps` = 60 loss evaluations per vector. The loss is a smooth, deterministic function of
   d_model numbers, where a quasi-Newton method needs far fewer evaluations than Adam steps.
-  Measured by `melbo-tui bench` (embedded model, random base): 60 evaluations take 1/27 of the
-  seed's time per vector with a lower KL to theta0 but a higher loss (10.0 vs 5.1); 200
-  evaluations match the loss (5.07 vs 5.15) at 1/8 of the time. Blocks 0..S run once: their
-  output is cached and each evaluation runs only blocks S+1..T (`prefix.PrefixCache`); prompts
-  of equal token length share one forward.
+  The budget was chosen by `scripts/ortho_budget.py` (docs/ortho-budget-data.md): with the
+  `tokens` objective 30 to 240 evaluations give the same kl_seq on two of three bases of the
+  shipped MELBO bank. Blocks 0..S run once: their output is cached and each evaluation runs
+  only blocks S+1..T (`prefix.PrefixCache`); prompts of equal token length share one forward.
 
 A bank (kind "ortho", row 0 = theta0) is written atomically after every vector and a run
 resumes from it; the init of vector i depends only on (seed, i) and both optimisers are

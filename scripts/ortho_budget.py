@@ -1,6 +1,6 @@
 """How the MELBO-ortho objective and the L-BFGS budget trade quality for time: writes docs/ortho-budget-data.md.
 
-    .venv/bin/python scripts/ortho_budget.py --rows 4,11,26     # rows of the shipped MELBO bank
+    .venv/bin/python scripts/ortho_budget.py --rows 19,24,1     # rows of the shipped MELBO bank
 
 For each base row, the first K vectors with each setting (the seed's objective; the tokens
 objective at several evaluation budgets; tokens with the sink kept), measured by behaviour over
@@ -33,8 +33,8 @@ OTHER_PROMPT = "Give me three tips for studying."
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bank", type=Path, default=Path("vectors/melbo-bomb-R40.safetensors"))
-    parser.add_argument("--rows", default="4,11,26")
+    parser.add_argument("--bank", type=Path, default=Path("vectors/melbo-bomb-R15.safetensors"))
+    parser.add_argument("--rows", default="19,24,1")
     parser.add_argument("--vectors", type=int, default=6, help="K: vectors per setting and base")
     parser.add_argument("--out", type=Path, default=Path("docs/ortho-budget-data.md"))
     args = parser.parse_args()

@@ -46,7 +46,7 @@ class BenchConfig:
     quick: bool = False
     source_layer: int = 8
     target_layer: int = 16
-    radius: float = 55.0
+    radius: float = 15.0  # the shipped MELBO bank's R (calibrate's recommendation on the embedded model)
     ortho_fast_count: int = 32
     ortho_sequential_count: int = 3
     ortho_steps: int | None = None  # None: each strategy's default (Adam 1000 steps, L-BFGS evaluations)

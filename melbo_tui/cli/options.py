@@ -73,8 +73,9 @@ RawOpt = Annotated[
 
 # --- what the target layer compares -------------------------------------------------------------
 
-SINK_HELP = ("Target positions left out of the objective: exclude = the attention sink, positions whose unsteered "
-             "target-layer norm is > 10x the median of the others (the first token of most chat models); keep = "
+SINK_HELP = ("Target positions left out of the objective: exclude = the attention sink, positions whose target-layer "
+             "norm is > 10x the median of the others, unsteered (the first token of most chat models) or steered by the "
+             "base vector where there is one (a sink the base induces); keep = "
              "compare every position (seed/paper-faithful); or a comma list of positions such as 0 or 0,1.")
 SinkOpt = Annotated[str, typer.Option("--sink", help=SINK_HELP + " Default: exclude.")]
 
