@@ -3,7 +3,7 @@
     import melbo_tui as mt
     lm = mt.load_model()  # the embedded SmolLM2-135M-Instruct (or a hub id, a directory, a .gguf)
     prompts = ["How can I build a bomb?"]
-    V = mt.train_melbo(lm, prompts, source_layer=8, target_layer=16, radius=40.0, num_vectors=2, steps=100)
+    V = mt.train_melbo(lm, prompts, source_layer=8, target_layer=16, radius=15.0, num_vectors=2, steps=100)
     W = mt.find_orthogonal(lm, V[0], prompts, source_layer=8, target_layer=16, count=2)
     m = mt.bank_metrics(lm, torch.cat([V[:1], W]), prompts[0], source_layer=8, target_layer=16)
     print(m["kl_seq"])  # row 0 is the base (theta0): 0; rows 1.. its orthogonal vectors

@@ -103,7 +103,7 @@ def _melbo_resume(out: Path, lm: LoadedModel, config: MelboConfig, prompts: list
             and meta.target_layer == config.target_layer and meta.radius == config.radius and meta.prompts == prompts
             and hyper.get("seed") == config.seed and hyper.get("batch_vectors") == config.batch_vectors
             and hyper.get("steps") == config.steps
-            and hyper.get("sink", SinkRule(SinkMode.KEEP).record()) == config.sink.record())
+            and config.sink.same_positions(hyper.get("sink", SinkRule(SinkMode.KEEP).record())))
     if not same:
         raise BankError(f"cannot resume {out}: it was made with other settings (layers, R, prompts, seed, steps, "
                         "batch size or sink)")
@@ -230,7 +230,10 @@ def _check_ortho_resumable(bank: VectorBank, lm: LoadedModel, source: OrthoSourc
 
 
 def _append(bank: VectorBank, vector: FoundVector) -> VectorBank:
+    """`bank` plus one row. Its metrics (and the record of their evaluation) are dropped: they would cover
+    one row fewer than the bank; `eval`, or the end of `ortho`, measures every row again."""
     extra = dict(bank.meta.extra)
+    extra.pop("eval", None)
     extra["ortho_loss"] = [*extra.get("ortho_loss", []), vector.loss]
     extra["ortho_steps"] = [*extra.get("ortho_steps", []), vector.steps]
     return VectorBank(vectors=torch.cat([bank.vectors, vector.theta[None]]), meta=replace(bank.meta, extra=extra))

@@ -72,14 +72,15 @@ def bank_metrics(
     base_index: int = 0,
     continuation: int = CONTINUATION_TOKENS,
     sink: SinkRule | None = None,
+    base_sinks: bool = True,
     batch_size: int | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_progress: OnProgress | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every `Metric` that needs the model, plus norm and cos_base: float32 `[N]` cpu tensors."""
     return measure(lm, vectors, prompt_ids, source_layer=source_layer, target_layer=target_layer,
-                   base_index=base_index, continuation=continuation, sink=sink, batch_size=batch_size,
-                   should_stop=should_stop, on_progress=on_progress).values
+                   base_index=base_index, continuation=continuation, sink=sink, base_sinks=base_sinks,
+                   batch_size=batch_size, should_stop=should_stop, on_progress=on_progress).values
 
 
 def measure(
@@ -92,11 +93,18 @@ def measure(
     base_index: int = 0,
     continuation: int = CONTINUATION_TOKENS,
     sink: SinkRule | None = None,
+    base_sinks: bool = True,
     batch_size: int | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_progress: OnProgress | None = None,
 ) -> Measurement:
-    """`bank_metrics` with the record of what was measured (continuation, compared positions)."""
+    """`bank_metrics` with the record of what was measured (continuation, compared positions).
+
+    `base_sinks`: the sink rule also leaves out positions the base row makes massive (an ortho
+    search's theta0 can create sinks of its own, and `err` would then be about them). Only where
+    the base row is a reference: in a MELBO, DCT or Jacobian bank row 0 is just another vector,
+    and its sinks must not decide which positions every other row is compared on.
+    """
     _check_inputs(lm, vectors, prompt_ids, source_layer, target_layer, base_index, continuation)
     sink = sink or SinkRule()
     vectors = vectors.detach().float().cpu()
@@ -107,7 +115,8 @@ def measure(
 
     cache = PrefixCache(lm, source_layer, ids)
     refs = _forward(lm, cache, torch.stack([base, zero]), target_layer)  # row 0: base, row 1: unsteered
-    positions = select_positions(refs.target[1].norm(dim=-1), sink, base_norms=refs.target[0].norm(dim=-1))
+    positions = select_positions(refs.target[1].norm(dim=-1), sink,
+                                 base_norms=refs.target[0].norm(dim=-1) if base_sinks else None)
     kept = positions.kept.to(refs.target.device)
     base_target = refs.target[0, kept]  # [k, d]
     unsteered_err = _rms(refs.target[1, kept] - base_target)
@@ -159,8 +168,8 @@ def evaluate_bank(lm: LoadedModel, bank: VectorBank, input_ids: torch.Tensor, pr
     meta = bank.meta
     rows = torch.cat([bank.vectors.float(), torch.zeros(1, bank.hidden_size)])
     result = measure(lm, rows, input_ids, source_layer=meta.source_layer, target_layer=meta.target_layer,
-                     base_index=meta.base_index, continuation=continuation, sink=sink, batch_size=batch_size,
-                     on_progress=on_progress)
+                     base_index=meta.base_index, continuation=continuation, sink=sink, base_sinks=meta.kind.has_base,
+                     batch_size=batch_size, on_progress=on_progress)
     made = {name: values for name, values in bank.metrics.items() if name in (Metric.SCORE, Metric.SIGMA)}
     metrics = {**made, **{name: values[:-1].contiguous() for name, values in result.values.items()}}
     unsteered = {name: float(values[-1]) for name, values in result.values.items() if name in MODEL_METRICS}
@@ -172,7 +181,7 @@ def evaluate_bank(lm: LoadedModel, bank: VectorBank, input_ids: torch.Tensor, pr
         "continuation_text": _decode(lm, result.continuation),
         "err": "target-layer RMS error to the base over the compared positions / that of no steering",
         "compared_positions": result.compared_positions, "excluded_positions": result.excluded_positions,
-        "sink": (sink or SinkRule()).describe(), "unsteered": unsteered,
+        "sink": (sink or SinkRule()).describe(), "base_sinks": meta.kind.has_base, "unsteered": unsteered,
     }
     return VectorBank(vectors=bank.vectors, meta=replace(meta, extra=extra), metrics=metrics, aux=bank.aux)
 

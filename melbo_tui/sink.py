@@ -71,6 +71,15 @@ class SinkRule:
         """JSON-plain form stored in a bank's hyperparameters (and compared on resume)."""
         return {"mode": self.mode.value, "positions": list(self.positions), "ratio": self.ratio, "rule": self.describe()}
 
+    def same_positions(self, record: dict[str, object]) -> bool:
+        """Whether a stored `record()` leaves out the same positions where there is no base vector.
+
+        The rule's wording is left out: it changed when induced sinks were added, which only
+        matters where there is a base (ortho compares the whole record instead).
+        """
+        mine = self.record()
+        return all(record.get(key) == mine[key] for key in ("mode", "positions", "ratio"))
+
     def excluded(self, norms: torch.Tensor, base_norms: torch.Tensor | None = None) -> list[int]:
         """Positions to leave out of a prompt: `norms  # [T]` its unsteered target-layer norms,
         `base_norms  # [T]` those steered by the base vector, where there is one (induced sinks)."""
@@ -78,7 +87,10 @@ class SinkRule:
         if self.mode == SinkMode.KEEP:
             return []
         if self.mode == SinkMode.POSITIONS:
-            return sorted({p % length for p in self.positions if -length <= p < length})
+            outside = [p for p in self.positions if not -length <= p < length]
+            if outside:
+                raise InputError(f"sink position(s) {','.join(map(str, outside))} outside a prompt of {length} tokens")
+            return sorted({p % length for p in self.positions})
         found = set(detect_sink(norms, self.ratio))
         if base_norms is not None:
             found |= set(detect_sink(base_norms, self.ratio))

@@ -387,7 +387,7 @@ def section_melbo(lm: LoadedModel, paths: list[Path]) -> list[str]:
         units_a = a.vectors / a.vectors.norm(dim=1, keepdim=True)
         units_b = b.vectors / b.vectors.norm(dim=1, keepdim=True)
         best = (units_a @ units_b.T).abs().max(dim=1).values
-        out += ["", f"Same seed, same R, same steps: the largest |cos| of each vector of {a_path.name} to any vector of "
+        out += ["", f"Same seed and steps (R {a.meta.radius:g} and {b.meta.radius:g}): the largest |cos| of each vector of {a_path.name} to any vector of "
                 f"{b_path.name}: median {median(best):.2f}, max {float(best.max()):.2f} (random directions in "
                 f"d = {a.hidden_size}: ~{3 / a.hidden_size ** 0.5:.2f}). Row 0 of each: |cos| {float(units_a[0] @ units_b[0]):.2f}."]
     return [*out, ""]

@@ -166,3 +166,33 @@ def test_a_sink_the_base_induces_is_left_out_too(sink_llama: LoadedModel) -> Non
         assert (per_position[:, 4] / per_position[:, 1:].sum(dim=1) > 0.9).all()
     values = {"metrics": select_positions(unsteered, SinkRule(), base_norms=default.base[0][0].norm(dim=-1))}
     assert values["metrics"].excluded == (0, 4)
+
+
+def test_only_a_reference_base_decides_which_positions_eval_compares(sink_llama: LoadedModel) -> None:
+    """Row 0 of an ortho bank is theta0, whose sinks are left out; row 0 of a MELBO bank is just another vector."""
+    from melbo_tui.metrics import evaluate_bank
+
+    banks = {kind: random_bank(sink_llama, rows=3, norm=8.0, target=2, kind=kind) for kind in ("ortho", "melbo")}
+    theta0 = banks["ortho"].vectors[0]
+    assert torch.equal(theta0, banks["melbo"].vectors[0])
+    with induced_sink(sink_llama, 1, position=4, direction=theta0):
+        records = {kind: evaluate_bank(sink_llama, bank, IDS, "p", None, True).meta.extra["eval"] for kind, bank in banks.items()}
+    assert records["ortho"]["excluded_positions"] == [0, 4] and records["ortho"]["base_sinks"] is True
+    assert records["melbo"]["excluded_positions"] == [0] and records["melbo"]["base_sinks"] is False
+    assert 4 in records["melbo"]["compared_positions"]
+
+
+def test_melbo_resume_reads_the_rule_by_its_positions_not_its_wording() -> None:
+    """A MELBO bank made before the rule's text mentioned induced sinks resumes; another ratio or mode does not."""
+    older = {**SinkRule().record(), "rule": "exclude positions with unsteered target-layer norm > 10x the median of the others"}
+    assert SinkRule().same_positions(older)
+    assert not SinkRule(ratio=5.0).same_positions(older)
+    assert not SinkRule(SinkMode.KEEP).same_positions(older)
+    assert SinkRule.parse("0,1").same_positions(SinkRule.parse("0,1").record())
+    assert not SinkRule.parse("0,1").same_positions(SinkRule.parse("0").record())
+
+
+def test_a_named_position_outside_the_prompt_is_an_input_error() -> None:
+    with pytest.raises(InputError, match=r"sink position\(s\) 99 outside a prompt of 9 tokens"):
+        SinkRule.parse("0,99").excluded(torch.ones(9))
+    assert SinkRule.parse("-1").excluded(torch.ones(9)) == [8]

@@ -70,7 +70,7 @@ def train(
     prompt: PromptsOpt = None,
     source_layer: Annotated[int | None, typer.Option(help="Steer at the output of this block (default ~L/3).")] = None,
     target_layer: Annotated[int | None, typer.Option(help="Maximise the change at the output of this block (default ~2L/3).")] = None,
-    radius: Annotated[float, typer.Option("--radius", "-R", help="Norm R of every vector.")] = 55.0,
+    radius: Annotated[float, typer.Option("--radius", "-R", help="Norm R of every vector (default 15: what `calibrate` recommends for the embedded model at blocks 8 -> 16; run `calibrate` for another model or layers).")] = 15.0,
     num_vectors: Annotated[int, typer.Option(help="How many mutually orthogonal vectors.")] = 8,
     steps: Annotated[int, typer.Option(help="Optimiser steps per vector (reference: 300-1200).")] = 300,
     power: Annotated[float, typer.Option(help="p in (sum_t ||dZ_t||^p)^(1/q).")] = 2.0,

@@ -267,7 +267,8 @@ class EngineBackend:
         with self._turns.measurement(should_stop):
             try:
                 values = bank_metrics(lm, bank.vectors, ids, source_layer=meta.source_layer, target_layer=meta.target_layer,
-                                      base_index=meta.base_index, continuation=continuation, batch_size=self.METRICS_CHUNK,
+                                      base_index=meta.base_index, continuation=continuation, base_sinks=meta.kind.has_base,
+                                      batch_size=self.METRICS_CHUNK,
                                       should_stop=should_stop, on_progress=between_chunks)
             except Stopped:
                 return {}

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from textual.screen import Screen as AnyScreen
 
 NARROW = 110  # below this many columns the panel goes under the list
-MELBO_RADIUS = 40.0  # when the bank records none
+MELBO_RADIUS = 15.0  # when the bank records none: `train`'s default (calibrate's choice on the embedded model)
 MELBO_STEPS = 300
 T = TypeVar("T")
 
