@@ -251,7 +251,12 @@ def test_cli_ortho_then_eval(tiny_chat: LoadedModel, tiny_model_dir: Path, tmp_p
     code, stderr = _cli(monkeypatch, capsys, "ortho", str(bank), "--base", "1", "--count", "7", "--steps", "10",
                         "--out", str(out), "--model", str(tiny_model_dir), "--resume", "--no-eval")
     assert code == 0, stderr
-    assert len(load_bank(out)) == 8 and torch.equal(load_bank(out).vectors[:6], result.vectors)
+    resumed = load_bank(out)
+    assert len(resumed) == 8 and torch.equal(resumed.vectors[:6], result.vectors)
+    assert resumed.metrics == {} and "eval" not in resumed.meta.extra  # no metrics that miss the new rows
+    code, stderr = _cli(monkeypatch, capsys, "eval", str(out), "--model", str(tiny_model_dir))
+    assert code == 0, stderr
+    assert "sink: err " in stderr and len(load_bank(out).metrics["kl_seq"]) == 8
 
 
 def test_resume_refuses_a_model_loaded_in_another_dtype(tiny_chat: LoadedModel, tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -177,7 +177,12 @@ def measure_into(path: Path, lm: LoadedModel, bank: VectorBank, prompt: str, sys
             return evaluate_bank(lm, current, ids, prompt, system, raw, **options,
                                  on_progress=lambda done, _total: bar.update(task, completed=done, total=len(current) + 1))
 
-        return store_metrics(path, bank, evaluate, on_regrow=regrew)
+        stored = store_metrics(path, bank, evaluate, on_regrow=regrew)
+    record = stored.meta.extra.get("eval", {})
+    left_out = ",".join(map(str, record.get("excluded_positions", [])))
+    err.print(f"sink: err leaves out position(s) {left_out} ({record.get('sink')})" if left_out
+              else f"sink: err compares every target position ({record.get('sink')})", style="dim", highlight=False)
+    return stored
 
 
 def progress() -> Progress:
