@@ -2,7 +2,7 @@
 # Regenerate the shipped banks in vectors/ from nothing, with the project's own commands on the
 # embedded model. Each bank records its exact command line in its metadata (created_by).
 # Re-running continues where it stopped: existing files are kept, ortho runs --resume.
-# About 3 hours on a 2-core CPU: two jobs at a time, one thread each.
+# About 1 h 45 min on a 2-core CPU: two jobs at a time, one thread each.
 #   bash scripts/make_banks.sh            # everything, then scripts/replicate.py
 #   bash scripts/make_banks.sh JOB        # one job: calibrate, melbo, melbo-keep, ortho-NAME
 set -euo pipefail
