@@ -563,8 +563,8 @@ async def test_background_melbo_training_opens_its_bank_and_grows(tmp_path: Path
         await wait_for(pilot, lambda: "melbo 0/12" in screen_text(app))
         job = backend.melbo_jobs[-1]
         assert (job.prompt, job.system, job.source_layer, job.target_layer, job.radius, job.count, job.steps) == (
-            "Tell me a story.", "Be brief.", 8, 16, 40.0, 12, 50)  # the bank records no radius: 40
-        out = tmp_path / "parent.melbo-L8-R40.safetensors"
+            "Tell me a story.", "Be brief.", 8, 16, 15.0, 12, 50)  # the bank records no radius: 15
+        out = tmp_path / "parent.melbo-L8-R15.safetensors"
         views = app.main.session.views
         await wait_for(pilot, lambda: len(views) == 2 and len(views[1]) == 4)  # opened at the first batch
         await pilot.press("j")  # browsing and streaming go on meanwhile
@@ -573,7 +573,7 @@ async def test_background_melbo_training_opens_its_bank_and_grows(tmp_path: Path
         await pilot.press("O")
         await wait_for(pilot, lambda: any("stopped: 8 MELBO vectors" in n for n in seen.notifications()))
         saved = load_bank(out)  # what the stop left is a valid bank
-        assert len(saved) == 8 and saved.meta.prompts == ["Tell me a story."] and saved.meta.radius == 40.0
+        assert len(saved) == 8 and saved.meta.prompts == ["Tell me a story."] and saved.meta.radius == 15.0
         await pilot.press("n")
         assert app.main.vector_list.row_count == 8 and out.name in screen_text(app)
 
@@ -643,7 +643,7 @@ async def test_cache_of_a_growing_bank_survives_its_checkpoints(tmp_path: Path, 
         assert len(backend.started) == started
         await wait_for(pilot, lambda: any("12 MELBO vectors in" in n for n in seen.notifications()), timeout=30)
     # a restart on the finished bank still finds the completions made while it grew
-    out = tmp_path / "parent.melbo-L8-R40.safetensors"
+    out = tmp_path / "parent.melbo-L8-R15.safetensors"
     backend2 = ScriptedBackend(token_seconds=0.002, tokens=6)
     app2 = make_app([out], backend2)
     async with running(app2) as (pilot, _):
