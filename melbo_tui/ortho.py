@@ -6,8 +6,9 @@ Per vector theta, averaged over the prompts, with Z_t = the residual stream at t
 - `tokens` (default): mean over the compared positions of ||Z_t(theta) - Z_t(theta0)||^2, the
   attention sink left out (`sink.SinkRule`: positions massive unsteered or under theta0).
 - `seed`: the seed's ||mean_t Z_t(theta) - mean_t Z_t(theta0)||_2 over every position (its
-  default sink rule is `keep`). On a model with a massive first-token activation this is ~96%
-  position 0, which carries no behaviour: the seed's vectors match that one position and are no
+  default sink rule is `keep`). On a model with a massive first-token activation this is mostly
+  position 0 (about half of the seed's loss at theta = 0 for the shipped code base, and 82% of
+  sum_t ||Z_t(0) - Z_t(theta0)||^2; docs/replication.md), which carries no behaviour: the seed's vectors match that one position and are no
   closer to theta0 over a continuation than not steering (REFERENCE.md s.2a).
 
 (+ l2 * ||theta||^2, off by default: the seed's hypothesis 2.) Vector i is kept orthogonal to
