@@ -203,16 +203,17 @@ class MelboObjective:
     def report(self, thetas: torch.Tensor) -> SinkReport:
         """Which positions are left out, and their share of sum_t ||dZ_t||^p at `thetas` (the first starts)."""
         flag = SinkRule(ratio=self.config.sink.ratio)
-        shares, detected_shares, detected = [], [], []
+        shares, kept_shares, detected = [], [], []
         with torch.no_grad():
             for prompt, positions in enumerate(self.positions):
                 terms = self.per_position(thetas, prompt).pow(self.config.power).sum(dim=0).cpu()  # [T]
                 flagged = flag.excluded(self.unsteered[prompt].norm(dim=-1))
                 detected.append(flagged)
                 shares.append(excluded_share(terms, positions))
-                detected_shares.append(float(terms[flagged].sum() / terms.sum()) if flagged else 0.0)
+                kept_sinks = [t for t in flagged if t not in positions.excluded]
+                kept_shares.append(float(terms[kept_sinks].sum() / terms.sum()) if kept_sinks else 0.0)
         return SinkReport(self.config.sink, [p.excluded for p in self.positions], sum(shares) / len(shares),
-                          detected, sum(detected_shares) / len(detected_shares),
+                          detected, sum(kept_shares) / len(kept_shares),
                           f"sum_t ||dZ_t||^{self.config.power:g} at random vectors of norm R")
 
 

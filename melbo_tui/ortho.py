@@ -286,8 +286,8 @@ class OrthoLoss:
         return math.sqrt(max(value, 0.0)) if self.objective == Objective.TOKENS else value
 
     def report(self) -> SinkReport:
-        """Which positions the rule leaves out and their share of sum_t ||Z_t(0) - Z_t(theta0)||^2."""
-        excluded, detected, share_num, detected_num, total = [], [], 0.0, 0.0, 0.0
+        """Which positions the rule leaves out, which sinks it keeps, and their shares of sum_t ||Z_t(0) - Z_t(theta0)||^2."""
+        excluded, detected, share_num, kept_sink_num, total = [], [], 0.0, 0.0, 0.0
         flag = SinkRule(SinkMode.EXCLUDE, ratio=self.sink.ratio)
         for unsteered, base, group in zip(self.unsteered, self.base, self.positions, strict=True):
             per_position = (unsteered - base).pow(2).sum(dim=-1)  # [P, T]
@@ -296,10 +296,10 @@ class OrthoLoss:
                 excluded.append(positions.excluded)
                 detected.append(flagged)
                 share_num += float(per_position[p, list(positions.excluded)].sum())
-                detected_num += float(per_position[p, flagged].sum())
+                kept_sink_num += float(per_position[p, [t for t in flagged if t not in positions.excluded]].sum())
                 total += float(per_position[p].sum())
         return SinkReport(self.sink, excluded, share_num / total if total else 0.0, detected,
-                          detected_num / total if total else 0.0, "sum_t ||Z_t(0) - Z_t(theta0)||^2")
+                          kept_sink_num / total if total else 0.0, "sum_t ||Z_t(0) - Z_t(theta0)||^2")
 
 
 def _weights(positions: list[Positions], length: int, device: torch.device) -> torch.Tensor:

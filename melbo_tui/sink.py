@@ -148,25 +148,29 @@ class SinkReport:
     excluded: list[tuple[int, ...]]  # per prompt
     share: float  # of the objective the left-out positions would hold (at the reference point named below)
     detected: list[list[int]]  # per prompt: positions the detection rule flags, whether left out or kept
-    detected_share: float  # share the detected positions hold (the warning when they are kept)
+    kept_sink_share: float  # share the detected positions the rule keeps hold (the warning)
     reference: str  # at which vectors the shares were measured
+
+    def kept_sinks(self) -> list[int]:
+        """Detected sink positions the rule compares anyway: all of them under `keep`, the ones
+        not named under explicit positions (e.g. `--sink 1` on a model whose sink is position 0)."""
+        return sorted({t for d, e in zip(self.detected, self.excluded, strict=True) for t in d if t not in e})
 
     def lines(self) -> list[str]:
         """One or two lines for stderr; a warning when kept sink positions dominate the objective."""
         out = []
-        if self.rule.mode == SinkMode.KEEP:
-            flagged = sorted({t for d in self.detected for t in d})
-            out.append("sink: every target position compared (--sink keep)")
-            if flagged and self.detected_share > 0.5:
-                out.append(f"warning: position(s) {_join(flagged)} hold {self.detected_share:.1%} of the objective "
-                           f"({self.reference}) and carry no behaviour; --sink exclude leaves them out")
-            return out
         excluded = sorted({t for e in self.excluded for t in e})
-        if not excluded:
+        if self.rule.mode == SinkMode.KEEP:
+            out.append("sink: every target position compared (--sink keep)")
+        elif not excluded:
             out.append(f"sink: no position excluded ({self.rule.describe()})")
         else:
             out.append(f"sink: excluded position(s) {_join(excluded)} ({self.rule.describe()}); "
                        f"they would hold {self.share:.1%} of the objective ({self.reference})")
+        kept = self.kept_sinks()
+        if kept and self.kept_sink_share > 0.5:
+            out.append(f"warning: position(s) {_join(kept)} hold {self.kept_sink_share:.1%} of the objective "
+                       f"({self.reference}) and carry no behaviour; --sink exclude leaves them out")
         return out
 
 

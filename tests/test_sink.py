@@ -108,17 +108,22 @@ def test_melbo_objective_ignores_the_excluded_sink(sink_llama: LoadedModel) -> N
 
 def test_the_report_says_what_was_left_out_and_warns_when_a_kept_sink_dominates(sink_llama: LoadedModel) -> None:
     theta0 = random_bank(sink_llama, rows=1, norm=4.0).vectors[0]
-    lines = {}
-    for rule in (SinkRule(), SinkRule(SinkMode.KEEP)):
+    lines, reports = {}, {}
+    for rule in (SinkRule(), SinkRule(SinkMode.KEEP), SinkRule.parse("1")):  # "1": named, but the sink is 0
         loss = OrthoLoss(_CachedForward(sink_llama, 0, 2, [IDS]), Objective.TOKENS, rule, theta0)
         with perturbed_at(sink_llama, 2, position=0, seed=3):  # theta0 moves the sink a lot, as on SmolLM2 (6,600 vs ~60)
             loss.base = [loss.forward.hidden(theta0[None], 0)[0]]
-        report = loss.report()
-        lines[rule.mode] = report.lines()
-    assert report.detected == [[0]] and report.detected_share > 0.5
+        reports[rule.mode] = loss.report()
+        lines[rule.mode] = reports[rule.mode].lines()
+    assert all(report.detected == [[0]] for report in reports.values())
     excluded = lines[SinkMode.EXCLUDE]
     assert len(excluded) == 1 and "excluded position(s) 0" in excluded[0] and "%" in excluded[0]
+    assert reports[SinkMode.EXCLUDE].kept_sink_share == 0.0
+    assert reports[SinkMode.KEEP].kept_sink_share > 0.5
     assert any(line.startswith("warning: position(s) 0 hold") for line in lines[SinkMode.KEEP])
+    named = lines[SinkMode.POSITIONS]
+    assert named[0].startswith("sink: excluded position(s) 1 ")
+    assert any(line.startswith("warning: position(s) 0 hold") for line in named[1:])
 
 
 @contextmanager
