@@ -82,7 +82,7 @@ def ortho(
     strategy: Annotated[Strategy, typer.Option(help="fast (L-BFGS on cached source-layer activations) or sequential (the seed's Adam loop).")] = Strategy.FAST,
     steps: Annotated[int | None, typer.Option(help="Per vector: sequential, Adam steps (default 1000, the seed's); fast, L-BFGS loss evaluations (default 60: on the embedded model 30, 60, 120 and 240 give the same kl_seq on two of three bases, 120 is 18% lower on the third at twice the time; docs/ortho-budget-data.md).")] = None,
     lr: Annotated[float | None, typer.Option(help="sequential only: Adam lr, constant. Default scales with |theta0|: 0.01 x |theta0| / 7 (the seed's 0.01 at |theta0| = 7).")] = None,
-    l2: Annotated[float, typer.Option("--l2", help="Add l2 x ||theta||^2 to the loss (0 = the seed: no norm penalty). Its weight depends on the objective's scale: on the embedded model's code base (tokens) 0.01 changes nothing, 0.3 and 1 shorten the vectors by 25% and 45% at about the same kl_seq, 3 loses the effect (docs/replication.md s.8).")] = 0.0,
+    l2: Annotated[float, typer.Option("--l2", help="Add l2 x ||theta||^2 to the loss (0 = the seed: no norm penalty). Its weight depends on the objective's scale: on the embedded model's code base (tokens) 0.01 changes nothing, 0.3 shortens the vectors by 25% at the same kl_seq, 1 by 45% at an 11% higher kl_seq, 3 loses the effect (docs/replication.md s.8).")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of the random starts (vector i depends only on seed and i).")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue the bank in --out (same settings).")] = False,
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Compute KL/norm metrics at the end.")] = True,
