@@ -203,17 +203,17 @@ class MelboObjective:
     def report(self, thetas: torch.Tensor) -> SinkReport:
         """Which positions are left out, and their share of sum_t ||dZ_t||^p at `thetas` (the first starts)."""
         flag = SinkRule(ratio=self.config.sink.ratio)
-        shares, kept_shares, detected = [], [], []
+        shares, kept_shares, detected, kept_sinks = [], [], [], []
         with torch.no_grad():
             for prompt, positions in enumerate(self.positions):
                 terms = self.per_position(thetas, prompt).pow(self.config.power).sum(dim=0).cpu()  # [T]
                 flagged = flag.excluded(self.unsteered[prompt].norm(dim=-1))
                 detected.append(flagged)
+                kept_sinks.append(positions.compared(flagged))
                 shares.append(excluded_share(terms, positions))
-                kept_sinks = [t for t in flagged if t not in positions.excluded]
-                kept_shares.append(float(terms[kept_sinks].sum() / terms.sum()) if kept_sinks else 0.0)
+                kept_shares.append(float(terms[kept_sinks[-1]].sum() / terms.sum()) if kept_sinks[-1] else 0.0)
         return SinkReport(self.config.sink, [p.excluded for p in self.positions], sum(shares) / len(shares),
-                          detected, sum(kept_shares) / len(kept_shares),
+                          detected, kept_sinks, sum(kept_shares) / len(kept_shares),
                           f"sum_t ||dZ_t||^{self.config.power:g} at random vectors of norm R")
 
 

@@ -287,7 +287,7 @@ class OrthoLoss:
 
     def report(self) -> SinkReport:
         """Which positions the rule leaves out, which sinks it keeps, and their shares of sum_t ||Z_t(0) - Z_t(theta0)||^2."""
-        excluded, detected, share_num, kept_sink_num, total = [], [], 0.0, 0.0, 0.0
+        excluded, detected, kept_sinks, share_num, kept_sink_num, total = [], [], [], 0.0, 0.0, 0.0
         flag = SinkRule(SinkMode.EXCLUDE, ratio=self.sink.ratio)
         for unsteered, base, group in zip(self.unsteered, self.base, self.positions, strict=True):
             per_position = (unsteered - base).pow(2).sum(dim=-1)  # [P, T]
@@ -295,10 +295,11 @@ class OrthoLoss:
                 flagged = flag.excluded(unsteered[p].norm(dim=-1), base[p].norm(dim=-1))
                 excluded.append(positions.excluded)
                 detected.append(flagged)
+                kept_sinks.append(positions.compared(flagged))
                 share_num += float(per_position[p, list(positions.excluded)].sum())
-                kept_sink_num += float(per_position[p, [t for t in flagged if t not in positions.excluded]].sum())
+                kept_sink_num += float(per_position[p, kept_sinks[-1]].sum())
                 total += float(per_position[p].sum())
-        return SinkReport(self.sink, excluded, share_num / total if total else 0.0, detected,
+        return SinkReport(self.sink, excluded, share_num / total if total else 0.0, detected, kept_sinks,
                           kept_sink_num / total if total else 0.0, "sum_t ||Z_t(0) - Z_t(theta0)||^2")
 
 

@@ -115,6 +115,12 @@ class Positions:
     kept: torch.Tensor  # [k] long, ascending
     excluded: tuple[int, ...]
 
+    def compared(self, candidates: list[int]) -> list[int]:
+        """Those of `candidates` (detected sink positions) the objective compares: not left out by
+        the rule and inside the target tokens (`--target-tokens -3:` never compares position 0)."""
+        kept = set(self.kept.tolist())
+        return [t for t in candidates if t in kept]
+
 
 def select_positions(norms: torch.Tensor, rule: SinkRule, token_slice: slice = slice(None),
                      base_norms: torch.Tensor | None = None) -> Positions:
@@ -148,13 +154,11 @@ class SinkReport:
     excluded: list[tuple[int, ...]]  # per prompt
     share: float  # of the objective the left-out positions would hold (at the reference point named below)
     detected: list[list[int]]  # per prompt: positions the detection rule flags, whether left out or kept
-    kept_sink_share: float  # share the detected positions the rule keeps hold (the warning)
+    kept_sinks: list[list[int]]  # per prompt: the detected positions the objective compares anyway
+    # (all of them under `keep`, the ones not named under explicit positions, e.g. `--sink 1` on a
+    # model whose sink is position 0), and the share they hold (the warning)
+    kept_sink_share: float
     reference: str  # at which vectors the shares were measured
-
-    def kept_sinks(self) -> list[int]:
-        """Detected sink positions the rule compares anyway: all of them under `keep`, the ones
-        not named under explicit positions (e.g. `--sink 1` on a model whose sink is position 0)."""
-        return sorted({t for d, e in zip(self.detected, self.excluded, strict=True) for t in d if t not in e})
 
     def lines(self) -> list[str]:
         """One or two lines for stderr; a warning when kept sink positions dominate the objective."""
@@ -167,7 +171,7 @@ class SinkReport:
         else:
             out.append(f"sink: excluded position(s) {_join(excluded)} ({self.rule.describe()}); "
                        f"they would hold {self.share:.1%} of the objective ({self.reference})")
-        kept = self.kept_sinks()
+        kept = sorted({t for prompt in self.kept_sinks for t in prompt})
         if kept and self.kept_sink_share > 0.5:
             out.append(f"warning: position(s) {_join(kept)} hold {self.kept_sink_share:.1%} of the objective "
                        f"({self.reference}) and carry no behaviour; --sink exclude leaves them out")

@@ -201,3 +201,17 @@ def test_a_named_position_outside_the_prompt_is_an_input_error() -> None:
     with pytest.raises(InputError, match=r"sink position\(s\) 99 outside a prompt of 9 tokens"):
         SinkRule.parse("0,99").excluded(torch.ones(9))
     assert SinkRule.parse("-1").excluded(torch.ones(9)) == [8]
+
+
+@pytest.mark.parametrize("target_tokens, warned", [(":", True), ("-3:", False)])
+def test_a_kept_sink_outside_the_target_tokens_is_not_warned_about(sink_llama: LoadedModel, target_tokens: str,
+                                                                   warned: bool) -> None:
+    """`--sink keep --target-tokens -3:` never compares position 0, so it must not be called most of the objective."""
+    thetas = random_bank(sink_llama, rows=2, norm=4.0).vectors
+    config = MelboConfig(0, 2, radius=4.0, sink=SinkRule(SinkMode.KEEP), target_tokens=target_tokens)
+    objective = MelboObjective(sink_llama, config, [IDS])
+    with perturbed_at(sink_llama, 2, position=0, seed=4):  # the sink's change dwarfs the rest, as on SmolLM2
+        report = objective.report(thetas)
+    assert report.detected == [[0]]
+    assert report.kept_sinks == ([[0]] if warned else [[]])
+    assert any(line.startswith("warning: position(s) 0 hold") for line in report.lines()) == warned
