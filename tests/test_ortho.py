@@ -226,8 +226,10 @@ def test_cli_errors_are_one_line(tiny_chat: LoadedModel, tiny_model_dir: Path, t
     _assert_one_line_error(*_cli(monkeypatch, capsys, "ortho", str(bank), "--base", "3", "--out", out, *model), "--base 3 is out of range")
     _assert_one_line_error(*_cli(monkeypatch, capsys, "ortho", str(bank), "--count", "0", "--out", out, *model), "--count must be positive")
     _assert_one_line_error(*_cli(monkeypatch, capsys, "ortho", str(other), "--count", "2", "--out", out, *model), "hidden size 48")
-    _assert_one_line_error(*_cli(monkeypatch, capsys, "ortho", str(bank), "--strategy", "slow", "--count", "2", "--out", out, *model), "'slow' is not one of")
-    _assert_one_line_error(*_cli(monkeypatch, capsys, "ortho", str(bank), "--objective", "kl", "--count", "2", "--out", out, *model), "'kl' is not one of 'tokens', 'seed'")
+    _assert_one_line_error(*_cli(monkeypatch, capsys, "ortho", str(bank), "--strategy", "slow", "--count", "2", "--out", out, *model),
+                           "Invalid value for '--strategy': 'slow' is not one of")
+    _assert_one_line_error(*_cli(monkeypatch, capsys, "ortho", str(bank), "--objective", "kl", "--count", "2", "--out", out, *model),
+                           "Invalid value for '--objective': 'kl' is not one of 'tokens', 'seed'.")
     _assert_one_line_error(*_cli(monkeypatch, capsys, "ortho", str(bank), "--sink", "first", "--count", "2", "--out", out, *model), "sink must be 'exclude', 'keep'")
     _assert_one_line_error(*_cli(monkeypatch, capsys, "ortho", str(bank), "--lr", "0.1", "--count", "2", "--out", out, *model), "--lr is the Adam")
     _assert_one_line_error(*_cli(monkeypatch, capsys, "eval", str(other), *model), "hidden size 48")

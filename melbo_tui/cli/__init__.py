@@ -58,7 +58,7 @@ def main() -> None:
                   "--dtype bfloat16 or float16, or a smaller model", 2)
         # typer vendors its own click, so usage errors are recognised by shape, not by class
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
-            _fail(exc.format_message(), int(exc.exit_code))
+            _fail(_plain(exc.format_message()), int(exc.exit_code))
         if type(exc).__name__ == "Abort":
             _fail("aborted", 1)
         if os.environ.get("MELBO_TUI_DEBUG"):
@@ -72,6 +72,15 @@ def _out_of_memory(exc: BaseException) -> bool:
         return True
     text = str(exc).lower()
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def _plain(message: str) -> str:
+    """A usage error without the wrapper typer's pydantic coercion puts in front of a choice's message.
+
+    typer >= 0.29 validates enum options through pydantic, which renders a ValueError as
+    "Value error, 'x' is not one of ...": the user needs the second half only.
+    """
+    return message.replace(": Value error, ", ": ")
 
 
 def _first(message: str) -> str:
