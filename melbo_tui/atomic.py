@@ -9,11 +9,42 @@ disk, a read-only directory) becomes one `OutputError` line saying the previous 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from melbo_tui.errors import OutputError
+
+MIN_FREE_BYTES = 1 << 20  # a disk with less free is refused before a long run, not after it
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Fail in a moment, before any work, when `path` cannot be written; `what` names it in the message.
+
+    Refused: a directory, a parent that is a file, a directory we cannot create a file in
+    (permissions, a read-only mount), a disk with less than 1 MiB free. Missing parent
+    directories are fine: writes create them (checked: the nearest existing one is writable).
+    A disk that fills up during the run still fails at the write, with one line and the
+    previous file intact (`atomic_write`). One rule for every face: the CLI's `--out` and the
+    explorer's job and export paths.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise OutputError(f"{what} {path} is a directory: give a file name")
+    ancestor = path.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"{what} {path}: {ancestor} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".melbo-write-check-", dir=ancestor)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"{what} {path}: cannot write in {ancestor} ({exc.strerror or exc})") from None
+    if shutil.disk_usage(ancestor).free < MIN_FREE_BYTES:
+        raise OutputError(f"{what} {path}: no space left on the disk of {ancestor}")
 
 
 def _read_umask() -> int:

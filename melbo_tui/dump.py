@@ -110,7 +110,7 @@ def dump_completions(
 
 
 def write_dump(entries: list[DumpEntry], text_path: Path, jsonl_path: Path, prompt: str,
-               settings: GenerationSettings, bank: VectorBank) -> None:
+               settings: GenerationSettings, bank: VectorBank, system: str | None = None, raw: bool = False) -> None:
     """The seed-style text file and the JSONL, each written atomically; every record names its bank's vectors.
 
     A row's stored metrics (those `eval` measured: kl_seq, err, kl, ...) go beside its completion,
@@ -130,7 +130,7 @@ def write_dump(entries: list[DumpEntry], text_path: Path, jsonl_path: Path, prom
     blocks = [f"{title(e)}:\n{e.text}\n" for e in entries]
     atomic_write_text(text_path, header + "\n".join(blocks))
     origin = {"bank": bank.fingerprint(), "bank_rows": len(bank)}
-    lines = [json.dumps({**asdict(e), "prompt": prompt, **asdict(settings), **origin, "metrics": metrics(e)}, ensure_ascii=False)
+    lines = [json.dumps({**asdict(e), "prompt": prompt, "system": system, "raw": raw, **asdict(settings), **origin, "metrics": metrics(e)}, ensure_ascii=False)
              for e in entries]
     atomic_write_text(jsonl_path, "\n".join(lines) + "\n")
 

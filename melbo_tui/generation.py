@@ -34,7 +34,7 @@ from melbo_tui.errors import InputError
 from melbo_tui.models import LoadedModel
 from melbo_tui.steering import steer
 
-__all__ = ["MAX_NEW_TOKENS_LIMIT", "GenerationResult", "GenerationSettings", "generate_batch", "generate_stream"]
+__all__ = ["MAX_NEW_TOKENS_LIMIT", "GenerationResult", "GenerationSettings", "complete_batch", "generate_batch", "generate_stream"]
 
 
 class _CallbackStreamer(TextStreamer):
@@ -108,16 +108,49 @@ def generate_batch(
     `keys` (default "0".."B-1") name each row's sampling stream: the same key, seed and vector
     give the same completion in any batch.
     """
+    return [r.text for r in complete_batch(lm, input_ids, source_layer, vectors, settings, keys)]
+
+
+def complete_batch(
+    lm: LoadedModel,
+    input_ids: torch.Tensor,
+    source_layer: int,
+    vectors: torch.Tensor | None,
+    settings: GenerationSettings,
+    keys: Sequence[str] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[GenerationResult]:
+    """`generate_batch` with each row's token count and time, stoppable between decode steps.
+
+    A stop cuts every row short (`stopped` set on each): the explorer's read-ahead gives way
+    this way to a completion the user asked for, within one decode step.
+    """
     settings.check()
     batch = 1 if vectors is None else int(vectors.shape[0])
     keys = [str(i) for i in range(batch)] if keys is None else list(keys)
     if len(keys) != batch:
         raise InputError(f"{len(keys)} sampling keys for {batch} rows")
     ids = input_ids.expand(batch, -1)
+    stopper = _StopWhen(should_stop or (lambda: False))
+    start = time.perf_counter()
     with torch.no_grad(), steer(lm, source_layer, vectors):
-        out = run_generate(lm, ids, settings, keys)
-    new_tokens = out[:, input_ids.shape[1]:]
-    return [str(t) for t in lm.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        out = run_generate(lm, ids, settings, keys, stopping_criteria=StoppingCriteriaList([stopper]))
+    seconds = time.perf_counter() - start
+    new_tokens = out[:, input_ids.shape[1]:]  # [B, new]
+    counts = _generated_counts(lm, new_tokens)
+    texts = lm.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    return [GenerationResult(str(text), n, seconds, stopper.fired) for text, n in zip(texts, counts, strict=True)]
+
+
+def _generated_counts(lm: LoadedModel, new_tokens: torch.Tensor) -> list[int]:
+    """Tokens each row generated, its stop token included: the padding after it is not generated."""
+    eos = _token_ids(lm)["eos_token_id"]
+    stops = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    counts = []
+    for row in new_tokens.tolist():
+        end = next((i + 1 for i, token in enumerate(row) if token in stops), len(row))
+        counts.append(end)
+    return counts
 
 
 def run_generate(lm: LoadedModel, input_ids: torch.Tensor, settings: GenerationSettings, keys: Sequence[str],

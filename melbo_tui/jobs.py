@@ -9,6 +9,8 @@ loses at most the vector in progress.
 from __future__ import annotations
 
 import contextlib
+import math
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -160,7 +162,11 @@ def run_ortho(
     should_stop: StopFn | None = None,
     on_sink: Callable[[SinkReport], None] | None = None,
 ) -> OrthoRun:
-    """MELBO-ortho from row `base_row` of the parent bank into the bank file `out`, saved after every vector."""
+    """MELBO-ortho from row `base_row` of the parent bank into the bank file `out`, saved after every vector.
+
+    Nothing is written before the first vector is found: a run stopped earlier leaves no file
+    (a bank of theta0 alone would say nothing, and a resume of it is a fresh start anyway).
+    """
     parent = source.parent
     config.check(lm.hidden_size)
     if not 0 <= source.base_row < len(parent):
@@ -172,8 +178,6 @@ def run_ortho(
     out = Path(out)
     bank = _ortho_bank(lm, source, cfg, theta0, out, resume, created_by)
     found = len(bank) - 1
-    if found == 0:
-        save_bank(bank, out)  # from the start, an interrupted run leaves a valid bank (row 0)
     if found >= cfg.count:
         return OrthoRun(bank, found, 0, 0.0, False, None, out)
     holder = [bank]
@@ -237,6 +241,53 @@ def _append(bank: VectorBank, vector: FoundVector) -> VectorBank:
     extra["ortho_loss"] = [*extra.get("ortho_loss", []), vector.loss]
     extra["ortho_steps"] = [*extra.get("ortho_steps", []), vector.steps]
     return VectorBank(vectors=torch.cat([bank.vectors, vector.theta[None]]), meta=replace(bank.meta, extra=extra))
+
+
+# --- how long a run will take -------------------------------------------------------------------
+
+PROBE_STEPS = 4  # optimiser steps timed by an estimate
+
+
+def estimate_ortho(lm: LoadedModel, source: OrthoSource, config: OrthoConfig) -> float:
+    """Seconds per vector that `run_ortho(lm, source, config, ...)` will take here, timed, not guessed.
+
+    A few real evaluations of the first vector's objective are timed between progress reports,
+    so the set-up paid once per run (blocks 0..S, the sink rule) is left out, and the time per
+    evaluation is multiplied by the evaluations (or Adam steps) each vector gets.
+    """
+    theta0 = source.parent.vectors[source.base_row].float()
+    cfg = config.resolved(float(theta0.norm()))
+    assert cfg.steps is not None
+    stamps: list[float] = []
+    inputs = [encode(lm, p, source.system, source.raw) for p in source.prompts]
+    search(lm, theta0, inputs, source_layer=source.parent.meta.source_layer, target_layer=source.parent.meta.target_layer,
+           config=replace(cfg, count=1, steps=PROBE_STEPS, collapse_ratio=0.0),
+           on_progress=lambda _p: stamps.append(time.perf_counter()))
+    return _per_step(stamps, list(range(len(stamps)))) * cfg.steps
+
+
+def estimate_melbo(lm: LoadedModel, config: MelboConfig, prompts: list[str], system: str | None = None,
+                   raw: bool = False) -> float:
+    """Seconds per vector that `run_melbo(lm, config, prompts, ...)` will take here: a few steps of its first batch, timed."""
+    config.check(lm)
+    batch = min(config.batch_vectors, config.num_vectors)
+    stamps: list[float] = []
+    steps: list[int] = []
+
+    def heard(p: TrainProgress) -> None:
+        stamps.append(time.perf_counter())
+        steps.append(p.step)
+
+    probe = replace(config, num_vectors=batch, steps=PROBE_STEPS * 2)
+    train(lm, probe, [encode(lm, p, system, raw) for p in prompts], on_progress=heard)
+    batches = math.ceil(config.num_vectors / batch)
+    return _per_step(stamps, steps) * config.steps * batches / config.num_vectors
+
+
+def _per_step(stamps: list[float], steps: list[int]) -> float:
+    if len(stamps) < 2 or steps[-1] == steps[0]:
+        raise InputError("too few steps were reported to time this run")
+    return (stamps[-1] - stamps[0]) / (steps[-1] - steps[0])
 
 
 # --- metrics into a bank file --------------------------------------------------------------------

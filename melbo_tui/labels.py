@@ -20,7 +20,12 @@ Content comes before form: "First, mix. First, mix. First, mix." is instructions
 `rules = [...]` (tried before the defaults) and optionally `replace_defaults = true`.
 
 Labels live beside the bank in `<bank stem>.labels.json` = {"rules": [...], "labels": [one
-string per row, "" = not labelled]} so that the explorer can show and filter them.
+string per row, "" = not labelled], "made_on": {prompt, system, raw, max_new_tokens,
+temperature, seed}} so that the explorer can show and filter them. A label describes a
+completion, and a completion depends on the prompt and the decoding: `made_on` records them,
+and the explorer shows labels made on another prompt as such. Files written before the record
+existed are read as made on the bank's first prompt with the default decoding (what `dump`
+did by default).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import json
 import re
 import tomllib
 from collections import Counter
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +70,41 @@ DEFAULT_RULES: list[dict[str, Any]] = [
 ]
 
 _KINDS = ("regex", "repetition", "gibberish")
+
+
+@dataclass(frozen=True)
+class MadeOn:
+    """What completions (and so their labels) were made on: the prompt as the model saw it and the decoding.
+
+    The seed of a greedy decode is recorded as 0: greedy text does not depend on it.
+    """
+
+    prompt: str
+    system: str | None = None
+    raw: bool = False
+    max_new_tokens: int = 48
+    temperature: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "temperature", float(self.temperature))
+        if self.temperature == 0:
+            object.__setattr__(self, "seed", 0)
+
+    @classmethod
+    def from_record(cls, record: object) -> MadeOn | None:
+        """The record as stored in a labels file (None when absent or malformed)."""
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+            return None
+        try:
+            return cls(prompt=record["prompt"], system=record.get("system"), raw=bool(record.get("raw", False)),
+                       max_new_tokens=int(record.get("max_new_tokens", 48)), temperature=float(record.get("temperature", 0.0)),
+                       seed=int(record.get("seed", 0)))
+        except (TypeError, ValueError):
+            return None
+
+    def record(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def labels_path(bank_path: Path) -> Path:
@@ -116,11 +157,14 @@ def label_texts(texts: list[str], rules: list[dict[str, Any]]) -> list[str]:
     return [classify(t, rules) for t in texts]
 
 
-def save_labels(bank_path: Path, num_rows: int, labelled: dict[int, str], rules: list[dict[str, Any]]) -> Path:
+def save_labels(bank_path: Path, num_rows: int, labelled: dict[int, str], rules: list[dict[str, Any]],
+                made_on: MadeOn) -> Path:
     """Merge `labelled` (row -> label) into the bank's sidecar and write it atomically.
 
     Under the bank's write lock, and sized to the bank as it is on disk now: a bank that
-    `ortho --resume` grew since the caller loaded it keeps the labels of every row.
+    `ortho --resume` grew since the caller loaded it keeps the labels of every row. Labels of
+    completions made on another prompt or decoding replace the file's instead of merging:
+    one file describes one set of completions (`made_on`).
     """
     from melbo_tui.locking import bank_lock
 
@@ -129,13 +173,13 @@ def save_labels(bank_path: Path, num_rows: int, labelled: dict[int, str], rules:
         num_rows = max(num_rows, _rows_on_disk(bank_path))
         labels = [""] * num_rows
         old = read_labels(bank_path) if path.exists() else None
-        if old is not None and len(old) <= num_rows:
+        if old is not None and len(old) <= num_rows and read_made_on(bank_path) in (made_on, None):
             labels[:len(old)] = old
         for row, label in labelled.items():
             if not 0 <= row < num_rows:
                 raise InputError(f"label for row {row} outside the bank's rows 0..{num_rows - 1}")
             labels[row] = label
-        atomic_write_text(path, json.dumps({"rules": rules, "labels": labels}, indent=1))
+        atomic_write_text(path, json.dumps({"rules": rules, "labels": labels, "made_on": made_on.record()}, indent=1))
     return path
 
 
@@ -163,6 +207,16 @@ def read_labels(bank_path: Path) -> list[str] | None:
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         raise InputError(f"{path}: 'labels' must be a list of strings")
     return labels
+
+
+def read_made_on(bank_path: Path) -> MadeOn | None:
+    """What the bank's labels were made on, as recorded (None: no labels file, or no record in it)."""
+    path = labels_path(bank_path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return MadeOn.from_record(data.get("made_on")) if isinstance(data, dict) else None
 
 
 def _compile(rule: dict[str, Any]) -> re.Pattern[str]:

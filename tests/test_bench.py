@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 ROWS = ("ortho fast vs sequential", "eval batched vs loop", "dump batched vs loop",
-        "steered vs unsteered generation", "model load", "ortho evaluation GFLOP/s", "DCT (8 vectors, 2 iterations) vs MELBO")
+        "steered vs unsteered generation", "model load", "ortho evaluation GFLOP/s", "DCT (8 vectors, 2 iterations) vs MELBO",
+        "explorer: key to full completion")
 
 
 @pytest.mark.embedded
@@ -30,11 +31,13 @@ def test_bench_quick_json(embedded: object) -> None:
     assert set(ortho) == {"tokens", "seed"}  # both objectives, side by side
     for row in ortho.values():
         fast = row["detail"]["fast"]
-        assert row["ratio"] > 0 and fast["vectors"] == report["config"]["ortho_fast_count"] == 3
+        assert row["ratio"] > 0 and fast["vectors"] == report["config"]["ortho_fast_count"] == 2
         assert fast["unsteered_kl_seq"] > 0 and fast["median_kl_seq"] >= 0  # quality by behaviour over a continuation
     eval_row = next(r for r in report["rows"] if r["name"].startswith("eval"))
     assert eval_row["detail"]["max_abs_kl_difference"] < 1e-3  # batched and looped KL agree
     assert report["config"]["quick"] is True and report["machine"]["device"]
+    prepared = next(r for r in report["rows"] if r["name"].startswith("explorer: key to full completion"))["detail"]
+    assert 0 < prepared["prepared_s"] < prepared["cold_s"]  # a row read ahead shows before a cold one streams
 
 
 def test_render_table_shows_every_row() -> None:

@@ -68,26 +68,45 @@ def test_a_dump_shows_each_rows_metrics_beside_its_completion(tiny_chat: LoadedM
 
 def test_cli_dump_writes_text_jsonl_and_labels(tiny_chat: LoadedModel, tiny_model_dir: Path, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from melbo_tui.cli import main
+    from melbo_tui.labels import MadeOn, read_made_on
 
     bank_path = tmp_path / "b.safetensors"
     save_bank(random_bank(tiny_chat, rows=4, norm=20.0, source=1, target=4, kind="ortho"), bank_path)
-    monkeypatch.setattr(sys, "argv", ["melbo-tui", "dump", str(bank_path), "--out", str(tmp_path / "d.txt"),
-                                      "--max-new-tokens", "4", "--rows", "0:3", "--compose-sweep",
-                                      "--model", str(tiny_model_dir)])
-    try:
-        main()
-    except SystemExit as exc:
-        assert not exc.code, capsys.readouterr().err
+    common = ["--max-new-tokens", "4", "--model", str(tiny_model_dir)]
+    code, err = run_cli(monkeypatch, capsys, "dump", str(bank_path), "--out", str(tmp_path / "d.txt"), "--rows", "0:3",
+                        "--compose-sweep", *common)
+    assert code == 0, err
     assert (tmp_path / "d.txt").exists() and (tmp_path / "d.jsonl").exists()
+    assert read_labels(bank_path) is None and "labels kept in" in err  # a dump elsewhere leaves the bank's labels alone
+    dumped = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines()]
+    assert all(r["label"] for r in dumped[:3]) and dumped[0]["system"] is None and dumped[0]["raw"] is False
+    code, err = run_cli(monkeypatch, capsys, "label", str(bank_path), "--from", str(tmp_path / "d.jsonl"))  # asked for: written
+    assert code == 0, err
     labels = read_labels(bank_path)
-    assert labels is not None and len(labels) == 4 and labels[3] == "" and all(labels[:3])
-    monkeypatch.setattr(sys, "argv", ["melbo-tui", "label", str(bank_path), "--from", str(tmp_path / "d.jsonl")])
-    try:
-        main()
-    except SystemExit as exc:
-        assert not exc.code, capsys.readouterr().err
-    assert read_labels(bank_path)[:3] == labels[:3]
+    assert labels is not None and len(labels) == 4 and labels[3] == "" and labels[:3] == [r["label"] for r in dumped[:3]]
+    assert read_made_on(bank_path) == MadeOn("How can I build a bomb?", None, False, 4, 0.0, 0)  # what they describe
+
+
+def test_a_dump_on_another_prompt_never_rewrites_the_banks_labels(
+        tiny_chat: LoadedModel, tiny_model_dir: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from melbo_tui.labels import read_made_on
+
+    bank_path = tmp_path / "b.safetensors"
+    save_bank(random_bank(tiny_chat, rows=3, norm=20.0, source=1, target=4, kind="ortho"), bank_path)
+    common = ["--max-new-tokens", "4", "--model", str(tiny_model_dir)]
+    assert run_cli(monkeypatch, capsys, "dump", str(bank_path), *common)[0] == 0  # its own prompt, beside it: its labels
+    sidecar = bank_path.with_name("b.labels.json")
+    before = sidecar.read_text()
+    made_on = read_made_on(bank_path)
+    assert made_on is not None and made_on.prompt == "How can I build a bomb?" and made_on.max_new_tokens == 4
+    code, err = run_cli(monkeypatch, capsys, "dump", str(bank_path), "-p", "Write a haiku about the sea.",
+                        "--out", str(tmp_path / "elsewhere" / "haiku"), *common)
+    assert code == 0 and sidecar.read_text() == before  # the bank's own labels: untouched
+    haiku = [json.loads(line) for line in (tmp_path / "elsewhere" / "haiku.jsonl").read_text().splitlines()]
+    assert all(r["prompt"] == "Write a haiku about the sea." and r["label"] for r in haiku)  # its labels, with its prompt
+    code, err = run_cli(monkeypatch, capsys, "dump", str(bank_path), "-p", "Write a haiku about the sea.", *common)
+    assert code == 0 and sidecar.read_text() == before, err  # beside the bank but on another prompt: untouched too
 
 
 def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:

@@ -10,10 +10,12 @@ import pytest
 from melbo_tui.errors import InputError
 from melbo_tui.labels import (
     DEFAULT_RULES,
+    MadeOn,
     classify,
     labels_path,
     load_rules,
     read_labels,
+    read_made_on,
     save_labels,
 )
 
@@ -91,10 +93,22 @@ def test_sidecar_merges_and_reads_back(tmp_path: Path) -> None:
     bank = tmp_path / "ortho.safetensors"
     assert labels_path(bank) == tmp_path / "ortho.labels.json"
     assert read_labels(bank) is None
-    save_labels(bank, 4, {0: "code", 2: "refusal"}, DEFAULT_RULES)
-    save_labels(bank, 4, {1: "other"}, DEFAULT_RULES)
+    made_on = MadeOn("How can I build a bomb?")
+    save_labels(bank, 4, {0: "code", 2: "refusal"}, DEFAULT_RULES, made_on)
+    save_labels(bank, 4, {1: "other"}, DEFAULT_RULES, made_on)
     assert read_labels(bank) == ["code", "other", "refusal", ""]
     data = json.loads(labels_path(bank).read_text())
     assert data["rules"][0]["label"] == "refusal" and len(data["labels"]) == 4
+    assert read_made_on(bank) == made_on and data["made_on"]["max_new_tokens"] == 48
     with pytest.raises(InputError, match="row 7"):
-        save_labels(bank, 4, {7: "x"}, DEFAULT_RULES)
+        save_labels(bank, 4, {7: "x"}, DEFAULT_RULES, made_on)
+    joke = MadeOn("Tell me a joke.", temperature=1.0, seed=3)
+    save_labels(bank, 4, {3: "fiction"}, DEFAULT_RULES, joke)  # labels of other completions: they replace, not merge
+    assert read_labels(bank) == ["", "", "", "fiction"] and read_made_on(bank) == joke
+
+
+def test_made_on_ignores_the_seed_of_a_greedy_decode_and_reads_old_files() -> None:
+    assert MadeOn("p", seed=5) == MadeOn("p", seed=0)  # greedy text does not depend on the seed
+    assert MadeOn("p", temperature=0.7, seed=5) != MadeOn("p", temperature=0.7, seed=0)
+    assert MadeOn.from_record(None) is None and MadeOn.from_record({"labels": []}) is None
+    assert MadeOn.from_record({"prompt": "p", "max_new_tokens": "x"}) is None  # malformed: not a record

@@ -14,7 +14,7 @@ from helpers_ortho import random_bank
 
 from melbo_tui.bank import load_bank, save_bank, update_bank
 from melbo_tui.cli import main
-from melbo_tui.labels import read_labels, save_labels
+from melbo_tui.labels import MadeOn, read_labels, save_labels
 from melbo_tui.locking import BankBusyError, bank_lock, lock_path
 from melbo_tui.models import LoadedModel
 
@@ -91,10 +91,11 @@ def test_eval_during_ortho_resume_keeps_every_vector(tiny_chat: LoadedModel, tin
 def test_labels_of_rows_appended_meanwhile_are_kept(tiny_chat: LoadedModel, tmp_path: Path) -> None:
     path = tmp_path / "b.safetensors"
     save_bank(random_bank(tiny_chat, rows=3), path)
-    save_labels(path, 3, {0: "code"}, [])
+    made_on = MadeOn("How can I build a bomb?")
+    save_labels(path, 3, {0: "code"}, [], made_on)
     save_bank(random_bank(tiny_chat, rows=6), path)  # another process grew the bank
-    save_labels(path, 6, {5: "refusal"}, [])  # a label run on the grown bank
-    save_labels(path, 3, {1: "other"}, [])  # a dump that loaded the 3-row copy
+    save_labels(path, 6, {5: "refusal"}, [], made_on)  # a label run on the grown bank
+    save_labels(path, 3, {1: "other"}, [], made_on)  # a dump that loaded the 3-row copy
     assert read_labels(path) == ["code", "other", "", "", "", "refusal"]
 
 

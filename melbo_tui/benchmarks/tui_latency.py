@@ -1,9 +1,16 @@
-"""Key-to-repaint latency of the explorer, measured headless, for the benchmark.
+"""Latencies of the explorer, measured headless, for the benchmark.
 
-The app runs on a 2048-row bank with a scripted generation streaming all the time (debounce
-off, so every highlight move cancels one generation and starts the next: the busiest case).
-A key press is timed from the moment it enters the app's queue to the moment a frame showing
-the moved cursor has been rendered to terminal bytes (the real driver would then write them).
+Key to repaint: the app runs on a 2048-row bank with a scripted generation streaming all the
+time (debounce off, so every highlight move cancels one generation and starts the next: the
+busiest case). A key press is timed from the moment it enters the app's queue to the moment a
+frame showing the moved cursor has been rendered to terminal bytes (the real driver would then
+write them).
+
+Key to full completion, prepared vs cold (`measure_read_ahead`): the app runs on the real
+model with its real settings (debounce included). After the highlighted row's completion and
+the read-ahead of the rows around it are done, `j` moves onto a prepared row; then `:` jumps
+to a row far from the cursor that nothing prepared. Each is timed from the key to the steered
+column holding the whole completion.
 """
 
 from __future__ import annotations
@@ -61,19 +68,110 @@ def measure_latency(quick: bool = False) -> dict[str, float]:
     }
 
 
-def _make_bank(path: Path, rows: int) -> Path:
+@dataclass(frozen=True)
+class Shape:
+    """The model a bank is made for: its width, depth and the layer vectors are added at."""
+
+    hidden_size: int = 576
+    num_layers: int = 30
+    source_layer: int = 8
+    target_layer: int = 16
+
+
+def measure_read_ahead(request: Any = None, quick: bool = False, samples: int = 3, shape: Shape = Shape(),
+                       radius: float = 15.0) -> dict[str, float]:
+    """Key to full completion on the real model: a row the read-ahead prepared vs a cold one (seconds)."""
+    from melbo_tui.decoding import GenerationSettings
+    from melbo_tui.tui.backend import EngineBackend
+
+    tokens = 8 if quick else 48  # 48: every face's default
+    with tempfile.TemporaryDirectory(prefix="melbo-read-ahead-") as tmp:
+        bank = _make_bank(Path(tmp) / "read-ahead.safetensors", 256, kind="melbo", radius=radius, shape=shape)
+        app_args = {"cache_root": Path(tmp) / "cache", "generation": GenerationSettings(max_new_tokens=tokens),
+                    "workspace": Path(tmp)}
+        return asyncio.run(_read_ahead(bank, EngineBackend(request), app_args, 1 if quick else samples))
+
+
+async def _read_ahead(bank: Path, backend: Backend, app_args: dict[str, Any], samples: int) -> dict[str, float]:
+    from textual import events
+
+    from melbo_tui.tui.app import ExplorerApp
+
+    app = ExplorerApp([bank], backend, keymap={}, **app_args)
+    prepared: list[float] = []
+    cold: list[float] = []
+    async with app.run_test(size=(120, 40)) as pilot:
+        main = app.main
+
+        def busy() -> bool:
+            if main.session.model.error:
+                raise RuntimeError(f"the model failed to load: {main.session.model.error}")
+            if main.session.fit_errors:
+                raise RuntimeError(f"the bank does not fit the model: {next(iter(main.session.fit_errors.values()))}")
+            return not (main.session.model.ready and main.view is not None and not main.panel.streaming
+                        and not main.read_ahead.running and not main.measurer.status)
+
+        async def settled(timeout: float = 600) -> None:
+            """Nothing runs, twice 0.3 s apart (the read-ahead starts a moment after the completion ends)."""
+            deadline = time.perf_counter() + timeout
+            while True:
+                while busy():
+                    if time.perf_counter() > deadline:
+                        raise RuntimeError("the explorer did not settle")
+                    await asyncio.sleep(0.02)
+                await asyncio.sleep(0.3)
+                if not busy():
+                    return
+
+        def send(key: str, character: str | None) -> None:
+            """A key as the terminal driver hands it over (Pilot's press would wait for the CPU to go idle)."""
+            event = events.Key(key, character)
+            event.set_sender(app)
+            driver = app._driver
+            assert driver is not None
+            driver.send_message(event)
+
+        async def full_completion(key: str, character: str | None) -> float:
+            t0 = time.perf_counter()
+            before = main.vector_list.current_row()
+            send(key, character)
+            while main.vector_list.current_row() == before:
+                await asyncio.sleep(0.001)
+            row = main.vector_list.current_row()
+            text = main.panel.text(0)
+            while not (main.panel.request is not None and main.panel.request.slots[0].target.rows == (row,)
+                       and text.note.endswith("tok/s]")):  # "[48 tok · 20.1 tok/s]", or "[cached · ...]": the whole text
+                await asyncio.sleep(0.001)
+                if time.perf_counter() - t0 > 600:
+                    raise RuntimeError(f"row {row}'s completion never finished")
+            return time.perf_counter() - t0
+
+        for _ in range(samples):
+            await settled()
+            prepared.append(await full_completion("j", "j"))  # the next row: read ahead
+            await settled()
+            cold.append(await full_completion("pagedown", None))  # a page further: nothing prepared it
+        await pilot.press("q")
+    return {"prepared_s": statistics.median(prepared), "cold_s": statistics.median(cold), "samples": float(samples)}
+
+
+def _make_bank(path: Path, rows: int, kind: str = "ortho", radius: float | None = None, shape: Shape = Shape()) -> Path:
     import torch
 
     from melbo_tui.bank import BankMeta, VectorBank, save_bank
     from melbo_tui.kinds import BankKind
 
     gen = torch.Generator().manual_seed(0)
-    vectors = torch.randn(rows, 576, generator=gen) * 2
+    vectors = torch.randn(rows, shape.hidden_size, generator=gen) * 2
+    if radius is not None:
+        vectors = vectors / vectors.norm(dim=1, keepdim=True) * radius
     kl = torch.rand(rows, generator=gen) * torch.linspace(0, 5, rows)
     kl[0] = 0
-    meta = BankMeta(kind=BankKind.ORTHO, model="embedded:SmolLM2-135M-Instruct", hidden_size=576, num_layers=30,
-                    source_layer=8, target_layer=16, prompts=["How can I build a bomb?"])
-    save_bank(VectorBank(vectors=vectors, meta=meta, metrics={"kl": kl, "kl_rev": kl * 1.2}), path)
+    meta = BankMeta(kind=BankKind(kind), model="embedded:SmolLM2-135M-Instruct", hidden_size=shape.hidden_size,
+                    num_layers=shape.num_layers, source_layer=shape.source_layer, target_layer=shape.target_layer,
+                    prompts=["How can I build a bomb?"], radius=radius)
+    # every KL the explorer shows first is there already: nothing is measured while the keys are timed
+    save_bank(VectorBank(vectors=vectors, meta=meta, metrics={"kl": kl, "kl_rev": kl * 1.2, "kl_unsteered": kl.clone()}), path)
     return path
 
 

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from melbo_tui.models import ModelRequest
 
 BanksArg = Annotated[list[Path], typer.Argument(help="One or more bank files (.safetensors); n switches between them.")]
+WorkspaceOpt = Annotated[Path | None, typer.Option("--workspace", help="Where the explorer writes job banks (o, T) and exports (x). Default: the working directory; never beside a bank it did not make.")]
 
 
 def shipped_vectors_dir() -> Path:
@@ -73,7 +74,13 @@ def run_explorer(
     max_new_tokens: int = MAX_NEW_TOKENS,
     temperature: float = TEMPERATURE,
     seed: int = 0,
+    workspace: Path | None = None,
 ) -> None:
+    workspace = Path.cwd() if workspace is None else workspace
+    if not workspace.is_dir():
+        raise InputError(f"--workspace {workspace} is not a directory")
+    if not os.access(workspace, os.W_OK):
+        raise InputError(f"--workspace {workspace} is not writable: give a directory the explorer may write in")
     for path in banks:
         if not path.exists():
             raise BankError(f"bank file not found: {path}")
@@ -90,7 +97,8 @@ def run_explorer(
     from melbo_tui.tui.app import ExplorerApp
     from melbo_tui.tui.backend import EngineBackend
 
-    app = ExplorerApp(banks, EngineBackend(request), prompt=prompt, system=system, raw=raw, generation=generation)
+    app = ExplorerApp(banks, EngineBackend(request), prompt=prompt, system=system, raw=raw, generation=generation,
+                      workspace=workspace.resolve())
     loop = asyncio.new_event_loop()  # asyncio.run() would wait for every worker thread at exit
     app.run(loop=loop)
     _leave_without_waiting_for_workers(app.return_code or 0)
@@ -118,13 +126,14 @@ def start(
     ctx: typer.Context,
     model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
     revision: RevisionOpt = None, threads: ThreadsOpt = None, offload_folder: OffloadOpt = None,
-    deterministic: DeterministicOpt = False,
+    deterministic: DeterministicOpt = False, workspace: WorkspaceOpt = None,
 ) -> None:
     """With no command: open the shipped banks (MELBO-ortho first) in the explorer with the embedded model."""
     if ctx.invoked_subcommand is None:
         from melbo_tui.models import ModelRequest
 
-        run_explorer(default_banks(), ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic))
+        run_explorer(default_banks(), ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic),
+                     workspace=workspace)
 
 
 @app.command("open")
@@ -134,10 +143,10 @@ def open_cmd(
     max_new_tokens: MaxTokensOpt = MAX_NEW_TOKENS, temperature: TemperatureOpt = TEMPERATURE, seed: SeedOpt = 0,
     model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
     revision: RevisionOpt = None, threads: ThreadsOpt = None, offload_folder: OffloadOpt = None,
-    deterministic: DeterministicOpt = False,
+    deterministic: DeterministicOpt = False, workspace: WorkspaceOpt = None,
 ) -> None:
     """Browse banks and stream steered completions (keys: ? in the app)."""
     from melbo_tui.models import ModelRequest
 
     request = ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic)
-    run_explorer(list(banks), request, prompt, system, raw, max_new_tokens, temperature, seed)
+    run_explorer(list(banks), request, prompt, system, raw, max_new_tokens, temperature, seed, workspace)

@@ -8,9 +8,6 @@ Nothing here imports torch: the explorer's start-up path imports this module too
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -18,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from melbo_tui.atomic import check_writable
 from melbo_tui.decoding import GenerationSettings
 from melbo_tui.errors import InputError
 
@@ -98,34 +96,11 @@ def open_model(request: ModelRequest) -> LoadedModel:
     return lm
 
 
-MIN_FREE_BYTES = 1 << 20
 
 
 def check_output(path: Path, what: str = "--out") -> None:
-    """Fail in a moment, before any model loads, when `path` cannot be written.
-
-    Refused: a directory, a parent that is a file, a directory we cannot create a file in
-    (permissions, a read-only mount), a disk with less than 1 MiB free. Missing parent
-    directories are fine: writes create them (checked: the nearest existing one is writable).
-    A disk that fills up during the run still fails at the write, with one line and the
-    previous file intact (`atomic.atomic_write`).
-    """
-    path = Path(path).expanduser()
-    if path.is_dir():
-        raise InputError(f"{what} {path} is a directory: give a file name")
-    ancestor = path.absolute().parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise InputError(f"{what} {path}: {ancestor} is not a directory")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".melbo-write-check-", dir=ancestor)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise InputError(f"{what} {path}: cannot write in {ancestor} ({exc.strerror or exc})") from None
-    if shutil.disk_usage(ancestor).free < MIN_FREE_BYTES:
-        raise InputError(f"{what} {path}: no space left on the disk of {ancestor}")
+    """Fail in a moment, before any model loads, when `path` cannot be written (`atomic.check_writable`)."""
+    check_writable(path, what)
 
 
 def open_bank(path: Path, lm: LoadedModel) -> VectorBank:

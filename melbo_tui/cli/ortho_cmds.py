@@ -50,6 +50,7 @@ from melbo_tui.cli.options import (
 from melbo_tui.compose import ComposeMode, Composition
 from melbo_tui.errors import InputError
 from melbo_tui.jobs import OrthoSource, run_ortho
+from melbo_tui.labels import MadeOn
 from melbo_tui.models import ModelRequest
 from melbo_tui.ortho import Objective, OrthoConfig, OrthoProgress, Strategy
 from melbo_tui.prompts import encode
@@ -182,13 +183,18 @@ def dump(
     prompt: PromptOpt = None, system: SystemOpt = None, raw: RawOpt = None,
     max_new_tokens: MaxTokensOpt = MAX_NEW_TOKENS, temperature: TemperatureOpt = TEMPERATURE, seed: SeedOpt = 0,
     batch_size: BatchSizeOpt = None,
-    label: Annotated[bool, typer.Option("--label/--no-label", help="Label the completions and store the labels beside the bank.")] = True,
+    label: Annotated[bool, typer.Option("--label/--no-label", help="Label the completions (in the JSONL); a dump of the bank's own prompt to the default --out also stores them beside the bank, recording the prompt and decoding.")] = True,
     rules: Annotated[Path | None, typer.Option(help="Extra label rules (JSON or TOML), see 'melbo-tui label --help'.")] = None,
     model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
     revision: RevisionOpt = None, threads: ThreadsOpt = None, offload_folder: OffloadOpt = None,
     deterministic: DeterministicOpt = False,
 ) -> None:
-    """The completion of every vector (batched, KV cache on) as text and JSONL, labelled."""
+    """The completion of every vector (batched, KV cache on) as text and JSONL, labelled.
+
+    The bank's own labels (BANK's stem + .labels.json, what the explorer shows) are rewritten only
+    by a dump of the bank's own prompt to the default --out: a dump on another prompt or to
+    another place keeps its labels in its JSONL and leaves the bank's alone.
+    """
     from melbo_tui.dump import dump_completions, sweep_compositions, write_dump
     from melbo_tui.generation import GenerationSettings
     from melbo_tui.labels import classify, labels_path, load_rules, save_labels
@@ -202,11 +208,13 @@ def dump(
     bank = load_bank(bank_path)
     picked = parse_selection(rows, len(bank)) if rows else list(range(len(bank)))
     text_path, jsonl_path = dump_paths(bank_path, out)
-    for path in (text_path, jsonl_path, *([labels_path(bank_path)] if label else [])):
+    text, system, raw = prompt_for(bank, bank_path, prompt, system, raw)
+    own_labels = label and out is None and bank.meta.prompts[:1] == [text] and (system, raw) == (
+        bank.meta.system_prompt, bank.meta.raw_prompts)
+    for path in (text_path, jsonl_path, *([labels_path(bank_path)] if own_labels else [])):
         check_output(path, "--out" if path != labels_path(bank_path) else "labels of BANK")
     lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic))
     bank = open_bank(bank_path, lm)
-    text, system, raw = prompt_for(bank, bank_path, prompt, system, raw)
     compositions = sweep_compositions(bank) if compose_sweep else []
     with progress() as bar:
         task = bar.add_task("completions", total=len(picked) + len(compositions), info="")
@@ -216,9 +224,14 @@ def dump(
         from dataclasses import replace
 
         entries = [replace(e, label=classify(e.text, rule_list)) for e in entries]
-        sidecar = save_labels(bank_path, len(bank), {e.row: e.label for e in entries if e.row is not None}, rule_list)
-        err.print(f"labels stored in {sidecar}")
-    write_dump(entries, text_path, jsonl_path, text, settings, bank)
+        if own_labels:
+            made_on = MadeOn(text, system, raw, settings.max_new_tokens, settings.temperature, settings.seed)
+            sidecar = save_labels(bank_path, len(bank), {e.row: e.label for e in entries if e.row is not None}, rule_list, made_on)
+            err.print(f"labels stored in {sidecar}")
+        else:
+            err.print(f"labels kept in {jsonl_path} only: {bank_path.name}'s own labels describe its own prompt "
+                      "and the default --out", highlight=False)
+    write_dump(entries, text_path, jsonl_path, text, settings, bank, system=system, raw=raw)
     counts = Counter(e.label for e in entries if e.label)
     err.print(f"wrote {text_path} and {jsonl_path}: {len(entries)} completions"
               + (f" ({', '.join(f'{k} {v}' for k, v in counts.most_common())})" if counts else ""))
@@ -233,6 +246,14 @@ def dump_paths(bank_path: Path, out: Path | None) -> tuple[Path, Path]:
     if out.suffix == ".jsonl":
         return out.with_suffix(".txt"), out
     return Path(f"{out}.txt"), Path(f"{out}.jsonl")
+
+
+def dump_made_on(records: list[dict[str, object]], bank: VectorBank) -> MadeOn:
+    """What a dump's completions were made on, from its first record (older dumps: the bank's prompt, default decoding)."""
+    first = records[0] if records else {}
+    made_on = MadeOn.from_record({**first, "system": first.get("system", bank.meta.system_prompt),
+                                  "raw": first.get("raw", bank.meta.raw_prompts)})
+    return made_on or MadeOn(bank.meta.prompts[0] if bank.meta.prompts else "", bank.meta.system_prompt, bank.meta.raw_prompts)
 
 
 @app.command()
@@ -264,7 +285,9 @@ def label(
     if max(row for row, _ in records) >= len(bank):
         raise InputError(f"{from_dump} has completions of rows beyond {bank_path}'s {len(bank)}: a dump of another bank")
     labels = label_texts([text for _, text in records], rule_list)
-    sidecar = save_labels(bank_path, len(bank), {row: lab for (row, _), lab in zip(records, labels, strict=True)}, rule_list)
+    made_on = dump_made_on(dumped, bank)
+    sidecar = save_labels(bank_path, len(bank), {row: lab for (row, _), lab in zip(records, labels, strict=True)}, rule_list,
+                          made_on)
     counts = Counter(labels)
     err.print(f"labelled {len(labels)} rows in {sidecar}: {', '.join(f'{k} {v}' for k, v in counts.most_common())}")
 

@@ -56,11 +56,12 @@ class ExplorerApp(App[None]):
         cache_root: Path | None = None,
         keymap: dict[str, str] | None = None,
         debounce: float = 0.25,
+        workspace: Path | None = None,
     ) -> None:
         super().__init__()
         self.backend = backend
         self.options = ExploreOptions(tuple(Path(p) for p in bank_paths), backend, prompt, system, raw,
-                                      generation or GenerationSettings(), cache_root, debounce)
+                                      generation or GenerationSettings(), cache_root, debounce, workspace or Path.cwd())
         self.keymap_overrides, self._keymap_warnings = (keymap, []) if keymap is not None else load_keymap()
         self._main: MainScreen | None = None
         self._quitting = False

@@ -14,6 +14,7 @@ in between.
 from __future__ import annotations
 
 import math
+import shlex
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     import torch
 
     from melbo_tui.bank import VectorBank
+    from melbo_tui.jobs import OrthoSource
+    from melbo_tui.melbo import MelboConfig
     from melbo_tui.models import LoadedModel, ModelRequest
 
 OnText = Callable[[str], None]
@@ -56,9 +59,41 @@ class JobProgress:
 OnJobProgress = Callable[[JobProgress], None]
 
 
+def _shell(words: list[str]) -> str:
+    return shlex.join(words)
+
+
+def _absolute(path: Path) -> str:
+    return str(path.resolve())
+
+
+@dataclass(frozen=True)
+class OrthoJob:
+    """MELBO-ortho from row `base_row` of the bank at `bank_path`, on the bank's prompts, into `out`.
+
+    What `melbo-tui ortho` does with the same arguments (`command`): the same vectors, then every
+    row measured and stored in the file.
+    """
+
+    bank: VectorBank
+    bank_path: Path
+    base_row: int
+    count: int
+    out: Path
+
+    @property
+    def prompts(self) -> list[str]:
+        return list(self.bank.meta.prompts)
+
+    def command(self, model_flags: tuple[str, ...] = (), show: Callable[[Path], str] = _absolute) -> str:
+        """The equivalent command line: what a new bank records as `created_by` (`show` writes the paths)."""
+        return _shell(["melbo-tui", "ortho", show(self.bank_path), "--base", str(self.base_row),
+                       "--count", str(self.count), "--out", show(self.out), *model_flags])
+
+
 @dataclass(frozen=True)
 class MelboJob:
-    """A fresh MELBO run from inside the explorer: `count` vectors on one prompt, saved per batch."""
+    """A fresh MELBO run from inside the explorer: `count` vectors on one prompt, saved per batch into `out`."""
 
     prompt: str
     system: str | None
@@ -66,9 +101,21 @@ class MelboJob:
     source_layer: int
     target_layer: int
     radius: float
+    out: Path
     count: int = 8
     steps: int = 300
     batch_vectors: int = 4
+
+    def command(self, model_flags: tuple[str, ...] = (), show: Callable[[Path], str] = _absolute) -> str:
+        """The equivalent `melbo-tui train` command line: what the new bank records as `created_by`."""
+        words = ["melbo-tui", "train", "--prompt", self.prompt, *(["--system", self.system] if self.system is not None else []),
+                 *(["--raw"] if self.raw else []), "--source-layer", str(self.source_layer), "--target-layer",
+                 str(self.target_layer), "--radius", f"{self.radius:g}", "--num-vectors", str(self.count), "--steps",
+                 str(self.steps), "--batch-vectors", str(self.batch_vectors), "--out", show(self.out), *model_flags]
+        return _shell(words)
+
+
+Job = OrthoJob | MelboJob
 
 
 @dataclass(frozen=True)
@@ -76,6 +123,18 @@ class GenerationRequest:
     bank: VectorBank
     target: Composition
     settings: ExploreSettings
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """Completions of several targets of one bank on one set of settings (the explorer's read-ahead)."""
+
+    bank: VectorBank
+    targets: tuple[Composition, ...]
+    settings: ExploreSettings
+
+
+OnCompleted = Callable[[Composition, GenerationResult], None]
 
 
 @dataclass(frozen=True)
@@ -89,12 +148,25 @@ class MetricsRequest:
     names: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class MeasuredColumns:
+    """`values`: `{name: [N floats]}`; `unsteered`: what no vector scores on the same prompt (the value to beat)."""
+
+    values: dict[str, list[float]]
+    unsteered: dict[str, float]
+
+
 class Backend(Protocol):
     """What the explorer asks of a model. Errors a user can cause raise `MelboError`."""
 
     @property
     def model_name(self) -> str:
         """Stable name of the requested model (part of the completion cache key)."""
+        ...
+
+    @property
+    def model_flags(self) -> tuple[str, ...]:
+        """The command-line flags that load this model (for the command line a job records)."""
         ...
 
     def load(self) -> str:
@@ -109,8 +181,16 @@ class Backend(Protocol):
         """Generate, calling `on_text` per decoded piece, until done or `should_stop()`."""
         ...
 
-    def metrics(self, request: MetricsRequest, should_stop: ShouldStop, on_progress: OnProgress) -> dict[str, list[float]]:
-        """`{name: [N floats]}` for the requested names this backend can measure (others are left out).
+    def complete(self, request: BatchRequest, on_completed: OnCompleted, should_stop: ShouldStop) -> None:
+        """Complete the targets in batches, lowest priority: `on_completed` hears each finished one.
+
+        Gives way to any generation asked for after it began (at the next decode step) and to
+        `should_stop`: it returns, the batch then in progress dropped; the caller asks again later.
+        """
+        ...
+
+    def metrics(self, request: MetricsRequest, should_stop: ShouldStop, on_progress: OnProgress) -> MeasuredColumns:
+        """The requested names this backend can measure (others are left out), and the unsteered model's values.
 
         A stop returns only the columns already complete (usually none): never a partial column.
         """
@@ -120,13 +200,16 @@ class Backend(Protocol):
         """`norm` of a composed target and what KL it can measure (`kl` to the base, `kl_unsteered`) on the settings' prompt."""
         ...
 
-    def run_ortho(self, bank: VectorBank, bank_path: Path, base_row: int, count: int, out: Path,
-                  on_progress: OnJobProgress, should_stop: ShouldStop) -> str:
-        """MELBO-ortho from row `base_row` into `out`, checkpointed per block; returns a summary line."""
+    def estimate(self, job: Job) -> float:
+        """Seconds per vector the job will take on this model and machine (timed, a few seconds at most)."""
         ...
 
-    def run_melbo(self, job: MelboJob, out: Path, on_progress: OnJobProgress, should_stop: ShouldStop) -> str:
-        """Train MELBO vectors into `out`, saved after each batch (so a stop leaves a valid bank)."""
+    def run_ortho(self, job: OrthoJob, on_progress: OnJobProgress, should_stop: ShouldStop) -> str:
+        """MELBO-ortho into `job.out`, saved after every vector, measured at the end; returns a summary line."""
+        ...
+
+    def run_melbo(self, job: MelboJob, on_progress: OnJobProgress, should_stop: ShouldStop) -> str:
+        """Train MELBO vectors into `job.out`, saved after each batch (so a stop leaves a valid bank, or none)."""
         ...
 
 
@@ -137,6 +220,14 @@ def compose_target(bank: VectorBank, target: Composition) -> torch.Tensor | None
     from melbo_tui.compose import compose
 
     return compose(bank.vectors, target)
+
+
+def _vector_or_zero(bank: VectorBank, target: Composition) -> torch.Tensor:
+    """A batch row's vector: adding zero is not steering (the same logits, bit for bit)."""
+    import torch
+
+    vector = compose_target(bank, target)
+    return torch.zeros(bank.hidden_size) if vector is None else vector
 
 
 class ModelTurns:
@@ -150,15 +241,31 @@ class ModelTurns:
         self.model = threading.Lock()
         self._count = threading.Lock()
         self._waiting = 0
+        self._generations = 0  # generations asked for so far
 
     @property
     def waiting(self) -> int:
         with self._count:
             return self._waiting
 
+    @property
+    def generations(self) -> int:
+        with self._count:
+            return self._generations
+
     def _add_waiting(self, delta: int) -> None:
         with self._count:
             self._waiting += delta
+            self._generations += max(delta, 0)
+
+    def gives_way(self, should_stop: ShouldStop) -> ShouldStop:
+        """For the lowest-priority work: stop once asked to, or once any generation is asked for after now."""
+        since = self.generations
+
+        def stop() -> bool:
+            return should_stop() or self.generations != since
+
+        return stop
 
     @contextmanager
     def generation(self) -> Iterator[None]:
@@ -193,6 +300,13 @@ class ModelTurns:
             self.model.acquire()
 
 
+def read_ahead_batch(device_type: str) -> int:
+    """Completions per read-ahead call: on a CPU a batch of 4 takes ~5 s for 48 tokens on the embedded
+    model (2.4 s one at a time; 8 take 6.2 s), so the nearest rows are ready soon; an accelerator
+    batches more for about the time of one."""
+    return 4 if device_type == "cpu" else 16
+
+
 class EngineBackend:
     """The real thing: a transformers model loaded from a `melbo_tui.models.ModelRequest`.
 
@@ -213,6 +327,14 @@ class EngineBackend:
     def model_name(self) -> str:
         # the requested spec, not the loaded name: cache keys must match before the model is loaded
         return self.request.name or "embedded"
+
+    @property
+    def model_flags(self) -> tuple[str, ...]:
+        r = self.request
+        flags = [*(["--model", r.name] if r.name else []), *(["--device", r.device] if r.device != "auto" else []),
+                 *(["--dtype", r.dtype] if r.dtype != "auto" else []), *(["--revision", r.revision] if r.revision else []),
+                 *(["--trust-remote-code"] if r.trust_remote_code else [])]
+        return tuple(flags)
 
     def load(self) -> str:
         import torch
@@ -245,34 +367,63 @@ class EngineBackend:
             if should_stop():
                 return GenerationResult("", 0, 0.0, True)
             ids = encode(lm, s.prompt, s.system, s.raw)
-            return generate_stream(lm, ids, request.bank.meta.source_layer, vector, s.generation, on_text, should_stop)
+            return generate_stream(lm, ids, request.bank.meta.source_layer, vector, s.generation, on_text, should_stop,
+                                   key=request.target.key())
 
-    def metrics(self, request: MetricsRequest, should_stop: ShouldStop, on_progress: OnProgress) -> dict[str, list[float]]:
+    def complete(self, request: BatchRequest, on_completed: OnCompleted, should_stop: ShouldStop) -> None:
+        import torch
+
+        from melbo_tui.generation import complete_batch
+        from melbo_tui.prompts import encode
+
+        lm, bank, s = self._model(), request.bank, request.settings
+        size = read_ahead_batch(lm.device.type)
+        give_way = self._turns.gives_way(should_stop)
+        targets = list(request.targets)
+        for start in range(0, len(targets), size):
+            chunk = targets[start : start + size]
+            vectors = torch.stack([_vector_or_zero(bank, t) for t in chunk])  # [B, d_model]
+            with self._turns.measurement(give_way):
+                if give_way():
+                    return
+                ids = encode(lm, s.prompt, s.system, s.raw)
+                results = complete_batch(lm, ids, bank.meta.source_layer, vectors, s.generation,
+                                         keys=[t.key() for t in chunk], should_stop=give_way)
+            if any(r.stopped for r in results):
+                return  # cut short for a waiting generation: nothing of this batch is kept
+            for target, result in zip(chunk, results, strict=True):
+                on_completed(target, result)
+
+    def metrics(self, request: MetricsRequest, should_stop: ShouldStop, on_progress: OnProgress) -> MeasuredColumns:
+        import torch
+
         from melbo_tui.errors import Stopped
         from melbo_tui.metrics import CONTINUATION_TOKENS, bank_metrics
         from melbo_tui.prompts import encode
 
         names = [name for name in request.names if name in MEASURABLE]
         if not names:
-            return {}
+            return MeasuredColumns({}, {})
         lm, bank = self._model(), request.bank
         meta = bank.meta
         ids = encode(lm, request.prompt, request.system, request.raw)
+        rows = torch.cat([bank.vectors.float(), torch.zeros(1, bank.hidden_size)])  # the last row: no vector
 
         def between_chunks(done: int, total: int) -> None:  # no hook is live here: a generation may go first
-            on_progress(done, total)
+            on_progress(min(done, total - 1), total - 1)
             self._turns.yield_to_generations(should_stop)
 
         continuation = CONTINUATION_TOKENS if Metric.KL_SEQ in names else 1  # the continuation costs only kl_seq
         with self._turns.measurement(should_stop):
             try:
-                values = bank_metrics(lm, bank.vectors, ids, source_layer=meta.source_layer, target_layer=meta.target_layer,
+                values = bank_metrics(lm, rows, ids, source_layer=meta.source_layer, target_layer=meta.target_layer,
                                       base_index=meta.base_index, continuation=continuation, base_sinks=meta.kind.has_base,
                                       batch_size=self.METRICS_CHUNK,
                                       should_stop=should_stop, on_progress=between_chunks)
             except Stopped:
-                return {}
-        return {name: [float(v) for v in values[name]] for name in names}
+                return MeasuredColumns({}, {})
+        return MeasuredColumns({name: [float(v) for v in values[name][:-1]] for name in names},
+                               {name: float(values[name][-1]) for name in names})
 
     def target_metrics(self, bank: VectorBank, target: Composition, settings: ExploreSettings) -> dict[str, float]:
         import torch
@@ -290,35 +441,63 @@ class EngineBackend:
             values = bank_metrics(lm, rows, ids, source_layer=meta.source_layer, target_layer=meta.target_layer, continuation=1)
         return {"norm": float(vector.norm()), "kl": float(values["kl"][1]), "kl_unsteered": float(values["kl_unsteered"][1])}
 
-    def run_ortho(self, bank: VectorBank, bank_path: Path, base_row: int, count: int, out: Path,
-                  on_progress: OnJobProgress, should_stop: ShouldStop) -> str:
-        from melbo_tui.jobs import OrthoSource, run_ortho
-        from melbo_tui.ortho import OrthoConfig, OrthoProgress
+    def _ortho_source(self, job: OrthoJob) -> OrthoSource:
+        from melbo_tui.jobs import OrthoSource
 
-        lm = self._model()
-        meta = bank.meta
+        meta = job.bank.meta
         if not meta.prompts:
             raise ModelError("the bank records no prompt to run MELBO-ortho on")
-        source = OrthoSource(parent=bank, parent_path=str(bank_path), base_row=base_row, prompts=list(meta.prompts),
-                             system=meta.system_prompt, raw=meta.raw_prompts)
+        return OrthoSource(parent=job.bank, parent_path=str(job.bank_path), base_row=job.base_row, prompts=job.prompts,
+                           system=meta.system_prompt, raw=meta.raw_prompts)
+
+    @staticmethod
+    def _melbo_config(job: MelboJob) -> MelboConfig:
+        from melbo_tui.melbo import MelboConfig
+
+        return MelboConfig(job.source_layer, job.target_layer, job.radius, num_vectors=job.count, steps=job.steps,
+                           batch_vectors=job.batch_vectors)
+
+    def estimate(self, job: Job) -> float:
+        from melbo_tui.jobs import estimate_melbo, estimate_ortho
+        from melbo_tui.ortho import OrthoConfig
+
+        lm = self._model()
+        with self._turns.measurement(lambda: False):
+            if isinstance(job, OrthoJob):
+                return estimate_ortho(lm, self._ortho_source(job), OrthoConfig(count=job.count))
+            return estimate_melbo(lm, self._melbo_config(job), [job.prompt], job.system, job.raw)
+
+    def run_ortho(self, job: OrthoJob, on_progress: OnJobProgress, should_stop: ShouldStop) -> str:
+        from melbo_tui.jobs import run_ortho, store_metrics
+        from melbo_tui.metrics import evaluate_bank
+        from melbo_tui.ortho import OrthoConfig, OrthoProgress
+        from melbo_tui.prompts import encode
+
+        lm, source = self._model(), self._ortho_source(job)
 
         def progress(p: OrthoProgress) -> None:
             on_progress(JobProgress(p.vectors_done, p.count, p.step, p.steps, p.loss))
             self._turns.yield_to_generations(should_stop)  # between steps no hook is live
 
         with self._turns.model:
-            result = run_ortho(lm, source, OrthoConfig(count=count), out, created_by="melbo-tui explorer",
+            result = run_ortho(lm, source, OrthoConfig(count=job.count), job.out, created_by=job.command(self.model_flags),
                                on_progress=progress, should_stop=should_stop)
-        on_progress(JobProgress(result.found, count, 0, 0, 0.0))  # the engine reports before each vector, not after the last
+            if result.found and not result.stopped:  # as `melbo-tui ortho` does: every row measured, stored in the file
+                ids = encode(lm, source.prompts[0], source.system, source.raw)
+
+                def evaluate(bank: VectorBank) -> VectorBank:
+                    return evaluate_bank(lm, bank, ids, source.prompts[0], source.system, source.raw,
+                                         on_progress=lambda _d, _t: self._turns.yield_to_generations(lambda: False))
+
+                store_metrics(job.out, result.bank, evaluate)
+        on_progress(JobProgress(result.found, job.count, 0, 0, 0.0))  # the engine reports before each vector, not after the last
         return result.summary
 
-    def run_melbo(self, job: MelboJob, out: Path, on_progress: OnJobProgress, should_stop: ShouldStop) -> str:
+    def run_melbo(self, job: MelboJob, on_progress: OnJobProgress, should_stop: ShouldStop) -> str:
         from melbo_tui.jobs import run_melbo
-        from melbo_tui.melbo import MelboConfig, TrainProgress
+        from melbo_tui.melbo import TrainProgress
 
         lm = self._model()
-        config = MelboConfig(job.source_layer, job.target_layer, job.radius, num_vectors=job.count, steps=job.steps,
-                             batch_vectors=job.batch_vectors)
 
         def progress(p: TrainProgress) -> None:
             on_progress(JobProgress(p.vectors_done, p.num_vectors, p.step, p.steps, p.loss))
@@ -328,12 +507,13 @@ class EngineBackend:
             on_progress(JobProgress(saved, job.count, 0, job.steps, 0.0))
 
         with self._turns.model:
-            run = run_melbo(lm, config, [job.prompt], out, system=job.system, raw=job.raw, created_by="melbo-tui explorer",
-                            on_progress=progress, should_stop=should_stop, on_checkpoint=checkpoint)
+            run = run_melbo(lm, self._melbo_config(job), [job.prompt], job.out, system=job.system, raw=job.raw,
+                            created_by=job.command(self.model_flags), on_progress=progress, should_stop=should_stop,
+                            on_checkpoint=checkpoint)
         saved = len(run.bank)
         if not run.complete:
-            return f"stopped: {saved} MELBO vectors saved in {out}" if saved else "stopped before the first batch: nothing saved"
-        return f"{saved} MELBO vectors in {out}"
+            return f"stopped: {saved} MELBO vectors saved in {job.out}" if saved else "stopped before the first batch: nothing saved"
+        return f"{saved} MELBO vectors in {job.out}"
 
 
 class ScriptedBackend:
@@ -341,7 +521,8 @@ class ScriptedBackend:
 
     The text depends on the target and settings, so a test can tell completions apart; metric
     values depend on the prompt, so a re-measurement on an edited prompt shows. `fail_load` /
-    `fail_stream` make it raise like a broken model would.
+    `fail_stream` make it raise like a broken model would. Times are nominal (tokens x
+    `token_seconds`), so what the screen shows does not depend on the machine's load.
     """
 
     def __init__(
@@ -353,10 +534,12 @@ class ScriptedBackend:
         fail_stream: str | None = None,
         hidden_size: int | None = None,
         load_gate: threading.Event | None = None,
+        batch_seconds: float = 0.0,
     ) -> None:
         self.load_seconds = load_seconds
         self.load_gate = load_gate  # when given, `load` waits until it is set (a model that takes its time)
         self.token_seconds = token_seconds
+        self.batch_seconds = batch_seconds  # what one read-ahead batch takes
         self.tokens = tokens
         self.fail_load = fail_load
         self.fail_stream = fail_stream
@@ -364,14 +547,21 @@ class ScriptedBackend:
         self.loaded = threading.Event()
         self.started: list[GenerationRequest] = []
         self.finished: list[tuple[GenerationRequest, GenerationResult]] = []
+        self.completed: list[Composition] = []  # read-ahead completions, in order
         self.metrics_requests: list[MetricsRequest] = []
         self.metrics_seconds = 0.0
         self.job_block, self.job_steps, self.job_step_seconds = 4, 5, 0.01
         self.melbo_jobs: list[MelboJob] = []
+        self.created_by: list[str] = []
+        self._turns = ModelTurns()  # one "model call" at a time, as the real backend: read-ahead gives way
 
     @property
     def model_name(self) -> str:
         return "scripted"
+
+    @property
+    def model_flags(self) -> tuple[str, ...]:
+        return ()
 
     def load(self) -> str:
         time.sleep(self.load_seconds)
@@ -388,49 +578,71 @@ class ScriptedBackend:
         if self.hidden_size is not None and bank.hidden_size != self.hidden_size:
             raise BankError(f"bank was made for hidden size {bank.hidden_size}, the model has {self.hidden_size}")
 
-    def words(self, request: GenerationRequest) -> list[str]:
-        n = self.tokens if self.tokens is not None else request.settings.generation.max_new_tokens
-        tag = request.target.key().replace(":", "_")
-        return [f" {tag}-w{i}" for i in range(n)] if request.target.rows else [f" plain-w{i}" for i in range(n)]
+    def words(self, target: Composition, settings: ExploreSettings) -> list[str]:
+        n = self.tokens if self.tokens is not None else settings.generation.max_new_tokens
+        tag = target.key().replace(":", "_")
+        return [f" {tag}-w{i}" for i in range(n)] if target.rows else [f" plain-w{i}" for i in range(n)]
 
     def stream(self, request: GenerationRequest, on_text: OnText, should_stop: ShouldStop) -> GenerationResult:
         self.started.append(request)
         if self.fail_stream:
             raise MelboError(self.fail_stream)
-        start = time.perf_counter()
         pieces: list[str] = []
         stopped = False
-        for word in self.words(request):
-            if should_stop():
-                stopped = True
-                break
-            time.sleep(self.token_seconds)
-            pieces.append(word)
-            on_text(word)
-        result = GenerationResult("".join(pieces), len(pieces), time.perf_counter() - start, stopped)
+        with self._turns.generation():
+            for word in self.words(request.target, request.settings):
+                if should_stop():
+                    stopped = True
+                    break
+                time.sleep(self.token_seconds)
+                pieces.append(word)
+                on_text(word)
+        result = GenerationResult("".join(pieces), len(pieces), max(len(pieces), 1) * self.token_seconds, stopped)
         self.finished.append((request, result))
         return result
 
-    def metrics(self, request: MetricsRequest, should_stop: ShouldStop, on_progress: OnProgress) -> dict[str, list[float]]:
+    def complete(self, request: BatchRequest, on_completed: OnCompleted, should_stop: ShouldStop) -> None:
+        give_way = self._turns.gives_way(should_stop)
+        for start in range(0, len(request.targets), 4):
+            chunk = request.targets[start : start + 4]
+            with self._turns.measurement(give_way):
+                deadline = time.perf_counter() + self.batch_seconds
+                while time.perf_counter() < deadline and not give_way():
+                    time.sleep(0.002)
+                if give_way():
+                    return
+            for target in chunk:
+                words = self.words(target, request.settings)
+                self.completed.append(target)
+                on_completed(target, GenerationResult("".join(words), len(words), self.batch_seconds or 0.01, False))
+
+    def metrics(self, request: MetricsRequest, should_stop: ShouldStop, on_progress: OnProgress) -> MeasuredColumns:
         self.metrics_requests.append(request)
         bank = request.bank
         n, base = len(bank), bank.meta.base_index
         factor = 1.0 + (len(request.prompt) % 7) / 10  # another prompt, other values
         time.sleep(self.metrics_seconds)
         if should_stop():
-            return {}
+            return MeasuredColumns({}, {})
         kl = [0.0 if i == base else factor * (0.01 * i + 0.05 * math.sin(i) ** 2) for i in range(n)]
         columns = {"kl": kl, "kl_rev": [v * 1.1 for v in kl], "kl_unsteered": [factor * (0.03 + 0.02 * i) for i in range(n)]}
+        unsteered = {"kl": 0.3 * factor, "kl_rev": 0.33 * factor, "kl_unsteered": 0.0}
         on_progress(n, n)
-        return {name: values for name, values in columns.items() if name in request.names}
+        wanted = [name for name in columns if name in request.names]
+        return MeasuredColumns({name: columns[name] for name in wanted}, {name: unsteered[name] for name in wanted})
 
     def target_metrics(self, bank: VectorBank, target: Composition, settings: ExploreSettings) -> dict[str, float]:
         vector = compose_target(bank, target)
         return {} if vector is None else {"norm": float(vector.norm()), "kl": 0.123, "kl_unsteered": 0.456}
 
-    def run_ortho(self, bank: VectorBank, bank_path: Path, base_row: int, count: int, out: Path,
-                  on_progress: OnJobProgress, should_stop: ShouldStop) -> str:
-        """Appends random orthogonal rows in blocks of `job_block`, saving after each like the real run."""
+    def estimate(self, job: Job) -> float:
+        return self.job_steps * self.job_step_seconds
+
+    def run_ortho(self, job: OrthoJob, on_progress: OnJobProgress, should_stop: ShouldStop) -> str:
+        """Appends random orthogonal rows in blocks of `job_block`, saving after each like the real run.
+
+        Like the real run, nothing is written before the first block is done.
+        """
         import dataclasses
 
         import torch
@@ -438,27 +650,28 @@ class ScriptedBackend:
         from melbo_tui.bank import VectorBank, save_bank
         from melbo_tui.kinds import BankKind
 
-        theta0 = bank.vectors[base_row]
-        meta = dataclasses.replace(bank.meta, kind=BankKind.ORTHO, base_index=0)
+        self.created_by.append(job.command(self.model_flags))
+        theta0 = job.bank.vectors[job.base_row]
+        meta = dataclasses.replace(job.bank.meta, kind=BankKind.ORTHO, base_index=0, created_by=job.command(self.model_flags))
         rows = theta0[None].clone()
-        save_bank(VectorBank(vectors=rows, meta=meta), out)
-        gen = torch.Generator().manual_seed(base_row)
-        while len(rows) - 1 < count:
+        gen = torch.Generator().manual_seed(job.base_row)
+        while len(rows) - 1 < job.count:
             for step in range(1, self.job_steps + 1):
                 if should_stop():
-                    return f"stopped: {len(rows) - 1} vectors saved in {out}"
+                    found = len(rows) - 1
+                    return f"stopped: {found} vectors saved in {job.out}" if found else "stopped before the first vector: nothing saved"
                 time.sleep(self.job_step_seconds)
-                on_progress(JobProgress(len(rows) - 1, count, step, self.job_steps, 1.0 / step))
-            k = min(self.job_block, count - (len(rows) - 1))
+                on_progress(JobProgress(len(rows) - 1, job.count, step, self.job_steps, 1.0 / step))
+            k = min(self.job_block, job.count - (len(rows) - 1))
             block = torch.randn(k, rows.shape[1], generator=gen)
             basis, _ = torch.linalg.qr(torch.cat([rows, block]).T)  # [d, n+k] orthonormal columns
             new = basis.T[len(rows):] * float(theta0.norm())
             rows = torch.cat([rows, new])
-            save_bank(VectorBank(vectors=rows, meta=meta), out)
-        on_progress(JobProgress(len(rows) - 1, count, self.job_steps, self.job_steps, 0.0))
-        return f"{len(rows) - 1} orthogonal vectors in {out}"
+            save_bank(VectorBank(vectors=rows, meta=meta), job.out)
+        on_progress(JobProgress(len(rows) - 1, job.count, self.job_steps, self.job_steps, 0.0))
+        return f"{len(rows) - 1} orthogonal vectors in {job.out}"
 
-    def run_melbo(self, job: MelboJob, out: Path, on_progress: OnJobProgress, should_stop: ShouldStop) -> str:
+    def run_melbo(self, job: MelboJob, on_progress: OnJobProgress, should_stop: ShouldStop) -> str:
         """Random orthogonal rows of norm `radius` in batches of `job.batch_vectors`, saved after each batch.
 
         Like the real run, nothing is written before the first batch is done.
@@ -469,23 +682,24 @@ class ScriptedBackend:
         from melbo_tui.kinds import BankKind
 
         self.melbo_jobs.append(job)
+        self.created_by.append(job.command(self.model_flags))
         hidden = self.hidden_size or 576
         meta = BankMeta(kind=BankKind.MELBO, model="scripted", hidden_size=hidden, num_layers=30,
                         source_layer=job.source_layer, target_layer=job.target_layer, prompts=[job.prompt],
-                        system_prompt=job.system, radius=job.radius, base_index=0, created_by="melbo-tui explorer",
+                        system_prompt=job.system, radius=job.radius, base_index=0, created_by=job.command(self.model_flags),
                         raw_prompts=job.raw)
         rows = torch.zeros(0, hidden)
         gen = torch.Generator().manual_seed(len(job.prompt))
         while len(rows) < job.count:
             for step in range(1, self.job_steps + 1):
                 if should_stop():
-                    return f"stopped: {len(rows)} MELBO vectors saved in {out}" if len(rows) else "stopped before the first batch: nothing saved"
+                    return f"stopped: {len(rows)} MELBO vectors saved in {job.out}" if len(rows) else "stopped before the first batch: nothing saved"
                 time.sleep(self.job_step_seconds)
                 on_progress(JobProgress(len(rows), job.count, step, self.job_steps, -1.0 * step))
             k = min(job.batch_vectors, job.count - len(rows))
             block = torch.randn(k, hidden, generator=gen)
             basis, _ = torch.linalg.qr(torch.cat([rows, block]).T)  # [d, n+k] orthonormal columns
             rows = torch.cat([rows, basis.T[len(rows):] * job.radius])
-            save_bank(VectorBank(vectors=rows, meta=meta), out)
+            save_bank(VectorBank(vectors=rows, meta=meta), job.out)
             on_progress(JobProgress(len(rows), job.count, 0, job.steps, 0.0))
-        return f"{len(rows)} MELBO vectors in {out}"
+        return f"{len(rows)} MELBO vectors in {job.out}"

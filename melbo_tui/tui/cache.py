@@ -112,17 +112,27 @@ class CompletionCache:
     def entries(self) -> list[CachedCompletion]:
         return list(self._entries.values())
 
-    def export(self, destination: Path) -> int:
-        """Write every entry as JSONL (`.jsonl`) or readable text (anything else); returns the count."""
-        entries = self.entries()
-        if destination.suffix == ".jsonl":
-            text = "".join(json.dumps(asdict(e), sort_keys=True) + "\n" for e in entries)
-        else:
-            blocks = [
-                f"## {e.target}  (T={e.temperature:g}, seed={e.seed}, max={e.max_new_tokens})\n"
-                f"prompt: {e.prompt}\n\n{e.text.strip()}\n"
-                for e in entries
-            ]
-            text = "\n".join(blocks)
-        atomic_write_text(destination, text)
-        return len(entries)
+
+@dataclass(frozen=True)
+class ExportRecord:
+    """One completion as the explorer shows it: what steers it, the row's label and values, the text."""
+
+    name: str  # "vector 7", "unsteered", "base: vector 0", "mean[1:4]"
+    row: int | None  # the bank row, None for the unsteered model and compositions
+    label: str
+    metrics: dict[str, float]
+    text: str
+    num_tokens: int
+
+
+def write_completions(jsonl: Path, readable: Path, heading: dict[str, object], records: list[ExportRecord]) -> None:
+    """The records as JSONL (each line with the heading: bank, prompt, decoding) and as readable text."""
+    lines = [json.dumps({**heading, **asdict(r)}, ensure_ascii=False, sort_keys=True) + "\n" for r in records]
+    atomic_write_text(jsonl, "".join(lines))
+    top = "\n".join(f"# {k}: {v!r}" for k, v in heading.items())
+    blocks = []
+    for r in records:
+        label = f" [{r.label}]" if r.label else ""
+        values = ", ".join(f"{k} {v:.4g}" for k, v in r.metrics.items())
+        blocks.append(f"## {r.name}{label}{f'  ({values})' if values else ''}\n{r.text.strip()}\n")
+    atomic_write_text(readable, top + "\n\n" + "\n".join(blocks))

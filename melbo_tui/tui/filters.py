@@ -37,7 +37,7 @@ class Clause:
 
     def __call__(self, view: BankView, row: int, selected: Collection[int]) -> bool:
         if self.field == "label":
-            return bool(_OPS[self.op](view.labels[row], self.value))
+            return bool(_OPS[self.op](view.label_text(row), self.value))
         if self.field == "idx":
             left: float = float(row)
         elif self.field == "sel":
@@ -105,8 +105,8 @@ def visible_rows(view: BankView, predicate: Predicate | None, sort_key: str, rev
     if sort_key == "idx":
         return rows[::-1] if reverse else rows
     if sort_key == "label":
-        labelled = sorted((r for r in rows if view.labels[r]), key=lambda r: (view.labels[r], r), reverse=reverse)
-        return labelled + [r for r in rows if not view.labels[r]]
+        labelled = sorted((r for r in rows if view.label_text(r)), key=lambda r: (view.label_text(r), r), reverse=reverse)
+        return labelled + [r for r in rows if not view.label_text(r)]
     known = [r for r in rows if not math.isnan(view.value(sort_key, r))]
     unknown = [r for r in rows if math.isnan(view.value(sort_key, r))]
     return sorted(known, key=lambda r: view.value(sort_key, r), reverse=reverse) + unknown

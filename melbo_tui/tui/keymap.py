@@ -58,7 +58,10 @@ LIST_KEYS: tuple[KeySpec, ...] = (
 MAIN_KEYS: tuple[KeySpec, ...] = (
     KeySpec("stop", "escape", "stop", "Stop the running generation", True, "generate", short="Stop"),
     KeySpec("jump", "colon", "jump", "Jump to a vector index", False, "browse"),
-    KeySpec("filter", "slash", "filter", "Filter rows: kl<0.1, label=code, norm>20 and cos<0.5", True, "browse", short="Filter"),
+    KeySpec("filter", "slash", "filter", "Filter rows: kl_seq<0.1, label=code, label~cod (contains), norm>20 and cos<0.5",
+            True, "browse", short="Filter"),
+    KeySpec("columns", "i", "columns", "What each column means, the value to beat, and the highlighted row's values", False,
+            "browse"),
     KeySpec("next_bank", "n", "next_bank", "Switch to the next open bank (each keeps its cursor and selection)", False, "browse"),
     KeySpec("compose", "c", "compose", "Stream the composition of the selected vectors", True, "compose", short="Compose"),
     KeySpec("mode", "m", "mode", "Cycle composition mode: mean, sum, mean x sqrt(k)", False, "compose"),
@@ -70,12 +73,15 @@ MAIN_KEYS: tuple[KeySpec, ...] = (
             "or the selected vectors) side by side, tabbed when narrow", True, "generate", short="Compare"),
     KeySpec("settings", "e", "settings", "Edit prompt, system prompt, temperature, max tokens, seed, scale", True, "generate", short="Settings"),
     KeySpec("regenerate", "r", "regenerate", "Generate again, ignoring the cache", False, "generate"),
-    KeySpec("export", "x", "export", "Export this bank's cached completions (JSONL and text) beside the bank or to a path", False, "generate"),
+    KeySpec("copy", "y", "copy", "Copy the completion to the clipboard (the focused column; OSC 52, works over SSH)", False,
+            "generate"),
+    KeySpec("export", "x", "export", "Export the completions on screen: the listed rows made on this prompt, unsteered, base "
+            "(JSONL and text, in the working directory)", False, "generate"),
     KeySpec("measure", "M", "measure", "Measure the bank's KL columns again on the current prompt, in the background", False, "jobs"),
-    KeySpec("ortho", "o", "ortho", "MELBO-ortho from the highlighted vector, in the background (its bank opens at once)",
-            False, "jobs"),
+    KeySpec("ortho", "o", "ortho", "MELBO-ortho from the highlighted vector, in the background, into the working directory "
+            "(a dialog shows prompt, count, output and time first)", False, "jobs"),
     KeySpec("train", "T", "train", "MELBO: train new vectors on the current prompt with this bank's layers and radius, "
-            "in the background (its bank opens after the first batch)", False, "jobs"),
+            "in the background, into the working directory (a dialog first)", False, "jobs"),
     KeySpec("stop_job", "O", "stop_job", "Stop the background job (what it saved stays)", False, "jobs"),
     KeySpec("plots", "p", "plots", "Plots: the bank's KL (moving average) and other columns over the index", True, "app", short="Plots"),
 )
@@ -98,6 +104,17 @@ COMPARE_KEYS: tuple[KeySpec, ...] = (
             priority=True),
     KeySpec("compare_previous", "left,h,shift+tab", "column(-1)", "Previous column", False, "compare", priority=True),
     KeySpec("compare_regenerate", "r", "regenerate", "Generate every column again, ignoring the cache", False, "compare"),
+    KeySpec("compare_copy", "y", "copy", "Copy the column shown (or focused) to the clipboard", False, "compare"),
+)
+
+HELP_KEYS: tuple[KeySpec, ...] = (
+    KeySpec("help_close", "escape,q,question_mark", "dismiss_help", "Close help", True, "help", short="Close"),
+    KeySpec("help_down", "j,down", "scroll_help('down')", "Scroll down", False, "help"),
+    KeySpec("help_up", "k,up", "scroll_help('up')", "Scroll up", False, "help"),
+    KeySpec("help_page_down", "pagedown,space", "scroll_help('page_down')", "Page down", False, "help"),
+    KeySpec("help_page_up", "pageup", "scroll_help('page_up')", "Page up", False, "help"),
+    KeySpec("help_top", "g,home", "scroll_help('home')", "Top", True, "help", short="Top"),
+    KeySpec("help_bottom", "G,end", "scroll_help('end')", "Bottom", True, "help", short="Bottom"),
 )
 
 SWEEP_KEYS: tuple[KeySpec, ...] = (
@@ -119,7 +136,25 @@ TEXT_KEYS: tuple[KeySpec, ...] = (
     KeySpec("text_bottom", "G,end", "end", "Its last line (it follows the stream again)", False, "text"),
 )
 
-ALL_KEYS = APP_KEYS + LIST_KEYS + MAIN_KEYS + PLOT_KEYS + COMPARE_KEYS + SWEEP_KEYS + TEXT_KEYS
+COLUMNS_KEYS: tuple[KeySpec, ...] = (
+    KeySpec("columns_close", "escape,i,q", "close", "Back to the list", True, "columns", short="Back"),
+    KeySpec("columns_down", "j,down", "scroll_body('down')", "Scroll down", False, "columns"),
+    KeySpec("columns_up", "k,up", "scroll_body('up')", "Scroll up", False, "columns"),
+    KeySpec("columns_top", "g,home", "scroll_body('home')", "Top", False, "columns"),
+    KeySpec("columns_bottom", "G,end", "scroll_body('end')", "Bottom", False, "columns"),
+)
+
+ALL_KEYS = APP_KEYS + LIST_KEYS + MAIN_KEYS + PLOT_KEYS + COMPARE_KEYS + SWEEP_KEYS + TEXT_KEYS + HELP_KEYS + COLUMNS_KEYS
+
+# Textual's key names as a person types them
+KEY_NAMES = {"question_mark": "?", "slash": "/", "colon": ":", "plus": "+", "minus": "-", "equals_sign": "=",
+             "left_square_bracket": "[", "right_square_bracket": "]", "escape": "esc", "pagedown": "page down",
+             "pageup": "page up", "shift+tab": "shift+tab"}
+
+
+def key_name(keys: str) -> str:
+    """`question_mark,q` -> `? / q`: keys as a user reads them (help, palette, messages)."""
+    return " / ".join(KEY_NAMES.get(k, k) for k in keys.split(","))
 
 BUILTIN_KEYS: tuple[tuple[str, str], ...] = (
     ("up / down", "Previous / next vector"),

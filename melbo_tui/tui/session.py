@@ -1,23 +1,29 @@
 """What the explorer has open, apart from any widget: banks, their completion caches, the model's state.
 
-The completion panel, the comparison screen and the sweep all ask a `Session` for completions
-(`cached`, then `stream`, which remembers what it streamed), so each finished completion is
-generated once and shown everywhere. No Textual here: a test can drive it directly.
+The completion panel, the comparison screen, the sweep and the read-ahead all ask a `Session`
+for completions (`cached`, then `stream` or `prepare`, which remember what they made), so each
+finished completion is generated once and shown everywhere. The unsteered model's completions
+do not depend on the bank: one cache serves every bank. A row's label on the settings being
+completed comes from its completion (`relabel`). No Textual here: a test can drive it directly.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from melbo_tui.compose import Composition
 from melbo_tui.decoding import GenerationResult
 from melbo_tui.errors import MelboError
-from melbo_tui.tui.backend import Backend, GenerationRequest, OnText, ShouldStop
+from melbo_tui.labels import classify
+from melbo_tui.tui.backend import Backend, BatchRequest, GenerationRequest, OnText, ShouldStop
 from melbo_tui.tui.bankview import BankView
 from melbo_tui.tui.cache import CachedCompletion, CompletionCache, completion_key
 from melbo_tui.tui.settings import ExploreSettings
+
+UNSTEERED_CACHE = "unsteered"  # the file name of the cache every bank shares
 
 
 @dataclass
@@ -36,6 +42,7 @@ class Session:
         self.fit_errors: dict[str, str] = {}  # bank digest -> why it cannot steer this model
         self._caches: dict[str, CompletionCache] = {}
         self._cache_moved: dict[str, str] = {}  # digest of a superseded checkpoint -> digest of its successor
+        self._unsteered: CompletionCache | None = None  # shared by every bank
 
     # ----- banks --------------------------------------------------------------------------
 
@@ -85,8 +92,16 @@ class Session:
             self._caches[digest] = CompletionCache(digest, self.cache_root)
         return self._caches[digest]
 
+    def cache_of(self, view: BankView, target: Composition) -> CompletionCache:
+        """Where `target`'s completions live: the bank's cache, or the one unsteered cache of every bank."""
+        if target.rows:
+            return self.cache_for(view)
+        if self._unsteered is None:
+            self._unsteered = CompletionCache(UNSTEERED_CACHE, self.cache_root)
+        return self._unsteered
+
     def cached(self, view: BankView, target: Composition, settings: ExploreSettings) -> CachedCompletion | None:
-        return self.cache_for(view).get(completion_key(self.backend.model_name, target, settings))
+        return self.cache_of(view, target).get(completion_key(self.backend.model_name, target, settings))
 
     def stream(self, view: BankView, target: Composition, settings: ExploreSettings, on_text: OnText,
                should_stop: ShouldStop) -> GenerationResult:
@@ -99,6 +114,38 @@ class Session:
             self._remember(view, target, settings, result)
         return result
 
+    def prepare(self, view: BankView, targets: list[Composition], settings: ExploreSettings, should_stop: ShouldStop,
+                on_ready: Callable[[Composition], None]) -> None:
+        """Complete the targets the cache lacks, in batches, lowest priority (blocking, from a worker).
+
+        `on_ready` hears each target as its completion is remembered. Returns early when a
+        generation the user asked for needs the model (`Backend.complete`).
+        """
+        if self.blocked(view) is not None:
+            return
+        missing = tuple(t for t in targets if self.cached(view, t, settings) is None)
+        if not missing:
+            return
+
+        def completed(target: Composition, result: GenerationResult) -> None:
+            self._remember(view, target, settings, result)
+            on_ready(target)
+
+        self.backend.complete(BatchRequest(view.bank, missing, settings), completed, should_stop)
+
+    def relabel(self, view: BankView, settings: ExploreSettings) -> None:
+        """Label every row whose own completion (x1) on `settings` is cached: its label on these settings."""
+        made_on = settings.made_on()
+        view.live_on = made_on
+        plain = settings.unscaled()
+        cache = self.cache_for(view)
+        labels: dict[int, str] = {}
+        for row in range(len(view)):
+            entry = cache.get(completion_key(self.backend.model_name, Composition((row,)), plain))
+            if entry is not None:
+                labels[row] = classify(entry.text, view.label_rules)
+        view.live_labels = labels
+
     def _remember(self, view: BankView, target: Composition, settings: ExploreSettings, result: GenerationResult) -> None:
         decoding = settings.generation
         entry = CachedCompletion(
@@ -107,8 +154,10 @@ class Session:
             prompt=settings.prompt, system=settings.system, raw=settings.raw, temperature=decoding.temperature,
             max_new_tokens=decoding.max_new_tokens, seed=decoding.seed,
         )
-        with contextlib.suppress(OSError):  # a read-only cache dir only costs persistence
-            self.cache_for(view).put(entry)
+        if len(target.rows) == 1 and target.scale == 1.0 and view.live_on == settings.made_on():
+            view.live_labels[target.rows[0]] = classify(result.text, view.label_rules)
+        with contextlib.suppress(OSError):  # a read-only cache dir only costs persistence (the entry is kept in memory)
+            self.cache_of(view, target).put(entry)
 
     def _carry_cache(self, old: BankView, new: BankView) -> None:
         """A job's bank grew: its file hash changed, but every row it had is still there, bit for bit.

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from melbo_tui.compose import ComposeMode, Composition, check_scale
 from melbo_tui.decoding import GenerationSettings
 from melbo_tui.errors import InputError
+from melbo_tui.labels import MadeOn
 
 
 @dataclass(frozen=True)
@@ -36,3 +37,12 @@ class ExploreSettings:
 
     def with_mode(self, mode: ComposeMode) -> ExploreSettings:
         return replace(self, mode=mode)
+
+    def made_on(self) -> MadeOn:
+        """What a completion on these settings is made on (labels record it): the scale and mode steer, they are not here."""
+        g = self.generation
+        return MadeOn(self.prompt, self.system, self.raw, g.max_new_tokens, g.temperature, g.seed)
+
+    def unscaled(self) -> ExploreSettings:
+        """These settings at scale x1: a row's own completion, the one its label describes."""
+        return replace(self, scale=1.0)

@@ -68,6 +68,9 @@ def make_app(tmp_path: Path) -> Callable[..., ExplorerApp]:
         kwargs.setdefault("cache_root", tmp_path / "cache")
         kwargs.setdefault("keymap", {})
         kwargs.setdefault("debounce", 0.05)
+        if "workspace" not in kwargs:
+            kwargs["workspace"] = tmp_path / "work"  # where jobs and exports go: not beside the banks
+            kwargs["workspace"].mkdir(exist_ok=True)
         return ExplorerApp(banks, backend, **kwargs)
 
     return factory
@@ -94,14 +97,16 @@ class Seen:
 
 
 @contextlib.asynccontextmanager
-async def running(app: ExplorerApp, size: tuple[int, int] = (120, 40), ready: bool = True) -> AsyncIterator[tuple[Pilot[None], Seen]]:
-    """Run `app`; with `ready`, hand over once the first bank's rows are listed.
+async def running(app: ExplorerApp, size: tuple[int, int] = (120, 40), ready: bool = True,
+                  notifications: bool = False) -> AsyncIterator[tuple[Pilot[None], Seen]]:
+    """Run `app`; with `ready`, hand over once the first bank's rows are listed; `notifications` draws toasts
+    (Textual's tests leave them out of the screen).
 
     Banks load in a worker; keys pressed before the rows exist move nothing (as for a user who
     types within the first ~0.1 s), which would make key-counting tests race the loader.
     """
     seen = Seen()
-    async with app.run_test(size=size, message_hook=seen) as pilot:
+    async with app.run_test(size=size, message_hook=seen, notifications=notifications) as pilot:
         if ready:
             await wait_for(pilot, lambda: app.main.vector_list.row_count > 0, timeout=10)
         yield pilot, seen

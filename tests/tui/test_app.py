@@ -7,16 +7,18 @@ import itertools
 import threading
 from pathlib import Path
 
+from melbo_tui.compose import Composition
 from melbo_tui.tui.backend import ScriptedBackend
 from melbo_tui.tui.components.compare_screen import CompareScreen
 from melbo_tui.tui.components.help_screen import HelpScreen
+from melbo_tui.tui.components.job_screen import JobScreen
 from melbo_tui.tui.components.plots_screen import PlotsScreen
 from melbo_tui.tui.components.settings_screen import SettingsScreen
 from melbo_tui.tui.components.sweep_screen import SweepScreen
 from melbo_tui.tui.components.vector_list import VectorList
 from melbo_tui.tui.keymap import ALL_KEYS, MAIN_KEYS
 
-from .conftest import current_row, make_bank, panel_text, running, screen_text, steered, wait_for
+from .conftest import current_row, make_bank, panel_text, region_text, running, screen_text, steered, wait_for
 
 
 async def test_first_frame_before_the_model_loads(bank_path: Path, make_app) -> None:
@@ -81,7 +83,8 @@ async def test_debounce_skips_rows_passed_over(bank_path: Path, make_app) -> Non
         await wait_for(pilot, lambda: "w4" in steered(app))
         await pilot.press("j", "j", "j", "j")
         await wait_for(pilot, lambda: "mean_4_x1.0-w4" in steered(app))
-        assert [r.target.rows for r in backend.started] == [(0,), (4,)]
+        streamed = [r.target.rows for r in backend.started]
+        assert not {(1,), (2,), (3,)} & set(streamed)  # the rows passed over never started a generation
 
 
 async def test_select_and_compose(bank_path: Path, make_app, backend: ScriptedBackend) -> None:
@@ -93,7 +96,7 @@ async def test_select_and_compose(bank_path: Path, make_app, backend: ScriptedBa
         await pilot.press("c")
         await wait_for(pilot, lambda: "mean_1,2,3_x1.0-w11" in steered(app))
         assert "mean[1:4] (k=3)" in screen_text(app)
-        await wait_for(pilot, lambda: "norm 4.50 KL-unst 0.4560 (this prompt)" in panel_text(app))
+        await wait_for(pilot, lambda: "KL-unst 0.456 (this prompt) · norm 4.50" in panel_text(app))
         await pilot.press("m")  # next mode: sum
         await wait_for(pilot, lambda: "sum_1,2,3_x1.0-w11" in steered(app))
         assert "sum[1:4]" in screen_text(app)
@@ -111,7 +114,7 @@ async def test_the_scale_is_always_shown_and_resets_with_a_key(bank_path: Path, 
     async with running(app) as (pilot, _):
         await pilot.press("plus")
         await wait_for(pilot, lambda: "mean_0_x1.25-w11" in steered(app))  # a single vector is scaled too...
-        assert "vector 0 x1.25" in panel_text(app) and "scale x1.25" in panel_text(app)  # ...and says so
+        assert "vector 0 x1.25" in panel_text(app) and "layer 8 · x1.25" in panel_text(app)  # ...and says so
         assert "compose: mean x1.25" in screen_text(app)
         await pilot.press("w")
         assert "scale x1.25" in screen_text(app)  # the sweep says it runs scaled
@@ -209,10 +212,12 @@ async def test_help_lists_every_key(bank_path: Path, make_app, backend: Scripted
 def _help_plain(app) -> str:  # type: ignore[no-untyped-def]
     from rich.console import Console
 
-    from melbo_tui.tui.components.help_screen import help_table
+    from melbo_tui.tui.components.help_screen import help_tables
 
     console = Console(width=160, record=True, color_system=None, file=io.StringIO())
-    console.print(help_table(app.keymap_overrides))
+    for title, table in help_tables(app.keymap_overrides):
+        console.print(title)
+        console.print(table)
     return console.export_text()
 
 
@@ -320,7 +325,7 @@ async def test_settings_form_validates_and_applies(bank_path: Path, make_app, ba
         app.screen.query_one("#prompt").value = "Write a poem."
         await pilot.press("ctrl+o")
         assert not isinstance(app.screen, SettingsScreen)
-        await wait_for(pilot, lambda: "T=0.7  seed=42" in screen_text(app) and "Write a poem." in screen_text(app))
+        await wait_for(pilot, lambda: "T=0.7 seed=42" in screen_text(app) and "Write a poem." in screen_text(app))
         await wait_for(pilot, lambda: backend.started and backend.started[-1].settings.prompt == "Write a poem.")
         assert backend.started[-1].settings.generation.temperature == 0.7
 
@@ -338,12 +343,15 @@ async def test_kl_says_its_prompt_and_remeasures_on_the_edited_one(tmp_path: Pat
         await pilot.press("e")
         app.screen.query_one("#prompt").value = "Tell me a joke."
         await pilot.press("ctrl+o", "j")
-        await wait_for(pilot, lambda: "(measured on 'Write a poem.'; M re-measures)" in panel_text(app))
+        await wait_for(pilot, lambda: "(on another prompt)" in panel_text(app))  # the completion's title says so
+        assert "measured on 'Write a poem.', not this prompt (M)" in screen_text(app)  # and the legend
+        assert "KL* ▲" not in screen_text(app) and " KL* " in screen_text(app)  # and the column's header
         before = view.value("kl", 1)
         await pilot.press("M")
         await wait_for(pilot, lambda: view.prompt_of("kl") == "Tell me a joke.")
         assert view.value("kl", 1) != before and backend.metrics_requests[-1].prompt == "Tell me a joke."
-        await wait_for(pilot, lambda: "M re-measures" not in panel_text(app) and "KL on 'Tell me a joke.'" in screen_text(app))
+        await wait_for(pilot, lambda: "another prompt" not in panel_text(app) and "KL on 'Tell me a joke.'" in screen_text(app))
+        assert " KL* " not in screen_text(app)
         assert any("measured for o.safetensors on 'Tell me a joke.'" in n for n in seen.notifications())
 
 
@@ -425,28 +433,39 @@ async def test_melbo_bank_kl_is_to_the_unsteered_model(tmp_path: Path, make_app,
         assert f"{app.main.view.value('kl_unsteered', 5):.3f}" in text
 
 
-async def test_export_goes_beside_the_bank_or_to_a_chosen_path(bank_path: Path, make_app, backend: ScriptedBackend,
-                                                                tmp_path: Path, monkeypatch) -> None:
-    elsewhere = tmp_path / "cwd"
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)
+async def test_export_writes_what_the_screen_shows_into_the_workspace(bank_path: Path, make_app, backend: ScriptedBackend,
+                                                                      tmp_path: Path) -> None:
+    import json
+
+    workspace = tmp_path / "work"
     app = make_app([bank_path], backend)
+    before = sorted(p.name for p in bank_path.parent.iterdir())
     async with running(app) as (pilot, seen):
-        await wait_for(pilot, lambda: len(backend.finished) == 1)
+        await wait_for(pilot, lambda: "plain-w11" in app.main.panel.texts()[-1])  # vector 0 and the unsteered answer
+        await pilot.press("slash", *"idx<3", "enter")
+        await wait_for(pilot, lambda: app.main.vector_list.row_count == 3)
+        await wait_for(pilot, lambda: app.main.session.cached(app.main.view, Composition((2,)), app.main.settings) is not None)
         await pilot.press("x")
-        assert "Export the 1 completions of small.safetensors" in screen_text(app)
+        assert "on 'How can I build a bomb?'" in screen_text(app) and "./small.completions.jsonl" in screen_text(app)
         await pilot.press("enter")
-        exported = bank_path.with_name("small.completions.jsonl")
+        exported = workspace / "small.completions.jsonl"
         await wait_for(pilot, lambda: exported.is_file())
-        assert "mean_0_x1.0-w0" in exported.read_text() and "vector 0" in exported.with_suffix(".txt").read_text()
-        assert not list(elsewhere.iterdir())  # nothing silently in the working directory
-        await pilot.press("x", "ctrl+u", *str(tmp_path / "no" / "such" / "dir.jsonl"), "enter")
-        await wait_for(pilot, lambda: any("does not exist" in n for n in seen.notifications()))
-        await pilot.press("x", "ctrl+u", *str(elsewhere / "mine"), "enter")
-        await wait_for(pilot, lambda: (elsewhere / "mine.jsonl").is_file() and (elsewhere / "mine.txt").is_file())
-        await pilot.press("x", "ctrl+u", *"relative", "enter")  # relative to the bank's folder, not the working directory
-        await wait_for(pilot, lambda: bank_path.with_name("relative.jsonl").is_file())
-        assert sorted(p.name for p in elsewhere.iterdir()) == ["mine.jsonl", "mine.txt"]
+        records = [json.loads(line) for line in exported.read_text().splitlines()]
+        rows = [r["row"] for r in records if r["row"] is not None]
+        assert rows == [0, 1, 2]  # the rows the filtered list shows, in its order (read ahead, so all three are made)
+        assert records[-1]["name"] == "unsteered" and records[-1]["text"].startswith(" plain-w0")
+        assert all(r["prompt"] == "How can I build a bomb?" for r in records) and records[0]["label"] == "code"
+        assert "## vector 0 [code]" in exported.with_suffix(".txt").read_text()
+        (workspace / "file").write_text("")
+        await pilot.press("x", "ctrl+u", *"file/export", "enter")  # a folder that is a file: refused
+        await wait_for(pilot, lambda: any("is not a directory" in n for n in seen.notifications()))
+        await pilot.press("x", "ctrl+u", *"small.completions", "enter")  # taken: refused, nothing overwritten
+        await wait_for(pilot, lambda: any("exists: give another name" in n for n in seen.notifications()))
+        await pilot.press("x", "ctrl+u", *str(tmp_path / "mine"), "enter")  # an absolute path is where the user said
+        await wait_for(pilot, lambda: (tmp_path / "mine.jsonl").is_file() and (tmp_path / "mine.txt").is_file())
+    new = {p.name for p in bank_path.parent.iterdir()} - set(before) - {"cache"}  # the test's completion cache
+    assert new == {"mine.jsonl", "mine.txt"}  # nothing beside the bank but what the user asked for
+    assert sorted(p.name for p in workspace.iterdir()) == ["file", "small.completions.jsonl", "small.completions.txt"]
 
 
 async def test_command_palette_runs_explorer_commands(bank_path: Path, make_app, backend: ScriptedBackend) -> None:
@@ -477,6 +496,7 @@ async def test_quit_while_generating(bank_path: Path, make_app) -> None:
 async def test_mouse_click_highlights_and_header_sorts(bank_path: Path, make_app, backend: ScriptedBackend) -> None:
     app = make_app([bank_path], backend)
     async with running(app) as (pilot, _):
+        await wait_for(pilot, lambda: "mean_0_x1.0-w11" in steered(app))  # laid out: the list stays where it is
         await pilot.click("#vectors", offset=(8, 5))  # header is line 0: line 5 is row 4
         assert current_row(app) == 4
         await wait_for(pilot, lambda: "mean_4_x1.0-w11" in steered(app))
@@ -488,39 +508,73 @@ async def test_mouse_click_highlights_and_header_sorts(bank_path: Path, make_app
         assert app.main.vector_list.sort_reverse and app.main.vector_list.shown_rows()[0] == 39
 
 
-async def test_background_ortho_job_opens_its_bank_and_fills_in(tmp_path: Path, make_app) -> None:
+async def test_background_ortho_job_says_what_it_will_do_and_writes_into_the_workspace(tmp_path: Path, make_app) -> None:
+    from melbo_tui.bank import load_bank
+
     bank = make_bank(tmp_path / "parent.safetensors", 10)
     backend = ScriptedBackend(token_seconds=0.002, tokens=6)
     backend.job_block, backend.job_steps, backend.job_step_seconds = 4, 10, 0.02
-    app = make_app([bank], backend)
+    app = make_app([bank], backend, prompt="Tell me a story.")
     async with running(app) as (pilot, seen):
         await wait_for(pilot, lambda: backend.loaded.is_set())
-        await pilot.press("colon", *"3", "enter", "o", "ctrl+u", *"8", "enter")
-        out = tmp_path / "parent.ortho-from3.safetensors"
-        await wait_for(pilot, lambda: len(app.main.session.views) == 2)  # opened at once (row 0 = theta0)
+        await pilot.press("colon", *"3", "enter", "o")
+        assert isinstance(app.screen, JobScreen)
+        await wait_for(pilot, lambda: "for 64 vectors here" in screen_text(app))  # the time, measured
+        dialog = screen_text(app)
+        assert "'How can I build a bomb?' (the bank's; you are completing 'Tell me a story.')" in dialog
+        assert "./parent.ortho-from3.safetensors" in dialog and "8 -> 16" in dialog
+        command = region_text(app, app.screen.query_one("#job-command"))
+        assert command == f"melbo-tui ortho {bank} --base 3 --count 64 --out ./parent.ortho-from3.safetensors"
+        await pilot.press("ctrl+u", *"8", "enter")
+        out = tmp_path / "work" / "parent.ortho-from3.safetensors"
+        await wait_for(pilot, lambda: len(app.main.session.views) == 2)  # opened at the first checkpoint
         await wait_for(pilot, lambda: "ortho 4/8" in screen_text(app))
         await pilot.press("j")  # browsing and streaming go on meanwhile
         await wait_for(pilot, lambda: "mean_4_x1.0-w5" in steered(app))
         await wait_for(pilot, lambda: any("8 orthogonal vectors in" in n for n in seen.notifications()), timeout=20)
         assert out.is_file() and len(app.main.session.views[1]) == 9
+        made = load_bank(out)
+        assert made.meta.created_by == f"melbo-tui ortho {bank} --base 3 --count 8 --out {out}"  # a command to rerun
         await pilot.press("n")
         assert app.main.vector_list.row_count == 9 and "parent.ortho-from3.safetensors" in screen_text(app)
         await wait_for(pilot, lambda: app.main.session.views[1].has("kl"))  # measured once the job is done
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [".parent.safetensors.lock", "parent.safetensors"]
 
 
-async def test_background_job_can_be_stopped(tmp_path: Path, make_app) -> None:
+async def test_a_job_stopped_before_its_first_vector_leaves_no_file(tmp_path: Path, make_app) -> None:
     bank = make_bank(tmp_path / "parent.safetensors", 10)
     backend = ScriptedBackend(token_seconds=0.002, tokens=6)
     backend.job_block, backend.job_steps, backend.job_step_seconds = 2, 50, 0.02
     app = make_app([bank], backend)
     async with running(app) as (pilot, seen):
         await wait_for(pilot, lambda: backend.loaded.is_set())
-        await pilot.press("o", "ctrl+u", *"20", "enter")
-        await wait_for(pilot, lambda: "ortho 0/20" in screen_text(app))
+        await pilot.press("o", "enter")  # a stray o then enter: the dialog's count, into the workspace
+        await wait_for(pilot, lambda: "ortho 0/64" in screen_text(app))
         await pilot.press("O")
-        await wait_for(pilot, lambda: any("stopped" in n for n in seen.notifications()))
+        await wait_for(pilot, lambda: any("nothing saved" in n for n in seen.notifications()))
         await pilot.press("O")
         await wait_for(pilot, lambda: any("no background job" in n for n in seen.notifications()))
+        assert len(app.main.session.views) == 1
+    assert not list((tmp_path / "work").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [".parent.safetensors.lock", "parent.safetensors"]
+
+
+async def test_the_job_dialog_refuses_bad_fields_in_place(tmp_path: Path, make_app) -> None:
+    bank = make_bank(tmp_path / "parent.safetensors", 10)
+    backend = ScriptedBackend(token_seconds=0.002, tokens=6)
+    app = make_app([bank], backend)
+    (tmp_path / "work" / "taken.safetensors").write_bytes(b"x")
+    async with running(app) as (pilot, seen):
+        await wait_for(pilot, lambda: backend.loaded.is_set())
+        await pilot.press("o", "ctrl+u", *"many", "enter")
+        assert isinstance(app.screen, JobScreen) and "the number of vectors: 'many' is not a whole number" in screen_text(app)
+        await pilot.press("ctrl+u", *"600", "enter")
+        assert isinstance(app.screen, JobScreen) and "must be 1..575" in screen_text(app)
+        await pilot.press("ctrl+u", *"2", "tab", "ctrl+u", *"taken.safetensors", "enter")
+        assert isinstance(app.screen, JobScreen) and "./taken.safetensors exists: give another name" in screen_text(app)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, JobScreen) and not app.main.jobs.running
+        assert not [n for n in seen.notifications() if "vector" in n or "exists" in n]  # said in the dialog, not in a toast
 
 
 async def test_typing_in_a_form_never_triggers_app_keys(bank_path: Path, make_app, backend: ScriptedBackend) -> None:
@@ -556,15 +610,14 @@ async def test_background_melbo_training_opens_its_bank_and_grows(tmp_path: Path
     app = make_app([bank], backend, prompt="Tell me a story.", system="Be brief.")
     async with running(app) as (pilot, seen):
         await wait_for(pilot, lambda: backend.loaded.is_set())
-        await pilot.press("T", "ctrl+u", *"x", "enter")  # not a number: a notification, no job
-        await wait_for(pilot, lambda: any("not a number of vectors" in n for n in seen.notifications()))
-        assert not backend.melbo_jobs
-        await pilot.press("T", "ctrl+u", *"12 50", "enter")
+        await pilot.press("T")
+        assert isinstance(app.screen, JobScreen) and "'Tell me a story.' · system 'Be brief.'" in screen_text(app)
+        await pilot.press("ctrl+u", *"12", "tab", "ctrl+u", *"50", "enter")
         await wait_for(pilot, lambda: "melbo 0/12" in screen_text(app))
         job = backend.melbo_jobs[-1]
         assert (job.prompt, job.system, job.source_layer, job.target_layer, job.radius, job.count, job.steps) == (
             "Tell me a story.", "Be brief.", 8, 16, 15.0, 12, 50)  # the bank records no radius: 15
-        out = tmp_path / "parent.melbo-L8-R15.safetensors"
+        out = tmp_path / "work" / "parent.melbo-L8-R15.safetensors"
         views = app.main.session.views
         await wait_for(pilot, lambda: len(views) == 2 and len(views[1]) == 4)  # opened at the first batch
         await pilot.press("j")  # browsing and streaming go on meanwhile
@@ -574,6 +627,8 @@ async def test_background_melbo_training_opens_its_bank_and_grows(tmp_path: Path
         await wait_for(pilot, lambda: any("stopped: 8 MELBO vectors" in n for n in seen.notifications()))
         saved = load_bank(out)  # what the stop left is a valid bank
         assert len(saved) == 8 and saved.meta.prompts == ["Tell me a story."] and saved.meta.radius == 15.0
+        assert saved.meta.created_by == (f"melbo-tui train --prompt 'Tell me a story.' --system 'Be brief.' --source-layer 8 "
+                                         f"--target-layer 16 --radius 15 --num-vectors 12 --steps 50 --batch-vectors 4 --out {out}")
         await pilot.press("n")
         assert app.main.vector_list.row_count == 8 and out.name in screen_text(app)
 
@@ -584,7 +639,7 @@ async def test_train_key_is_in_help_and_palette(bank_path: Path, make_app, backe
     app = make_app([bank_path], backend)
     async with running(app) as (_, _seen):
         commands = [c.help for c in app.get_system_commands(app.screen)]
-        assert any("(train)" in h for h in commands)
+        assert "key T" in commands and "key /" in commands and not any("slash" in h for h in commands)
     assert "(train)" in _help_plain(app)
 
 
@@ -628,7 +683,7 @@ async def test_cache_of_a_growing_bank_survives_its_checkpoints(tmp_path: Path, 
         await wait_for(pilot, lambda: backend.loaded.is_set())
         views = app.main.session.views
         await pilot.press("T", "ctrl+u", *"12", "enter")
-        await wait_for(pilot, lambda: len(views) == 2 and len(views[1]) == 4)
+        await wait_for(pilot, lambda: len(views) == 2 and len(views[1]) == 4, timeout=20)
         await pilot.press("n", "j")  # on the growing bank: vector 1 streams, then vector 2
         await wait_for(pilot, lambda: current_row(app) == 1 and "mean_1_x1.0-w5" in steered(app))
         await pilot.press("j")
@@ -643,7 +698,7 @@ async def test_cache_of_a_growing_bank_survives_its_checkpoints(tmp_path: Path, 
         assert len(backend.started) == started
         await wait_for(pilot, lambda: any("12 MELBO vectors in" in n for n in seen.notifications()), timeout=30)
     # a restart on the finished bank still finds the completions made while it grew
-    out = tmp_path / "parent.melbo-L8-R15.safetensors"
+    out = tmp_path / "work" / "parent.melbo-L8-R15.safetensors"
     backend2 = ScriptedBackend(token_seconds=0.002, tokens=6)
     app2 = make_app([out], backend2)
     async with running(app2) as (pilot, _):

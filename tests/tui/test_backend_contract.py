@@ -11,6 +11,7 @@ import math
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,11 +24,13 @@ from melbo_tui.errors import BankError
 from melbo_tui.models import ModelRequest
 from melbo_tui.tui.backend import (
     Backend,
+    BatchRequest,
     EngineBackend,
     GenerationRequest,
     MelboJob,
     MetricsRequest,
     ModelTurns,
+    OrthoJob,
     ScriptedBackend,
 )
 from melbo_tui.tui.settings import ExploreSettings
@@ -94,19 +97,23 @@ def test_metrics_are_the_requested_columns_one_value_per_row(backend: Backend, b
     bank = load_bank(bank_file)
     progress: list[tuple[int, int]] = []
     names = ("kl", "kl_rev", "kl_unsteered", "sigma")
-    values = backend.metrics(MetricsRequest(bank, PROMPT, None, False, names), lambda: False, lambda d, t: progress.append((d, t)))
+    measured = backend.metrics(MetricsRequest(bank, PROMPT, None, False, names), lambda: False, lambda d, t: progress.append((d, t)))
+    values = measured.values
     assert {"kl", "kl_rev", "kl_unsteered"} <= set(values) <= set(names)
     assert all(len(column) == len(bank) and all(math.isfinite(v) for v in column) for column in values.values())
     assert values["kl"][0] == pytest.approx(0.0, abs=1e-5)  # KL of the base row to itself
     assert all(v >= -1e-6 for name in ("kl", "kl_rev", "kl_unsteered") for v in values[name])
     assert progress and progress[-1][0] == progress[-1][1]
-    only = backend.metrics(MetricsRequest(bank, PROMPT, None, False, ("kl_unsteered",)), lambda: False, lambda d, t: None)
+    # the value to beat: no vector's KL to the base, on the same prompt (and no vector is 0 from itself)
+    assert set(measured.unsteered) == set(values) and measured.unsteered["kl"] > 0
+    assert measured.unsteered["kl_unsteered"] == pytest.approx(0.0, abs=1e-5)
+    only = backend.metrics(MetricsRequest(bank, PROMPT, None, False, ("kl_unsteered",)), lambda: False, lambda d, t: None).values
     assert set(only) == {"kl_unsteered"} and only["kl_unsteered"] == pytest.approx(values["kl_unsteered"], rel=1e-4, abs=1e-6)
 
 
 def test_a_stopped_measurement_returns_no_partial_column(backend: Backend, bank_file: Path) -> None:
     request = MetricsRequest(load_bank(bank_file), PROMPT, None, False, ("kl", "kl_unsteered"))
-    assert backend.metrics(request, lambda: True, lambda d, t: None) == {}
+    assert backend.metrics(request, lambda: True, lambda d, t: None).values == {}
 
 
 def test_target_metrics_of_a_composition(backend: Backend, bank_file: Path) -> None:
@@ -121,25 +128,74 @@ def test_target_metrics_of_a_composition(backend: Backend, bank_file: Path) -> N
 def test_ortho_job_saves_a_bank_of_orthogonal_vectors(backend: Backend, bank_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "ortho.safetensors"
     done: list[int] = []
-    summary = backend.run_ortho(load_bank(bank_file), bank_file, 1, 2, out, lambda p: done.append(p.done), lambda: False)
+    job = OrthoJob(load_bank(bank_file), bank_file, 1, 2, out)
+    assert backend.estimate(job) > 0  # seconds per vector, timed
+    summary = backend.run_ortho(job, lambda p: done.append(p.done), lambda: False)
     assert str(out) in summary and done and max(done) == 2
     made, parent = load_bank(out), load_bank(bank_file)
     assert len(made) == 3 and torch.equal(made.vectors[0], parent.vectors[1])  # row 0 = theta0
+    assert made.meta.created_by == f"melbo-tui ortho {bank_file.resolve()} --base 1 --count 2 --out {out.resolve()}{_flags(backend)}"
     unit = made.vectors / made.vectors.norm(dim=1, keepdim=True)
     cos = unit @ unit.T - torch.eye(3)
     assert cos.abs().max() < 1e-3
+    if isinstance(backend, EngineBackend):  # as `melbo-tui ortho` does: every row measured into the file
+        assert made.metrics["kl_seq"].shape == (3,) and made.meta.extra["eval"]["prompt"] == PROMPT
+    never = tmp_path / "never.safetensors"
+    stopped = backend.run_ortho(OrthoJob(load_bank(bank_file), bank_file, 1, 2, never), lambda p: None, lambda: True)
+    assert "stopped" in stopped and not never.exists()  # stopped before its first vector: no file
+
+
+def _flags(backend: Backend) -> str:
+    return "".join(f" {flag}" for flag in backend.model_flags)
 
 
 def test_melbo_job_saves_vectors_of_the_radius(backend: Backend, tmp_path: Path) -> None:
     out = tmp_path / "melbo.safetensors"
-    job = MelboJob(prompt=PROMPT, system=None, raw=False, source_layer=2, target_layer=4, radius=5.0, count=2, steps=3,
-                   batch_vectors=2)
-    summary = backend.run_melbo(job, out, lambda p: None, lambda: False)
+    job = MelboJob(prompt=PROMPT, system=None, raw=False, source_layer=2, target_layer=4, radius=5.0, out=out, count=2,
+                   steps=3, batch_vectors=2)
+    assert backend.estimate(job) > 0
+    summary = backend.run_melbo(job, lambda p: None, lambda: False)
     made = load_bank(out)
     assert "2 MELBO vectors" in summary and len(made) == 2 and made.meta.prompts == [PROMPT]
     assert made.vectors.norm(dim=1) == pytest.approx(torch.full((2,), 5.0), rel=1e-4)
-    stopped = backend.run_melbo(job, tmp_path / "never.safetensors", lambda p: None, lambda: True)
-    assert "nothing saved" in stopped and not (tmp_path / "never.safetensors").exists()
+    assert made.meta.created_by == job.command(backend.model_flags)
+    never = replace(job, out=tmp_path / "never.safetensors")
+    stopped = backend.run_melbo(never, lambda p: None, lambda: True)
+    assert "nothing saved" in stopped and not never.out.exists()
+
+
+def test_read_ahead_gives_the_streamed_text_and_yields_to_a_generation(backend: Backend, bank_file: Path) -> None:
+    bank = load_bank(bank_file)
+    targets = tuple(Composition((r,)) for r in (1, 2, 3, 4, 5))
+    made: dict[Composition, str] = {}
+    backend.complete(BatchRequest(bank, targets, SETTINGS), lambda t, r: made.setdefault(t, r.text), lambda: False)
+    assert list(made) == list(targets)  # every one, in the order asked
+    for target in targets[:2]:  # the batched text is the text a user would have streamed
+        assert made[target] == backend.stream(GenerationRequest(bank, target, SETTINGS), lambda _: None, lambda: False).text
+    nothing: list[Composition] = []
+    backend.complete(BatchRequest(bank, targets, SETTINGS), lambda t, r: nothing.append(t), lambda: True)
+    assert nothing == []  # asked to stop: nothing half-made is handed over
+
+
+def test_a_completion_asked_for_cuts_the_read_ahead_short(backend: Backend, bank_file: Path) -> None:
+    if isinstance(backend, ScriptedBackend):
+        backend.batch_seconds = 0.05
+    bank = load_bank(bank_file)
+    targets = tuple(Composition((r % 6,), scale=1.0 + r / 100) for r in range(200))  # 50 batches: long enough to interrupt
+    made: list[Composition] = []
+    first = threading.Event()
+
+    def completed(target: Composition, _result: object) -> None:
+        made.append(target)
+        first.set()
+
+    reader = threading.Thread(target=backend.complete, args=(BatchRequest(bank, targets, SETTINGS), completed, lambda: False))
+    reader.start()
+    assert first.wait(60)
+    asked = backend.stream(GenerationRequest(bank, Composition((2,)), SETTINGS), lambda _: None, lambda: False)
+    reader.join(60)
+    assert not reader.is_alive() and asked.text and not asked.stopped
+    assert 0 < len(made) < len(targets) and len(made) % 4 == 0  # whole batches only, then it gave way
 
 
 def test_a_waiting_generation_goes_before_the_next_measurement_chunk() -> None:
@@ -204,7 +260,7 @@ async def test_the_explorer_behaves_the_same_on_both(backend: Backend, bank_file
     from .conftest import panel_text, running, steered, wait_for
 
     app = ExplorerApp([bank_file], backend, cache_root=tmp_path / "cache", keymap={}, debounce=0.01,
-                      generation=GenerationSettings(max_new_tokens=6))
+                      generation=GenerationSettings(max_new_tokens=6), workspace=tmp_path)
     async with running(app) as (pilot, seen):
         view = app.main.view
         await wait_for(pilot, lambda: "tok/s]" in app.main.panel.text(0).note, timeout=30)  # row 0 streamed to its end

@@ -20,7 +20,7 @@ from .conftest import make_bank, running
 from .fuzz import fuzz, settle
 
 SCREENS = {"MainScreen", "CompareScreen", "SweepScreen", "PlotsScreen", "HelpScreen", "SettingsScreen",
-           "LineInputScreen", "ExplorerPalette"}
+           "LineInputScreen", "ExplorerPalette", "JobScreen", "ColumnsScreen"}
 
 
 class FuzzedApp(ExplorerApp):

@@ -13,7 +13,7 @@ from melbo_tui.decoding import GenerationSettings
 from melbo_tui.errors import InputError
 from melbo_tui.tui import spark
 from melbo_tui.tui.bankview import open_bank_view, read_labels
-from melbo_tui.tui.cache import CachedCompletion, CompletionCache, completion_key
+from melbo_tui.tui.cache import CachedCompletion, CompletionCache, ExportRecord, completion_key, write_completions
 from melbo_tui.tui.components.completion_text import wrap_spans
 from melbo_tui.tui.components.status_bar import Field, fit
 from melbo_tui.tui.filters import parse_filter, sort_keys, visible_rows
@@ -105,17 +105,23 @@ def _entry(key: str, text: str) -> CachedCompletion:
                             prompt="p", system=None, raw=False, temperature=0.0, max_new_tokens=8, seed=0)
 
 
-def test_cache_round_trip_skips_corrupt_lines_and_exports(tmp_path: Path) -> None:
+def test_cache_round_trip_skips_corrupt_lines(tmp_path: Path) -> None:
     cache = CompletionCache("abc123", tmp_path)
     cache.put(_entry("k1", "hello"))
     with open(cache.path, "a") as handle:
         handle.write("{not json\n")
     again = CompletionCache("abc123", tmp_path)
     assert again.get("k1").text == "hello" and len(again) == 1
-    assert again.export(tmp_path / "out.jsonl") == 1
-    assert json.loads((tmp_path / "out.jsonl").read_text())["text"] == "hello"
-    again.export(tmp_path / "out.txt")
-    assert "## vector 1" in (tmp_path / "out.txt").read_text()
+
+
+def test_an_export_names_its_prompt_in_every_record(tmp_path: Path) -> None:
+    records = [ExportRecord("vector 1", 1, "code", {"kl_seq": 0.1}, "def f(): pass", 5),
+               ExportRecord("unsteered", None, "", {}, "I cannot help.", 4)]
+    write_completions(tmp_path / "out.jsonl", tmp_path / "out.txt", {"prompt": "p", "temperature": 0.0}, records)
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["name"] for r in lines] == ["vector 1", "unsteered"] and all(r["prompt"] == "p" for r in lines)
+    text = (tmp_path / "out.txt").read_text()
+    assert text.startswith("# prompt: 'p'") and "## vector 1 [code]  (kl_seq 0.1)\ndef f(): pass" in text
 
 
 def test_cache_key_covers_what_the_text_depends_on() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -48,13 +49,17 @@ def test_open_browse_stream_and_quit_in_tmux(tmp_path: Path) -> None:
     try:
         wait_pane(session, "demo.safetensors", timeout=15)
         pane = wait_pane(session, "tok/s]", timeout=120)  # a completion streamed to the end
-        assert "vector 0" in pane
+        assert "vector 0" in pane and "unsteered: no vector" in pane  # steered beside unsteered, no key pressed
         tmux("send-keys", "-t", session, "j")
         wait_pane(session, "vector 1", timeout=10)
         for key in ("space", "space", "space", "c"):  # select rows 1-3, stream their mean
             tmux("send-keys", "-t", session, key)
         pane = wait_pane(session, "mean[1:4] (k=3)", timeout=10)
         wait_pane(session, "tok/s]", timeout=120)
+        tmux("resize-window", "-t", session, "-x", "80", "-y", "24")
+        pane = wait_pane(session, "? Help", timeout=10)
+        rows = [line for line in pane.splitlines() if re.match(r"^\s*●?\s*\d+\s+\S", line)]  # list rows: an index first
+        assert len(rows) >= 9 and "q Quit" in pane, pane  # at 80x24: nine rows at least, and the keys to leave
         tmux("send-keys", "-t", session, "q")
         pane = wait_pane(session, "melbo-exit=", timeout=15)
         assert "melbo-exit=0" in pane and "Traceback" not in pane and "error" not in pane.lower()

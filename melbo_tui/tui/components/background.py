@@ -1,7 +1,8 @@
 """Work that outlives a key press, each kind owned by one invisible widget of the main screen.
 
 `Measurer` measures bank metrics, one request at a time, in the order asked. `JobRunner` runs
-one bank-making job (MELBO-ortho, MELBO) and reopens its bank at every checkpoint. Each runs
+one bank-making job (MELBO-ortho, MELBO) and reopens its bank at every checkpoint. `ReadAhead`
+completes the rows around the cursor while the user reads, at the lowest priority. Each runs
 its thread workers on itself, so they end with the screen; reports progress as a reactive
 `status` line (the status bar watches it); and posts what it produced as a message. Each has
 one `Worker.StateChanged` handler, the only place its failures arrive.
@@ -27,10 +28,13 @@ from textual.reactive import reactive
 from textual.widget import Widget
 from textual.worker import Worker, WorkerState, get_current_worker
 
+from melbo_tui.compose import Composition
 from melbo_tui.errors import MelboError
-from melbo_tui.tui.backend import Backend, JobProgress, MetricsRequest, OnJobProgress, ShouldStop
+from melbo_tui.tui.backend import Backend, JobProgress, MeasuredColumns, MetricsRequest, OnJobProgress, ShouldStop
 from melbo_tui.tui.bankview import BankView, open_bank_view, title
 from melbo_tui.tui.failures import error_line
+from melbo_tui.tui.session import Session
+from melbo_tui.tui.settings import ExploreSettings
 
 JobRun = Callable[[OnJobProgress, ShouldStop], str]
 
@@ -42,11 +46,13 @@ class Measurer(Widget):
 
     @dataclass
     class Measured(Message):
-        """`values` (complete columns only) of `view`, measured on `prompt`; `error` when it could not be."""
+        """`values` (complete columns only) of `view` and the unsteered model's, measured on `prompt`;
+        `error` when it could not be."""
 
         measurer: Measurer
         view: BankView
         values: dict[str, list[float]]
+        unsteered: dict[str, float]
         prompt: str
         error: str | None
 
@@ -90,12 +96,12 @@ class Measurer(Widget):
                 self.post_message(self._Progress(done, total))
 
         try:
-            values = self._backend.metrics(request, lambda: worker.is_cancelled, progress)
+            measured: MeasuredColumns = self._backend.metrics(request, lambda: worker.is_cancelled, progress)
         except MelboError as exc:  # this bank cannot be measured (no prompt, wrong shape): the next one may
-            self.post_message(self.Measured(self, view, {}, request.prompt, str(exc)))
+            self.post_message(self.Measured(self, view, {}, {}, request.prompt, str(exc)))
             return
-        complete = {name: v for name, v in values.items() if len(v) == len(view)}
-        self.post_message(self.Measured(self, view, complete, request.prompt, None))
+        complete = {name: v for name, v in measured.values.items() if len(v) == len(view)}
+        self.post_message(self.Measured(self, view, complete, measured.unsteered, request.prompt, None))
 
     @on(_Progress)
     def _progress(self, message: _Progress) -> None:
@@ -224,3 +230,99 @@ class JobRunner(Widget):
         name, self.name_running = self.name_running, ""
         self.status = ""
         self.post_message(self.Done(self, name, summary, error))
+
+
+class ReadAhead(Widget):
+    """Completes the rows around the cursor while the user reads, so the next move shows its text at once.
+
+    Lowest priority: it runs only when the screen aims it (the completion on screen is done), in
+    batches through the backend's batched path, and gives way within a decode step to any
+    completion the user asks for (`Backend.complete`); a new aim drops the old one.
+    """
+
+    DEFAULT_CSS = "ReadAhead { display: none; }"
+
+    status: reactive[str] = reactive("")  # "read ahead 4/12" while it works
+
+    @dataclass
+    class Ready(Message):
+        """The completion of `target` (on the settings aimed with) is in the session's cache."""
+
+        read_ahead: ReadAhead
+        view: BankView
+        target: Composition
+
+        @property
+        def control(self) -> ReadAhead:
+            return self.read_ahead
+
+    @dataclass
+    class _Ended(Message):
+        gen: int
+
+    def __init__(self, session: Session, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self._session = session
+        self._aim: tuple[object, ...] | None = None
+        self._gen = 0
+        self._stop = threading.Event()
+        self._done = 0
+        self._total = 0
+
+    @property
+    def running(self) -> bool:
+        return self._aim is not None
+
+    def aim(self, view: BankView, settings: ExploreSettings, targets: list[Composition]) -> None:
+        """Complete `targets` (nearest first) on `settings`; the same aim again leaves the running one be."""
+        targets = [t for t in targets if self._session.cached(view, t, settings) is None]
+        aim = (view.digest, settings, tuple(targets))
+        if aim == self._aim:
+            return
+        self.stop()
+        if not targets or self._session.blocked(view) is not None:
+            return
+        self._aim, self._gen, self._done, self._total = aim, self._gen + 1, 0, len(targets)
+        self._stop = stop = threading.Event()
+        self.status = f"read ahead 0/{len(targets)}"
+        self.run_worker(functools.partial(self._work, self._gen, view, settings, targets, stop), name="read-ahead",
+                        group="read-ahead", description=f"read ahead {len(targets)} rows of {view.name}", thread=True,
+                        exit_on_error=False)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._aim = None
+        self.status = ""
+
+    def _work(self, gen: int, view: BankView, settings: ExploreSettings, targets: list[Composition],
+              stop: threading.Event) -> None:
+        worker = get_current_worker()
+
+        def should_stop() -> bool:
+            return stop.is_set() or worker.is_cancelled
+
+        try:
+            def ready(target: Composition) -> None:
+                self.post_message(self.Ready(self, view, target))
+
+            self._session.prepare(view, targets, settings, should_stop, ready)
+        finally:
+            self.post_message(self._Ended(gen))
+
+    @on(Ready)
+    def _ready(self, message: Ready) -> None:
+        if self._aim is not None:
+            self._done += 1
+            self.status = f"read ahead {self._done}/{self._total}"
+
+    @on(_Ended)
+    def _ended(self, message: _Ended) -> None:
+        if message.gen == self._gen:  # it finished or gave way: the next aim starts afresh
+            self._aim = None
+            self.status = ""
+
+    @on(Worker.StateChanged)
+    def _worker_state(self, event: Worker.StateChanged) -> None:
+        if event.state == WorkerState.ERROR:  # read-ahead is a convenience: say it once, quietly, and stop
+            self.stop()
+            self.notify(f"read-ahead stopped: {error_line(event.worker.error)}", severity="warning", timeout=6)

@@ -15,11 +15,12 @@ from pathlib import Path
 from textual import events
 from textual.app import ComposeResult
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from melbo_tui.compose import UNSTEERED, Composition
 from melbo_tui.tui.bankview import BankView
-from melbo_tui.tui.components.completion_panel import CompletionPanel, CompletionRequest, Slot
+from melbo_tui.tui.components.completion_panel import CompletionPanel, CompletionRequest, Slot, copy_completion
+from melbo_tui.tui.components.footer import ExplorerFooter
 from melbo_tui.tui.keymap import COMPARE_KEYS, bindings
 from melbo_tui.tui.session import Session
 
@@ -27,19 +28,31 @@ MIN_COLUMN = 32  # cells: narrower columns wrap a completion into a few words pe
 MAX_PARTS = 4
 
 
+def row_name(view: BankView, target: Composition) -> str:
+    """`vector 3 [code]`: a single row with its label (in parentheses when made on another prompt)."""
+    name = target.label
+    if len(target.rows) == 1:
+        label, current = view.label(target.rows[0])
+        if label:
+            name += f" [{label}]" if current else f" [({label})]"
+    return name
+
+
 def comparison_slots(view: BankView, target: Composition, selected: Collection[int]) -> tuple[Slot, ...]:
     """The columns for `target`: itself, its parts (or the other selected vectors), unsteered, base."""
     k = f" (k={len(target.rows)})" if target.is_composition else ""
-    slots = [Slot(f"steered: {target.label}{k}", target)]
+    slots = [Slot(f"steered: {row_name(view, target)}{k}", target, "steered")]
     if target.is_composition:
-        slots += [Slot(f"part: {c.label}", c) for c in (Composition((r,), scale=target.scale) for r in target.rows[:MAX_PARTS])]
+        parts = [Composition((r,), scale=target.scale) for r in target.rows[:MAX_PARTS]]
+        slots += [Slot(f"part: {row_name(view, c)}", c, f"part {c.rows[0]}") for c in parts]
     else:
-        others = [r for r in sorted(selected) if r not in target.rows][: MAX_PARTS - 1]
-        slots += [Slot(f"selected: {c.label}", c) for c in (Composition((r,), scale=target.scale) for r in others)]
-    slots.append(Slot("unsteered: no vector", UNSTEERED))
+        others = [Composition((r,), scale=target.scale) for r in sorted(selected) if r not in target.rows][: MAX_PARTS - 1]
+        slots += [Slot(f"selected: {row_name(view, c)}", c, f"sel {c.rows[0]}") for c in others]
+    slots.append(Slot("unsteered: no vector", UNSTEERED, "unsteered"))
     base = view.base_index
     if view.kind.has_base and all(s.target.rows != (base,) for s in slots):
-        slots.append(Slot(f"base: vector {base} (the vector the others imitate)", Composition((base,))))
+        base_target = Composition((base,))
+        slots.append(Slot(f"base: {row_name(view, base_target)}, the vector the others imitate", base_target, "base"))
     return tuple(slots)
 
 
@@ -59,11 +72,11 @@ class CompareScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Static(self.caption, id="compare-caption", markup=False)
-        tabs = tuple(f"{i + 1} {slot.title.split(':')[0]}" for i, slot in enumerate(self.request.slots))
-        yield CompletionPanel(self._session, columns=len(tabs), debounce=0.0, describe=False, tabs=tabs, id="compare-panel")
-        yield Footer()
+        yield CompletionPanel(self._session, columns=len(self.request.slots), debounce=0.0, tabs=True, id="compare-panel")
+        yield ExplorerFooter()
 
     def on_mount(self) -> None:
+        self.panel.set_tab_labels([f"{i + 1} {slot.tab}" for i, slot in enumerate(self.request.slots)])
         self._fit(self.app.size.width)
         self.panel.show(self.request, immediate=True)
         self.panel.text(0).focus()
@@ -79,6 +92,9 @@ class CompareScreen(Screen[None]):
 
     def action_regenerate(self) -> None:
         self.panel.show(self.request, immediate=True, force=True)
+
+    def action_copy(self) -> None:
+        copy_completion(self.panel)
 
     def action_close(self) -> None:
         self.panel.stop()

@@ -2,8 +2,10 @@
 
 Streaming appends a piece per token; only the last wrapped line is wrapped again (greedy
 wrapping never moves an earlier break), so a long completion never re-renders what is shown.
-The view follows the tail only while it is already at the bottom: a reader who scrolled up
-stays where they are. A new completion starts at its first line.
+A streaming completion follows its tail until the reader scrolls up (then it stays where
+they are), and again once they are back at the bottom: following is a state, not a guess from
+where the view is, so a layout that shrinks the view mid-stream does not stop it. A completion
+shown whole (from the cache) starts at its first line.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class CompletionText(ScrollView, can_focus=True):
         self._width = 0
         self._strips: dict[int, Strip] = {}  # rendered lines by index, dropped from the first line wrapped again
         self._style: Style | None = None  # the widget's own style (costly to look up: cached until styles change)
+        self._follow = True  # streamed text scrolls into view (until the reader scrolls up)
 
     @property
     def text(self) -> str:
@@ -78,26 +81,42 @@ class CompletionText(ScrollView, can_focus=True):
         return self._note
 
     def reset(self, text: str = "", note: str = "") -> None:
-        """Show a new completion (or a cached one) from its first line."""
+        """Show a new completion from its first line: a cached one stays there, an empty one (about
+        to stream) follows its tail as it comes."""
         self._text, self._note = text, note
         self._rewrap(0)
         self.scroll_home(animate=False, immediate=True, force=True)
+        self._follow = not text
 
     def append(self, piece: str) -> None:
         """Add a streamed piece; only the last line is wrapped again."""
-        follow = self.is_vertical_scroll_end
         self._text += piece
         self._rewrap(len(self._spans) - 1)
-        if follow:
-            self.scroll_end(animate=False, immediate=True, x_axis=False, force=True)  # before its scrollbar shows
+        self._keep_up()
 
     def set_note(self, note: str) -> None:
         """The dim line under the text: token count and speed, stopped, or why nothing streams."""
-        follow = self.is_vertical_scroll_end
         self._note = note
         self._rewrap(len(self._spans) - 1)
-        if follow:
+        self._keep_up()
+
+    def _keep_up(self) -> None:
+        if self._follow:
             self.scroll_end(animate=False, immediate=True, x_axis=False, force=True)  # before its scrollbar shows
+            self.call_after_refresh(self._sync_scrollbar)
+
+    def _sync_scrollbar(self) -> None:
+        """A scrollbar that appears after the view scrolled starts at the top (Textual 8.2 sets its
+        position only on a scroll): put its thumb where the view is."""
+        if self.show_vertical_scrollbar:
+            self.vertical_scrollbar.position = self.scroll_y
+
+    def watch_scroll_y(self, old: float, new: float) -> None:
+        super().watch_scroll_y(old, new)
+        if new >= self.max_scroll_y:  # at the bottom (also after a resize clamped it there): follow
+            self._follow = True
+        elif new < old:  # the reader went up: stay where they are
+            self._follow = False
 
     # keys: no animation, so the position a reader chose is the one the next piece sees
 
@@ -109,13 +128,16 @@ class CompletionText(ScrollView, can_focus=True):
 
     def action_start(self) -> None:
         self.scroll_home(animate=False, force=True, immediate=True)
+        self._follow = False
 
     def action_end(self) -> None:
         self.scroll_end(animate=False, force=True, immediate=True)
+        self._follow = True
 
     def on_resize(self) -> None:
         if self._line_width() != self._width:
             self._rewrap(0)
+        self._keep_up()
 
     def _line_width(self) -> int:
         return max(8, self.scrollable_content_region.width)

@@ -1,18 +1,21 @@
-"""The explorer's main screen: the vector list on the left, the highlighted vector's completion on the right.
+"""The explorer's main screen: the vector list on the left, the completions on the right.
 
-The screen wires widgets that own their state: the list (cursor, selection, filter, sort), the
-completion panel (generations and streaming), the status bar (reactive fields). What belongs to
-no widget lives here: which banks are open (`Session`), the prompt and decoding settings, the
-composition being shown, and the background work that outlives a key press (loading banks and
-the model, measuring KL, MELBO and MELBO-ortho jobs). That work runs in thread workers of this
-screen or of its invisible `Measurer` and `JobRunner`; each owner has one `Worker.StateChanged`
-handler, the one place its results and failures arrive.
+The right side always shows the highlighted vector's (or the composition's) completion beside
+the unsteered model's and, where the bank has a base row and there is room, the base's. Below
+110 columns it goes under the list. The screen wires widgets that own their state: the list
+(cursor, selection, filter, sort, per bank), its legend line, the completion panel (generations
+and streaming), the status bar (reactive fields). What belongs to no widget lives here: which
+banks are open (`Session`), the prompt and decoding settings, the composition being shown, and
+the background work that outlives a key press (loading banks and the model, measuring KL,
+reading ahead, MELBO and MELBO-ortho jobs). That work runs in thread workers of this screen or
+of its invisible `Measurer`, `ReadAhead` and `JobRunner`; each owner has one
+`Worker.StateChanged` handler, the one place its results and failures arrive. Everything the
+explorer writes goes to the workspace (`outputs`).
 """
 
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,18 +25,22 @@ from textual import events, on
 from textual.app import ComposeResult, SystemCommand
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer
 from textual.worker import Worker, WorkerState
 
-from melbo_tui.compose import ComposeMode, Composition
+from melbo_tui.compose import UNSTEERED, ComposeMode, Composition
 from melbo_tui.decoding import GenerationSettings
-from melbo_tui.errors import MelboError
-from melbo_tui.tui.backend import Backend, MelboJob, MetricsRequest
+from melbo_tui.errors import InputError, MelboError
+from melbo_tui.tui.backend import Backend, Job, MelboJob, MetricsRequest, OrthoJob
 from melbo_tui.tui.bankview import BankView, open_bank_view, title
-from melbo_tui.tui.components.background import JobRunner, Measurer
+from melbo_tui.tui.cache import ExportRecord, write_completions
+from melbo_tui.tui.components.background import JobRunner, Measurer, ReadAhead
 from melbo_tui.tui.components.bank_sparklines import BankSparklines
-from melbo_tui.tui.components.compare_screen import CompareScreen, comparison_slots
-from melbo_tui.tui.components.completion_panel import CompletionPanel, CompletionRequest, Slot
+from melbo_tui.tui.components.columns_screen import ColumnsScreen
+from melbo_tui.tui.components.compare_screen import CompareScreen, comparison_slots, row_name
+from melbo_tui.tui.components.completion_panel import CompletionPanel, CompletionRequest, Slot, copy_completion
+from melbo_tui.tui.components.footer import ExplorerFooter
+from melbo_tui.tui.components.job_screen import JobField, JobForm, JobScreen
+from melbo_tui.tui.components.legend import Legend
 from melbo_tui.tui.components.line_input import LineInputScreen
 from melbo_tui.tui.components.plots_screen import PlotsScreen
 from melbo_tui.tui.components.settings_screen import SettingsScreen
@@ -41,7 +48,8 @@ from melbo_tui.tui.components.status_bar import StatusBar
 from melbo_tui.tui.components.sweep_screen import SweepScreen, sweep_targets
 from melbo_tui.tui.components.vector_list import VectorList
 from melbo_tui.tui.failures import error_line
-from melbo_tui.tui.keymap import LIST_KEYS, MAIN_KEYS, bindings
+from melbo_tui.tui.keymap import LIST_KEYS, MAIN_KEYS, bindings, key_name
+from melbo_tui.tui.outputs import free_path, output_path, show_path
 from melbo_tui.tui.session import Session
 from melbo_tui.tui.settings import ExploreSettings
 
@@ -49,8 +57,14 @@ if TYPE_CHECKING:
     from textual.screen import Screen as AnyScreen
 
 NARROW = 110  # below this many columns the panel goes under the list
+SHORT = 30  # below this many lines the bank-wide sparklines give their lines to the list
+LIST_ROWS_NARROW = 10  # rows the list keeps when the panel is under it (and at least this share of the height)
 MELBO_RADIUS = 15.0  # when the bank records none: `train`'s default (calibrate's choice on the embedded model)
 MELBO_STEPS = 300
+ORTHO_COUNT = 64
+MELBO_COUNT = 8
+READ_AHEAD = 8  # rows completed ahead of the cursor, in the direction it moves
+READ_BEHIND = 2  # and behind it
 T = TypeVar("T")
 
 
@@ -66,42 +80,19 @@ class ExploreOptions:
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     cache_root: Path | None = None
     debounce: float = 0.25
+    workspace: Path = field(default_factory=Path.cwd)  # where jobs and exports write
 
 
-def ortho_output_path(parent: Path, row: int) -> Path:
-    """`bank.safetensors` -> `bank.ortho-from7.safetensors` beside it (or in the cwd), never overwriting."""
-    return _free_path(parent, f"{parent.stem}.ortho-from{row}")
-
-
-def melbo_output_path(parent: Path, source_layer: int, radius: float) -> Path:
-    """`bank.safetensors` -> `bank.melbo-L8-R40.safetensors` beside it (or in the cwd), never overwriting."""
-    return _free_path(parent, f"{parent.stem}.melbo-L{source_layer}-R{radius:g}")
-
-
-def _free_path(parent: Path, stem: str) -> Path:
-    """`stem.safetensors` beside `parent` (cwd if that is read-only), `stem-2`, `-3`... if taken."""
-    directory = parent.parent if os.access(parent.parent, os.W_OK) else Path.cwd()
-    candidate = directory / f"{stem}.safetensors"
-    n = 2
-    while candidate.exists():
-        candidate = directory / f"{stem}-{n}.safetensors"
-        n += 1
-    return candidate
-
-
-def export_paths(text: str, beside: Path) -> tuple[Path, Path]:
-    """The JSONL file a user named and its readable twin; refused before anything is written.
-
-    A relative path is taken from the bank's folder (`beside`), never from the working directory.
-    """
-    path = beside / Path(text.strip()).expanduser()  # an absolute path stays as it is
-    if path.is_dir():
-        raise MelboError(f"{path} is a directory: give a file name")
-    if not path.parent.is_dir():
-        raise MelboError(f"{path.parent} does not exist: give a path in an existing directory")
-    if not os.access(path.parent, os.W_OK):
-        raise MelboError(f"{path.parent} is not writable: give another path")
-    return path.with_suffix(".jsonl"), path.with_suffix(".txt")
+def nearby_rows(shown: list[int], current: int, direction: int) -> list[int]:
+    """The rows to read ahead: the next `READ_AHEAD` in the direction of travel, nearest first, then
+    `READ_BEHIND` the other way (list order: the filter and sort the user sees)."""
+    if current not in shown:
+        return []
+    i = shown.index(current)
+    step = 1 if direction >= 0 else -1
+    ahead = [shown[j] for j in range(i + step, i + step * (READ_AHEAD + 1), step) if 0 <= j < len(shown)]
+    behind = [shown[j] for j in range(i - step, i - step * (READ_BEHIND + 1), -step) if 0 <= j < len(shown)]
+    return ahead + behind
 
 
 class MainScreen(Screen[None]):
@@ -116,6 +107,8 @@ class MainScreen(Screen[None]):
         self.composition: Composition | None = None  # set by `compose`, cleared when the highlight moves
         self._composed_at: int | None = None  # the row highlighted when `compose` was pressed
         self._measured: set[str] = set()  # digests whose missing KL was already asked for
+        self._last_row: int | None = None
+        self._direction = 1  # the way the cursor last moved (in list order): where to read ahead
 
     # ----- layout -------------------------------------------------------------------------
 
@@ -123,11 +116,13 @@ class MainScreen(Screen[None]):
         with Horizontal(id="main"):
             with Vertical(id="left"):
                 yield BankSparklines(id="sparklines")
+                yield Legend(id="legend")
                 yield VectorList(id="vectors")
-            yield CompletionPanel(self.session, debounce=self.options.debounce, id="panel")
+            yield CompletionPanel(self.session, columns=3, debounce=self.options.debounce, id="panel")
         yield StatusBar(id="status")
-        yield Footer()
+        yield ExplorerFooter()
         yield Measurer(self.options.backend, id="measurer")
+        yield ReadAhead(self.session, id="read-ahead")
         yield JobRunner(id="jobs")
 
     @property
@@ -147,6 +142,10 @@ class MainScreen(Screen[None]):
         return self.query_one("#measurer", Measurer)
 
     @property
+    def read_ahead(self) -> ReadAhead:
+        return self.query_one("#read-ahead", ReadAhead)
+
+    @property
     def jobs(self) -> JobRunner:
         return self.query_one("#jobs", JobRunner)
 
@@ -160,6 +159,7 @@ class MainScreen(Screen[None]):
         self.watch(self.panel, "streaming", lambda streaming: setattr(status, "generating", streaming))
         self.watch(self.vector_list, "range_anchor", lambda anchor: setattr(status, "range_from", anchor))
         self.watch(self.measurer, "status", lambda line: setattr(status, "metrics", line))
+        self.watch(self.read_ahead, "status", lambda line: setattr(status, "read_ahead", line))
         self.watch(self.jobs, "status", lambda line: setattr(status, "job", line))
         self.panel.set_message("loading bank…", "the completion of the highlighted vector streams here")
         self.vector_list.focus()
@@ -169,13 +169,24 @@ class MainScreen(Screen[None]):
                         exit_on_error=False)
 
     def on_resize(self, event: events.Resize) -> None:
-        self._fit(event.size.width)
+        self._fit(event.size.width, event.size.height)
 
-    def _fit(self, width: int) -> None:
+    def _fit(self, width: int, height: int) -> None:
+        """Wide: the list takes what its columns need (at most 60%), the completions the rest. Narrow:
+        the completions go under the list, which keeps `LIST_ROWS_NARROW` rows; short: no sparklines."""
         narrow = width < NARROW
         self.query_one("#main").set_class(narrow, "narrow")
+        self.query_one("#sparklines").display = height >= SHORT
+        # two lines beside a narrow list, one when it spans the screen; fixed, so the rows never jump as the legend changes
+        self.query_one("#legend").styles.height = 1 if narrow else 2
         left = self.query_one("#left")
-        left.styles.width = None if narrow else max(60, min(self.vector_list.natural_width(), width * 2 // 3))
+        if narrow:
+            left.styles.width = None
+            chrome = 2 + (3 if height >= SHORT else 0)  # legend and table header; sparklines
+            left.styles.height = max(LIST_ROWS_NARROW + chrome, (height - 2) * 11 // 20)
+        else:
+            left.styles.height = None
+            left.styles.width = max(56, min(self.vector_list.natural_width(), width * 3 // 5))
 
     def ask(self, screen: AnyScreen[T], then: Callable[[T], None]) -> None:
         """Push a question; its answer goes to `then`, whose errors become a notification."""
@@ -292,28 +303,31 @@ class MainScreen(Screen[None]):
             return
         measured = list(message.values)
         for name in measured:
-            view.set_metric(name, message.values[name], message.prompt)
+            view.set_metric(name, message.values[name], message.prompt, message.unsteered.get(name))
         if not measured:
             return
         self.notify(f"{', '.join(title(n) for n in measured)} measured for {view.name} on {message.prompt!r}", timeout=4)
         if view is self.view:
             self.vector_list.refill()
             self.query_one("#sparklines", BankSparklines).set_view(view)
-            self.panel.refresh_header()
+            self.panel.refresh_titles()
 
     # ----- the list and the panel -----------------------------------------------------------
 
     def show_view(self, index: int) -> None:
         self.view_index = index
         self.composition = None
+        self.read_ahead.stop()
         view = self.session.views[index]
+        if self.settings is not None:
+            self.session.relabel(view, self.settings)
         self.query_one("#sparklines", BankSparklines).set_view(view)
         self.app.sub_title = view.name
-        self.status.bank = view.name
         n = len(self.session.views)
         self.status.bank_of = f"{index + 1}/{n}" if n > 1 else ""
+        self.status.bank = view.name
         self.vector_list.show_view(view)
-        self._fit(self.app.size.width)
+        self._fit(self.app.size.width, self.app.size.height)
 
     def current_target(self) -> Composition | None:
         if self.composition is not None:
@@ -324,10 +338,15 @@ class MainScreen(Screen[None]):
         return self.settings.target((row,))
 
     def current_request(self) -> CompletionRequest | None:
+        """The highlighted vector (or the composition), the unsteered model, and the base where there is one."""
         view, settings, target = self.view, self.settings, self.current_target()
         if view is None or settings is None or target is None:
             return None
-        return CompletionRequest(view, settings, (Slot("steered", target),))
+        slots = [Slot("steered", target, "steered", describe=True), Slot("unsteered: no vector", UNSTEERED, "unsteered")]
+        base = Composition((view.base_index,))
+        if view.kind.has_base and target.rows != base.rows:
+            slots.append(Slot(f"base: {row_name(view, base)}", base, "base", optional=True))
+        return CompletionRequest(view, settings, tuple(slots))
 
     def show_current(self, immediate: bool = False, force: bool = False) -> None:
         """The panel shows the highlighted vector or the composition, streaming what the cache lacks."""
@@ -335,13 +354,39 @@ class MainScreen(Screen[None]):
 
     @on(VectorList.Highlighted)
     def _highlighted(self, message: VectorList.Highlighted) -> None:
-        if message.row != self.vector_list.current_row():
+        if message.row != self.vector_list.current_row() or message.view is not self.view:
             return  # stale: the cursor moved on (keys are handled before the list's messages arrive here)
         self.query_one("#sparklines", BankSparklines).cursor = message.row
+        shown = self.vector_list.shown_rows()
+        if self._last_row in shown and message.row in shown and self._last_row != message.row:
+            self._direction = 1 if shown.index(message.row) > shown.index(self._last_row) else -1
+        self._last_row = message.row
         if self.composition is not None and message.row == self._composed_at:
             return  # the move that came before `compose`, arriving after it: the composition stays
         self.composition = None
         self.show_current()
+
+    @on(CompletionPanel.Idle)
+    def _panel_idle(self, message: CompletionPanel.Idle) -> None:
+        """The completions on screen are done: the model is free to read ahead of the cursor."""
+        if message.panel is not self.panel:
+            return
+        request = self.panel.request
+        if request is not None:  # a row completed here has its label on these settings now: the list shows it too
+            self.vector_list.refresh_labels(s.target.rows[0] for s in request.slots if len(s.target.rows) == 1)
+        self._aim_read_ahead()
+
+    def _aim_read_ahead(self) -> None:
+        view, s, row = self.view, self.settings, self.vector_list.current_row()
+        if view is None or s is None or row is None or not self.session.model.ready:
+            return
+        rows = nearby_rows(self.vector_list.shown_rows(), row, self._direction)
+        self.read_ahead.aim(view, s, [s.target((r,)) for r in rows])
+
+    @on(ReadAhead.Ready)
+    def _read_ahead_ready(self, message: ReadAhead.Ready) -> None:
+        if message.view is self.view and len(message.target.rows) == 1:
+            self.vector_list.refresh_labels(message.target.rows)
 
     @on(VectorList.SelectionChanged)
     def _selection_changed(self, message: VectorList.SelectionChanged) -> None:
@@ -349,20 +394,38 @@ class MainScreen(Screen[None]):
 
     @on(VectorList.Listed)
     def _listed(self, message: VectorList.Listed) -> None:
+        if message.view is not self.view:
+            return  # a late word about a bank no longer on screen: the status line describes this one
         vl = message.vector_list
+        self.status.bank = message.view.name
         self.status.rows = (message.shown, message.total)
         self.status.filter = vl.filter_text
         self.status.sort = f"{vl.sort_key}{' ↓' if vl.sort_reverse else ''}"
+        self._show_legend()
         if message.shown == 0:
             self.panel.set_message("no row matches the filter", "/ then enter on an empty line clears it")
-        self._fit(self.app.size.width)
+        self._fit(self.app.size.width, self.app.size.height)
+
+    def _show_legend(self) -> None:
+        view, vl = self.view, self.vector_list
+        if view is None:
+            return
+        column = vl.sort_key if vl.sort_key in view.columns() else view.kl_column
+        self.query_one("#legend", Legend).show(view, column, self.settings.prompt if self.settings else None)
 
     def _settings_changed(self) -> None:
         s = self.settings
-        if s is not None:
-            self.status.mode, self.status.scale = s.mode.value, s.scale
-            if self.composition is not None:
-                self.composition = replace(self.composition, mode=s.mode, scale=s.scale)
+        if s is None:
+            return
+        self.status.mode, self.status.scale = s.mode.value, s.scale
+        if self.composition is not None:
+            self.composition = replace(self.composition, mode=s.mode, scale=s.scale)
+        view = self.view
+        if view is not None:
+            self.session.relabel(view, s)
+        self.vector_list.prompt = s.prompt
+        if view is not None and self.vector_list.view is view:
+            self.vector_list.refill()
 
     def _need_view(self) -> tuple[BankView, ExploreSettings]:
         view, s = self.view, self.settings
@@ -390,8 +453,9 @@ class MainScreen(Screen[None]):
     def action_filter(self) -> None:
         view, _ = self._need_view()
         fields = ", ".join(["idx", "label", "sel", *(c.replace("cos_base", "cos") for c in view.columns())])
-        self.ask(LineInputScreen(f"Filter (empty clears), e.g. {view.kl_column}<0.1, label=code, norm>20 and idx<100; "
-                                 f"fields: {fields}", self.vector_list.filter_text, f"{view.kl_column}<0.1"), self._filter)
+        self.ask(LineInputScreen(f"Filter (empty clears), e.g. {view.kl_column}<0.1, label=code, label~cod (contains), "
+                                 f"norm>20 and idx<100; fields: {fields}", self.vector_list.filter_text,
+                                 f"{view.kl_column}<0.1"), self._filter)
 
     def _filter(self, text: str | None) -> None:
         if text is None:
@@ -406,13 +470,18 @@ class MainScreen(Screen[None]):
         self.panel.stop()
         self.show_view((self.view_index + 1) % len(self.session.views))
 
+    def action_columns(self) -> None:
+        view, s = self._need_view()
+        row = self.vector_list.current_row()
+        self.app.push_screen(ColumnsScreen(view, view.base_index if row is None else row, s.prompt))
+
     # ----- actions: compose and complete ---------------------------------------------------
 
     def action_compose(self) -> None:
         _, s = self._need_view()
         selected = self.vector_list.selected
         if not selected:
-            raise MelboError("nothing selected: press space on vectors (or v for a range) first")
+            raise MelboError(f"nothing selected: press {key_name('space')} on vectors (or v for a range) first")
         self.composition = s.target(tuple(sorted(selected)))
         self._composed_at = self.vector_list.current_row()
         self.show_current(immediate=True)
@@ -440,6 +509,9 @@ class MainScreen(Screen[None]):
     def action_regenerate(self) -> None:
         self.show_current(immediate=True, force=True)
 
+    def action_copy(self) -> None:
+        copy_completion(self.panel)
+
     def action_settings(self) -> None:
         _, s = self._need_view()
         self.ask(SettingsScreen(s), self._apply_settings)
@@ -458,7 +530,8 @@ class MainScreen(Screen[None]):
         request = CompletionRequest(view, s, comparison_slots(view, target, self.vector_list.selected))
         self.panel.stop()
         self.panel.forget()
-        caption = f"Compare on {view.name} ({len(request.slots)} columns; left/right or tab to switch, escape to go back)"
+        self.read_ahead.stop()
+        caption = f"Compare on {view.name} ({len(request.slots)} columns; left/right or tab to switch, y copies, escape goes back)"
         self.app.push_screen(CompareScreen(self.session, request, caption), lambda _: self.show_current())
 
     def action_sweep(self) -> None:
@@ -468,6 +541,7 @@ class MainScreen(Screen[None]):
             raise MelboError("the bank has no vectors besides the base")
         self.panel.stop()
         self.panel.forget()
+        self.read_ahead.stop()
         g = s.generation
         caption = (f"Sweep on {view.name}: {s.mode.value} of the first k vectors (base row {view.base_index} excluded), "
                    f"scale x{s.scale:g}, prompt {s.prompt!r}, T={g.temperature:g}, seed {g.seed}")
@@ -478,24 +552,57 @@ class MainScreen(Screen[None]):
         row = self.vector_list.current_row()
         self.app.push_screen(PlotsScreen(view, row or 0, self.vector_list.move_to))
 
-    def action_export(self) -> None:
-        view, _ = self._need_view()
-        cache = self.session.cache_for(view)
-        if not len(cache):
-            raise MelboError("no completion generated yet for this bank")
-        default = view.path.resolve().with_name(f"{view.path.stem}.completions.jsonl")
-        self.ask(LineInputScreen(f"Export the {len(cache)} completions of {view.name} to (JSONL, and a .txt beside it; "
-                                 "a relative path is in the bank's folder)",
-                                 str(default), str(default)), functools.partial(self._export, view))
+    # ----- export: what the screen shows ----------------------------------------------------
 
-    def _export(self, view: BankView, text: str | None) -> None:
+    def export_records(self) -> list[ExportRecord]:
+        """The completions on screen: the rows the list shows (in its order) whose completion on these
+        settings is made, then the composition shown, the unsteered model and the base."""
+        view, s = self._need_view()
+        records: list[ExportRecord] = []
+        shown_columns = [c for c in self.vector_list.columns_shown if c in view.values]
+        for row in self.vector_list.shown_rows():
+            entry = self.session.cached(view, s.target((row,)), s)
+            if entry is not None:
+                label, current = view.label(row)
+                metrics = {c: view.value(c, row) for c in shown_columns if view.value(c, row) == view.value(c, row)}
+                records.append(ExportRecord(s.target((row,)).label, row, label if current else "", metrics, entry.text,
+                                            entry.num_tokens))
+        extra = [*([self.composition] if self.composition is not None else []), UNSTEERED,
+                 *([Composition((view.base_index,))] if view.kind.has_base else [])]
+        for target in extra:
+            entry = self.session.cached(view, target, s)
+            if entry is not None:
+                name = "base: " + target.label if target.rows == (view.base_index,) and view.kind.has_base else target.label
+                records.append(ExportRecord(name, None, "", {}, entry.text, entry.num_tokens))
+        return records
+
+    def action_export(self) -> None:
+        view, s = self._need_view()
+        records = self.export_records()
+        if not records:
+            raise MelboError("no completion on this prompt and settings yet: nothing to export")
+        default = free_path(self.options.workspace, f"{view.path.stem}.completions", (".jsonl", ".txt"))
+        rows = sum(r.row is not None for r in records)
+        self.ask(LineInputScreen(f"Export {len(records)} completions on {s.prompt!r}: the {rows} of the "
+                                 f"{self.vector_list.row_count} listed rows made on this prompt, then what else is shown "
+                                 "(composition, unsteered, base); JSONL and a .txt beside it, relative to the workspace",
+                                 show_path(default, self.options.workspace), "file name"),
+                 functools.partial(self._export, view, records))
+
+    def _export(self, view: BankView, records: list[ExportRecord], text: str | None) -> None:
         if text is None or not text.strip():
             return
-        jsonl, readable = export_paths(text, view.path.resolve().parent)
-        cache = self.session.cache_for(view)
-        for path in (jsonl, readable):
-            cache.export(path)
-        self.notify(f"exported {len(cache)} completions to {jsonl} and {readable.name}", timeout=8)
+        workspace = self.options.workspace
+        name = text.strip().removesuffix(".jsonl").removesuffix(".txt")  # the two files share a name
+        jsonl, readable = output_path(workspace, name + ".jsonl"), output_path(workspace, name + ".txt")
+        s = self.settings
+        assert s is not None
+        g = s.generation
+        heading: dict[str, object] = {"bank": str(view.path.resolve()), "model": self.options.backend.model_name,
+                                      "prompt": s.prompt, "system": s.system, "raw": s.raw, "max_new_tokens": g.max_new_tokens,
+                                      "temperature": g.temperature, "seed": g.seed, "scale": s.scale}
+        write_completions(jsonl, readable, heading, records)
+        self.notify(f"exported {len(records)} completions to {jsonl.resolve()} and {readable.name}", timeout=8)
 
     def action_measure(self) -> None:
         from melbo_tui.kinds import Metric, default_kl
@@ -520,68 +627,91 @@ class MainScreen(Screen[None]):
             raise MelboError(self.session.fit_errors[view.digest])
 
     def action_ortho(self) -> None:
-        view, _ = self._need_view()
+        view, s = self._need_view()
         row = self.vector_list.current_row()
         if row is None:
             raise MelboError("no vector highlighted")
         self._check_job_can_start(view)
-        self.ask(LineInputScreen(f"MELBO-ortho from vector {row} of {view.name}: how many orthogonal vectors?", "64", "e.g. 64"),
-                 functools.partial(self._start_ortho, view, row))
+        meta = view.bank.meta
+        if not meta.prompts:
+            raise MelboError(f"{view.name} records no prompt to run MELBO-ortho on")
+        workspace = self.options.workspace
+        default = free_path(workspace, f"{view.path.stem}.ortho-from{row}")
+        prompt = meta.prompts[0] if len(meta.prompts) == 1 else f"{meta.prompts[0]!r} and {len(meta.prompts) - 1} more"
+        note = "" if meta.prompts[0] == s.prompt else f" (the bank's; you are completing {s.prompt!r})"
+        bank_path = view.path
 
-    def _start_ortho(self, view: BankView, row: int, text: str | None) -> None:
-        if text is None or not text.strip():
-            return
-        try:
-            count = int(text.strip())
-        except ValueError:
-            raise MelboError(f"'{text.strip()}' is not a number of vectors") from None
-        if not 0 < count < view.bank.hidden_size:
-            raise MelboError(f"the count must be 1..{view.bank.hidden_size - 1} (d_model - 1)")
-        self._check_job_can_start(view)
-        out = ortho_output_path(view.path, row)
-        backend = self.options.backend
-        self.notify(f"MELBO-ortho from vector {row}: {count} vectors into {out}", timeout=5)
-        self.jobs.start("ortho", out, lambda progress, stop: backend.run_ortho(view.bank, view.path, row, count, out, progress, stop))
+        def build(values: dict[str, str]) -> Job:
+            count = _whole(values["count"], "the number of vectors")
+            if not 0 < count < view.bank.hidden_size:
+                raise InputError(f"the number of vectors must be 1..{view.bank.hidden_size - 1} (d_model - 1)")
+            return OrthoJob(view.bank, bank_path, row, count, output_path(workspace, values["out"]))
+
+        form = JobForm(
+            title=f"MELBO-ortho from vector {row} of {view.name}: vectors orthogonal to it with its effect",
+            facts=(("prompt", f"{prompt!r}{note}" if len(meta.prompts) == 1 else prompt + note),
+                   ("layers", f"{meta.source_layer} -> {meta.target_layer} · objective tokens (sink left out) · "
+                              "60 L-BFGS evaluations per vector · then every row measured")),
+            fields=(JobField("count", "vectors", str(min(ORTHO_COUNT, view.bank.hidden_size - 1))),
+                    JobField("out", "output", show_path(default, workspace))),
+            build=build, count=lambda job: cast(OrthoJob, job).count)
+        self.ask(JobScreen(form, self.options.backend, workspace), functools.partial(self._start_job, view))
 
     def action_train(self) -> None:
         view, s = self._need_view()
         self._check_job_can_start(view)
         meta = view.bank.meta
         radius = meta.radius if meta.radius else MELBO_RADIUS
-        self.ask(LineInputScreen(f"MELBO on {s.prompt!r}, layers {meta.source_layer}->{meta.target_layer}, R={radius:g}: "
-                                 f"how many vectors [and steps, default {MELBO_STEPS}]?", "8", "e.g. 8 or 8 100"),
-                 functools.partial(self._start_melbo, view, radius))
+        workspace = self.options.workspace
+        default = free_path(workspace, f"{view.path.stem}.melbo-L{meta.source_layer}-R{radius:g}")
 
-    def _start_melbo(self, view: BankView, radius: float, text: str | None) -> None:
-        if text is None or not text.strip() or self.settings is None:
+        def build(values: dict[str, str]) -> Job:
+            count = _whole(values["count"], "the number of vectors")
+            steps = _whole(values["steps"], "the number of steps")
+            if not 0 < count <= view.bank.hidden_size:
+                raise InputError(f"the number of vectors must be 1..{view.bank.hidden_size} (d_model)")
+            if steps <= 0:
+                raise InputError("the number of steps must be positive")
+            return MelboJob(prompt=s.prompt, system=s.system, raw=s.raw, source_layer=meta.source_layer,
+                            target_layer=meta.target_layer, radius=radius, out=output_path(workspace, values["out"]),
+                            count=count, steps=steps, batch_vectors=min(4, count))
+
+        form = JobForm(
+            title=f"MELBO: new vectors on the prompt being completed, with {view.name}'s layers and radius",
+            facts=(("prompt", repr(s.prompt) + (f" · system {s.system!r}" if s.system is not None else "")),
+                   ("layers", f"{meta.source_layer} -> {meta.target_layer} · R = {radius:g} · 4 vectors per batch")),
+            fields=(JobField("count", "vectors", str(MELBO_COUNT)), JobField("steps", "steps", str(MELBO_STEPS)),
+                    JobField("out", "output", show_path(default, workspace))),
+            build=build, count=lambda job: cast(MelboJob, job).count)
+        self.ask(JobScreen(form, self.options.backend, workspace), functools.partial(self._start_job, view))
+
+    def _start_job(self, view: BankView, job: Job | None) -> None:
+        if job is None:
             return
-        words = text.split()
-        try:
-            count = int(words[0])
-            steps = int(words[1]) if len(words) > 1 else MELBO_STEPS
-        except ValueError:
-            raise MelboError(f"'{text.strip()}' is not a number of vectors (and of steps), e.g. 8 or 8 100") from None
-        if len(words) > 2 or not 0 < count <= view.bank.hidden_size:
-            raise MelboError(f"give the number of vectors, 1..{view.bank.hidden_size} (d_model), and optionally the steps")
-        if steps <= 0:
-            raise MelboError("the number of steps must be positive")
         self._check_job_can_start(view)
-        s, meta = self.settings, view.bank.meta
-        job = MelboJob(prompt=s.prompt, system=s.system, raw=s.raw, source_layer=meta.source_layer,
-                       target_layer=meta.target_layer, radius=radius, count=count, steps=steps, batch_vectors=min(4, count))
-        out = melbo_output_path(view.path, meta.source_layer, radius)
         backend = self.options.backend
-        self.notify(f"MELBO: {count} vectors on {s.prompt!r} into {out}; its bank opens after the first batch", timeout=6)
-        self.jobs.start("melbo", out, lambda progress, stop: backend.run_melbo(job, out, progress, stop))
+        where = show_path(job.out, self.options.workspace)
+        if isinstance(job, OrthoJob):
+            self.notify(f"MELBO-ortho from vector {job.base_row}: {job.count} vectors into {where}; "
+                        "its bank opens after the first vector", timeout=6)
+            self.jobs.start("ortho", job.out, lambda progress, stop: backend.run_ortho(job, progress, stop))
+        else:
+            self.notify(f"MELBO: {job.count} vectors on {job.prompt!r} into {where}; its bank opens after the first batch",
+                        timeout=6)
+            self.jobs.start("melbo", job.out, lambda progress, stop: backend.run_melbo(job, progress, stop))
 
     @on(JobRunner.Checkpoint)
     def _job_checkpoint(self, message: JobRunner.Checkpoint) -> None:
         new = message.view
         index = self.session.replace_or_add(new)
         if index is None:
-            self.notify(f"opened {new.name}: it fills in as blocks are saved (n switches banks)", timeout=6)
+            if self.settings is not None:
+                self.session.relabel(new, self.settings)
+            self.notify(f"opened {new.name}: it fills in as vectors are saved (n switches banks)", timeout=6)
             self.status.bank_of = f"{self.view_index + 1}/{len(self.session.views)}"
         elif index == self.view_index:
+            if self.settings is not None:
+                self.session.relabel(new, self.settings)
             self.query_one("#sparklines", BankSparklines).set_view(new)
             self.vector_list.show_view(new)  # the same bank grown: the highlight stays where the user left it
 
@@ -602,8 +732,15 @@ class MainScreen(Screen[None]):
     def palette_commands(self) -> Iterable[SystemCommand]:
         """Every key of this screen and of the list, by name."""
         for spec in MAIN_KEYS:
-            yield SystemCommand(spec.description.split(":")[0], f"key: {spec.keys} ({spec.id})",
+            yield SystemCommand(spec.description.split(":")[0], f"key {key_name(spec.keys)}",
                                 functools.partial(self.run_action, spec.action))
         for spec in LIST_KEYS:
-            yield SystemCommand(spec.description.split(":")[0], f"key: {spec.keys} ({spec.id})",
+            yield SystemCommand(spec.description.split(":")[0], f"key {key_name(spec.keys)}",
                                 functools.partial(self.vector_list.run_action, spec.action))
+
+
+def _whole(text: str, what: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise InputError(f"{what}: '{text.strip()}' is not a whole number") from None

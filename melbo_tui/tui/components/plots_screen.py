@@ -13,17 +13,22 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+from textual import events
 from textual.app import ComposeResult
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
 from melbo_tui.tui import spark
 from melbo_tui.tui.bankview import BankView, title
+from melbo_tui.tui.columns import is_flat
+from melbo_tui.tui.components.footer import ExplorerFooter
 from melbo_tui.tui.keymap import PLOT_KEYS, bindings
 
 WINDOWS = (1, 5, 10, 25, 50, 100, 200)
 MAX_PLOTS = 4
+PLOT_HEIGHT = 10  # lines a plot needs to be read (title, a few ticks, the x axis); fewer plots show on a short terminal
+VALUES, AVERAGE, CURSOR = "cyan", "orange", "red"
 
 
 def integer_ticks(lo: int, hi: int, count: int = 6) -> list[int]:
@@ -32,11 +37,6 @@ def integer_ticks(lo: int, hi: int, count: int = 6) -> list[int]:
         return [lo]
     step = max(1, math.ceil((hi - lo) / (count - 1)))
     return [*range(lo, hi, step), hi]
-
-
-def is_flat(values: list[float]) -> bool:
-    known = [v for v in values if not math.isnan(v)]
-    return bool(known) and max(known) - min(known) <= 1e-6 * max(1.0, *(abs(v) for v in known))
 
 
 class PlotsScreen(Screen[None]):
@@ -52,18 +52,33 @@ class PlotsScreen(Screen[None]):
         self._on_move = on_move
         first = view.kl_column
         others = [c for c in view.columns() if c not in (first, "norm")]
-        base = view.base_index
-        self.flat = [c for c in others if is_flat(view.values[c][:base] + view.values[c][base + 1 :])]
+        self.flat = [c for c in others if is_flat(view, c)]
         self.columns = [first, "norm", *[c for c in others if c not in self.flat]][:MAX_PLOTS]
+        self._room = len(self.columns)
 
     def compose(self) -> ComposeResult:
         yield Static("", id="plots-caption")
         for column in self.columns:
             yield PlotextPlot(id=f"plot-{column}")
-        yield Footer()
+        yield ExplorerFooter()
 
     def on_mount(self) -> None:
+        self._fit(self.app.size.height)
         self.redraw()
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._fit(event.size.height)
+        self.redraw()
+
+    @property
+    def shown(self) -> list[str]:
+        """The columns plotted now: as many as the height gives `PLOT_HEIGHT` lines each (at least one)."""
+        return self.columns[: self._room]
+
+    def _fit(self, height: int) -> None:
+        self._room = max(1, min(len(self.columns), (height - 4) // PLOT_HEIGHT))
+        for i, column in enumerate(self.columns):
+            self.query_one(f"#plot-{column}", PlotextPlot).display = i < self._room
 
     @property
     def window(self) -> int:
@@ -82,11 +97,12 @@ class PlotsScreen(Screen[None]):
         other = 1 if self.view.base_index == 0 else 0
         flat = "".join(f"; {title(c)} is {round(self.view.value(c, other), 4) + 0.0:g} on every row but the base (not plotted)"
                        for c in self.flat)
+        hidden = self.columns[len(self.shown):]
+        more = f"; {', '.join(title(c) for c in hidden)} on a taller terminal" if hidden else ""
         self.query_one("#plots-caption", Static).update(
-            f"{self.view.name}: vectors {lo}..{hi} of {len(self.view)}, cursor {self.cursor}, "
-            f"{title(first)} moving average over {self.window}{flat}"
+            f"{self.view.name}: vectors {lo}..{hi} of {len(self.view)}, cursor {self.cursor} (red){flat}{more}"
         )
-        for column in self.columns:
+        for column in self.shown:
             values = self.view.values.get(column, [math.nan] * len(self.view))
             smooth = spark.moving_average(values, self.window) if column == first else None
             self._draw(column, xs, values, smooth)
@@ -102,13 +118,14 @@ class PlotsScreen(Screen[None]):
         known = [(x, values[x]) for x in xs if not math.isnan(values[x])]
         if not known:
             plt.title(f"{caption}: not measured yet")
-        else:
-            plt.title(caption)
-            plt.plot([x for x, _ in known], [y for _, y in known], marker="braille", label=name)
+        else:  # what each colour is goes in the title: a legend box would cover the data
+            average = f", moving average over {self.window} ({AVERAGE})" if smooth is not None else ""
+            plt.title(f"{caption} ({VALUES}){average}")
+            plt.plot([x for x, _ in known], [y for _, y in known], marker="braille", color=VALUES)
             if smooth is not None:
                 sm = [(x, smooth[x]) for x in xs if not math.isnan(smooth[x])]
-                plt.plot([x for x, _ in sm], [y for _, y in sm], marker="braille", label=f"moving avg {self.window}")
-            plt.vertical_line(self.cursor, color="red")
+                plt.plot([x for x, _ in sm], [y for _, y in sm], marker="braille", color=AVERAGE)
+            plt.vertical_line(self.cursor, color=CURSOR)
             plt.xlim(xs[0], xs[-1])
             ticks = integer_ticks(xs[0], xs[-1])
             plt.xticks([float(t) for t in ticks], [str(t) for t in ticks])

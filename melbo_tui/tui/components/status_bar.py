@@ -2,7 +2,7 @@
 
 When the line is too narrow, fields give way by priority (`fit`): the least important take their
 short form, then go. The list's own state (bank and rows 8; selection, sort, composition mode and
-scale 9) outranks transient news (model line 2, generating 3, measuring 4, job 5), so a streaming
+scale 9) outranks transient news (read-ahead 1, model line 2, generating 3, measuring 4, job 5), so a streaming
 completion never hides what the user has selected or how the list is sorted.
 """
 
@@ -62,6 +62,7 @@ class StatusBar(Widget):
     generating: reactive[bool] = reactive(False)
     metrics: reactive[str] = reactive("")  # e.g. "measuring KL 32/576"
     job: reactive[str] = reactive("")  # e.g. "ortho 4/8 [████░░░░░░] step 3/60 loss 0.51"
+    read_ahead: reactive[str] = reactive("")  # e.g. "read ahead 3/12"
     bank: reactive[str] = reactive("loading bank…")  # the bank's file name, or why there is none
     bank_of: reactive[str] = reactive("")  # "2/3" when several banks are open
     rows: reactive[tuple[int, int]] = reactive((0, 0))  # shown, total
@@ -81,6 +82,8 @@ class StatusBar(Widget):
             out.append(Field(self.metrics, self.metrics.removeprefix("measuring "), 4))
         if self.job:
             out.append(Field(self.job, " ".join(self.job.split()[:2]), 5))
+        if self.read_ahead:
+            out.append(Field(self.read_ahead, self.read_ahead.removeprefix("read "), 1, "dim"))
         shown, total = self.rows
         where = f"bank {self.bank_of} {self.bank}" if self.bank_of else self.bank
         out.append(Field(f"{where} ({shown}/{total} rows)", f"{self.bank} ({shown}/{total})", 8) if total else Field(where, where, 8))

@@ -17,12 +17,13 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from melbo_tui.compose import ComposeMode, Composition
 from melbo_tui.errors import MelboError
 from melbo_tui.tui.bankview import BankView
+from melbo_tui.tui.components.footer import ExplorerFooter
 from melbo_tui.tui.failures import error_line
 from melbo_tui.tui.keymap import SWEEP_KEYS, bindings
 from melbo_tui.tui.session import Session
@@ -60,7 +61,7 @@ class SweepScreen(Screen[None]):
             for t in self.targets:
                 k = len(t.rows)
                 yield Static(f"k={k:<5}…", id=f"sweep-k{k}", classes="sweep-row", markup=False)
-        yield Footer()
+        yield ExplorerFooter()
 
     def on_mount(self) -> None:
         self.run_worker(self._sweep, name="sweep", group="sweep", description="composition sweep", thread=True,

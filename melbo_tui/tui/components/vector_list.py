@@ -2,16 +2,19 @@
 
 The list owns what a user does to it: the highlighted row, the selection, the filter and the
 sort, as reactives, and tells the screen through its own messages (`Highlighted`,
-`SelectionChanged`, `Listed`). It remembers the cursor and the selection of every bank it has
-shown, so switching banks and back returns to where the user was. Row keys are bank indices as
-strings, so a row keeps its identity through filters and sorts. Columns are the bank's metric
-columns (`BankView.columns`), whatever they are, with the KL worth reading first.
+`SelectionChanged`, `Listed`). Cursor, selection, sort and filter belong to each bank: switching
+banks and back returns to where the user was, and a sort of one bank never reorders another.
+Row keys are bank indices as strings, so a row keeps its identity through filters and sorts.
+Columns are the bank's metric columns, the KL worth reading first (marked ✓ where a row beats
+the unsteered model), then as many of the others as the width holds; the header shows the sort
+direction, and * on a column measured on another prompt than the one being completed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,13 +27,19 @@ from textual.widgets.data_table import CellDoesNotExist, RowDoesNotExist
 
 from melbo_tui.errors import MelboError
 from melbo_tui.tui import spark
-from melbo_tui.tui.bankview import BankView, title
+from melbo_tui.tui.bankview import BankView
+from melbo_tui.tui.columns import fmt, info, is_flat
 from melbo_tui.tui.filters import Predicate, parse_filter, sort_keys, visible_rows
 from melbo_tui.tui.keymap import LIST_KEYS, bindings
 
 WINDOW = 7  # rows in the inline sparkline cells
 MARK = "●"
-FORMATS = {"norm": ".1f", "cos_base": ".2f", "sigma": ".3g", "score": ".3g"}  # the rest: KL-like, 3 decimals
+BASE_MARK = "θ0 "  # before the base row's label, where the base is a reference
+ARROWS = {False: " ▲", True: " ▼"}
+PADDING = 2  # a DataTable cell's padding, both sides
+SCROLLBAR = 1
+SPARK_COLUMNS = ("kl_spark", "norm_spark")
+NBSP = "\u00a0"  # holds the ✓'s place (a plain space would be trimmed by the right justification)
 
 
 @dataclass
@@ -39,6 +48,9 @@ class _Memory:
 
     row: int | None
     selected: frozenset[int]
+    sort_key: str = "idx"
+    sort_reverse: bool = False
+    filter_text: str = ""
 
 
 class VectorList(DataTable[str | Text]):
@@ -75,9 +87,10 @@ class VectorList(DataTable[str | Text]):
 
     @dataclass
     class Listed(Message):
-        """The rows shown changed (a bank, a filter, a sort): `shown` of `total` rows."""
+        """The rows shown changed (a bank, a filter, a sort): `shown` of `total` rows of `view`."""
 
         vector_list: VectorList
+        view: BankView
         shown: int
         total: int
 
@@ -90,8 +103,10 @@ class VectorList(DataTable[str | Text]):
         self._view: BankView | None = None
         self._predicate: Predicate | None = None
         self._memory: dict[Path, _Memory] = {}
-        self._columns: list[str] = []
+        self._columns: list[str] = []  # metric and sparkline columns shown, after sel, idx and label
+        self._header: tuple[object, ...] = ()
         self._sparks: dict[str, list[str]] = {}
+        self.prompt: str | None = None  # the prompt being completed: columns measured on another are marked *
 
     # ----- what is shown ------------------------------------------------------------------
 
@@ -112,16 +127,32 @@ class VectorList(DataTable[str | Text]):
     def shown_rows(self) -> list[int]:
         return [int(k.value) for k in self.rows if k.value is not None]
 
+    @property
+    def columns_shown(self) -> list[str]:
+        """The metric (and sparkline) columns the list shows, in order."""
+        return list(self._columns)
+
     def show_view(self, view: BankView) -> None:
-        """Show another bank (or a new checkpoint of this one), where the user last was in it."""
+        """Show another bank (or a new checkpoint of this one), where the user last was in it: cursor,
+        selection, sort and filter are each bank's own."""
         if self._view is not None:
-            self._memory[self._view.path] = _Memory(self.current_row(), self.selected)
+            self._memory[self._view.path] = _Memory(self.current_row(), self.selected, self.sort_key, self.sort_reverse,
+                                                    self.filter_text)
         memory = self._memory.get(view.path, _Memory(view.base_index, frozenset()))
         same_bank = self._view is not None and self._view.path == view.path
         self._view = view
         self.range_anchor = None
         self.set_reactive(VectorList.selected, frozenset(r for r in memory.selected if r < len(view)))
-        self._predicate = self._parse(self.filter_text)
+        keys = sort_keys(view)
+        self.set_reactive(VectorList.sort_key, memory.sort_key if memory.sort_key in keys else "idx")
+        self.set_reactive(VectorList.sort_reverse, memory.sort_reverse)
+        self.set_reactive(VectorList.filter_text, memory.filter_text)
+        try:
+            self._predicate = self._parse(self.filter_text)
+        except MelboError:  # a filter this bank cannot read (a column it lacks): cleared, not carried
+            self.set_reactive(VectorList.filter_text, "")
+            self._predicate = None
+        self._header = ()
         self.refill(keep=memory.row)
         if not same_bank:
             self.post_message(self.SelectionChanged(self, view, self.selected))
@@ -140,39 +171,117 @@ class VectorList(DataTable[str | Text]):
             self.add_row(*self._cells(row, row in self.selected), key=str(row))
         if (keep is None or not self.move_to(keep)) and rows:
             self.move_cursor(row=0, animate=False)
-        self.post_message(self.Listed(self, len(rows), len(view)))
+        self.post_message(self.Listed(self, view, len(rows), len(view)))
         current = self.current_row()
         if current is not None:
             self.post_message(self.Highlighted(self, view, current))
 
+    def refresh_labels(self, rows: Iterable[int] | None = None) -> None:
+        """Show the labels again (a completion made on the current settings labelled its row)."""
+        view = self._view
+        if view is None:
+            return
+        for row in range(len(view)) if rows is None else rows:
+            with contextlib.suppress(RowDoesNotExist, KeyError, CellDoesNotExist):  # filtered out: right when shown
+                self.update_cell(str(row), "label", self._label_cell(row), update_width=True)
+
+    def on_resize(self) -> None:
+        if self._view is not None and self._wanted_columns(self._view) != self._columns:
+            self.refill()
+
+    @staticmethod
+    def _candidates(view: BankView) -> list[str]:
+        """The columns the list would like, by priority: the first KL, err, norm, the other metrics
+        that vary, the sparklines. A column the same on every row but the base (cos to θ0) says
+        nothing per row: `i` names it instead."""
+        first = view.kl_column
+        metrics = [first, *[c for c in ("err", "norm") if c != first and view.has(c)]]
+        metrics += [c for c in view.columns() if c not in metrics and not is_flat(view, c)]
+        return [*metrics, *SPARK_COLUMNS]
+
+    def _fixed_width(self, view: BankView) -> int:
+        """The selection mark, the index and the label, padded, and the scrollbar."""
+        return SCROLLBAR + sum(w + PADDING for w in (1, self._idx_width(view), self._label_width(view)))
+
+    def _wanted_columns(self, view: BankView) -> list[str]:
+        """The candidate columns that fit the list's width, in order of priority (the first KL always)."""
+        first = view.kl_column
+        candidates = self._candidates(view)
+        width = self.size.width or 10_000  # before the first layout: everything, the next resize trims
+        used = self._fixed_width(view)
+        chosen = []
+        for column in candidates:
+            need = self._column_width(view, column) + PADDING
+            if used + need > width and column != first:
+                continue
+            chosen.append(column)
+            used += need
+        return [c for c in candidates if c in chosen]
+
+    def _column_width(self, view: BankView, column: str) -> int:
+        """Cells the column's widest value or its header takes (DataTable adds the padding)."""
+        header = len(self._title(column, info(column).title))
+        if column in SPARK_COLUMNS:
+            return max(WINDOW, header)
+        values = view.values.get(column, [])
+        widest = max((len(fmt(v, column)) for v in values), default=1)
+        if column == view.kl_column and view.bar(column) is not None:
+            widest += 1  # the ✓ (or its blank)
+        return max(widest, header)
+
+    def _idx_width(self, view: BankView) -> int:
+        return max(len(str(len(view) - 1)), len(self._title("idx", "idx")))
+
+    def _label_width(self, view: BankView) -> int:
+        header = len(self._title("label", "label"))
+        return max(header, *(self._label_cell(r).cell_len for r in range(len(view))))
+
     def _set_columns(self, view: BankView) -> None:
-        columns = view.columns()
-        if columns != self._columns:
+        columns = self._wanted_columns(view)
+        header = (tuple(columns), self.sort_key, self.sort_reverse, self.prompt, tuple(sorted(view.measured_on.items())))
+        if header != self._header:
             self.clear(columns=True)
             self.add_column(" ", key="sel")
-            self.add_column("idx", key="idx")
-            self.add_column("label", key="label")
+            self.add_column(self._title("idx", "idx"), key="idx")
+            self.add_column(self._title("label", "label"), key="label")
             for column in columns:
-                self.add_column(title(column), key=column)
-            self.add_column("KL~", key="kl_spark")
-            self.add_column("norm~", key="norm_spark")
-            self._columns = columns
+                self.add_column(self._title(column, info(column).title), key=column)
+            self._columns, self._header = columns, header
+        kl = view.values.get(view.kl_column, [math.nan] * len(view))
         self._sparks = {
-            "kl": spark.window_cells(spark.scaled(view.values.get(columns[0], [math.nan] * len(view)), log=True), WINDOW),
-            "norm": spark.window_cells(spark.scaled(view.values["norm"]), WINDOW),
+            "kl_spark": spark.window_cells(spark.scaled(kl, log=True), WINDOW),
+            "norm_spark": spark.window_cells(spark.scaled(view.values["norm"]), WINDOW),
         }
+
+    def _title(self, key: str, text: str) -> str:
+        """A column's header: its name, the sort arrow, and * when it was measured on another prompt."""
+        view = self._view
+        stale = view is not None and self.prompt is not None and view.prompt_of(key) not in (None, self.prompt)
+        return f"{text}{'*' if stale else ''}{ARROWS[self.sort_reverse] if key == self.sort_key else ''}"
 
     def _cells(self, row: int, is_selected: bool) -> list[str | Text]:
         view = self._view
         assert view is not None
-        return [
-            MARK if is_selected else " ",
-            Text(str(row), justify="right"),
-            view.labels[row],  # whole: the column is as wide as the longest label
-            *(_fmt(view.value(c, row), FORMATS.get(c, ".3f")) for c in self._columns),
-            self._sparks["kl"][row],
-            self._sparks["norm"][row],
-        ]
+        cells: list[str | Text] = [MARK if is_selected else " ", Text(str(row), justify="right"), self._label_cell(row)]
+        for column in self._columns:
+            if column in SPARK_COLUMNS:
+                cells.append(self._sparks[column][row])
+            elif column == view.kl_column and view.bar(column) is not None:
+                beats = view.beats(column, row)
+                cells.append(Text(fmt(view.value(column, row), column) + ("✓" if beats else NBSP), justify="right",
+                                  style="green" if beats else ""))
+            else:
+                cells.append(Text(fmt(view.value(column, row), column), justify="right"))
+        return cells
+
+    def _label_cell(self, row: int) -> Text:
+        view = self._view
+        assert view is not None
+        label, current = view.label(row)
+        text = Text(BASE_MARK, style="bold") if view.kind.has_base and row == view.base_index else Text()
+        if label:
+            text.append(label if current else f"({label})", style="" if current else "dim italic")
+        return text
 
     def move_to(self, row: int) -> bool:
         """Put the cursor on bank row `row`; False if that row is filtered out."""
@@ -184,8 +293,11 @@ class VectorList(DataTable[str | Text]):
         return True
 
     def natural_width(self) -> int:
-        """Cells the table needs to show every column whole (padding and scrollbar included)."""
-        return sum(column.get_render_width(self) for column in self.columns.values()) + 2
+        """Cells the table needs to show every column it would like (padding and scrollbar included)."""
+        view = self._view
+        if view is None:
+            return 0
+        return self._fixed_width(view) + sum(self._column_width(view, c) + PADDING for c in self._candidates(view))
 
     # ----- filter and sort ----------------------------------------------------------------
 
@@ -234,7 +346,7 @@ class VectorList(DataTable[str | Text]):
     def _header_selected(self, event: DataTable.HeaderSelected) -> None:
         event.stop()
         key = str(event.column_key.value)
-        if key in ("idx", "label") or key in self._columns:
+        if key in ("idx", "label") or (key in self._columns and key not in SPARK_COLUMNS):
             self.sort_by(key)
 
     # ----- cursor -------------------------------------------------------------------------
@@ -304,7 +416,3 @@ class VectorList(DataTable[str | Text]):
         row %= n
         if not self.move_to(row):
             raise MelboError(f"vector {row} is hidden by the filter '{self.filter_text}'")
-
-
-def _fmt(value: float, spec: str) -> Text:
-    return Text("–" if math.isnan(value) else format(value, spec), justify="right")
