@@ -24,6 +24,15 @@ _EXPORTS = {
     "find_orthogonal": "melbo_tui.api",
     "bank_metrics": "melbo_tui.api",
     "generate": "melbo_tui.api",
+    "train_dct": "melbo_tui.api",
+    "power_steering": "melbo_tui.api",
+    "calibrate": "melbo_tui.api",
+    "ablate": "melbo_tui.ablation",
+    "MelboConfig": "melbo_tui.melbo",
+    "OrthoConfig": "melbo_tui.ortho",
+    "DCTConfig": "melbo_tui.dct",
+    "JacobianConfig": "melbo_tui.jacobian",
+    "MelboCalibration": "melbo_tui.calibration",
     "encode": "melbo_tui.prompts",
     "steer": "melbo_tui.steering",
     "compose": "melbo_tui.compose",
@@ -36,8 +45,8 @@ _EXPORTS = {
     "load_bank": "melbo_tui.bank",
     "save_bank": "melbo_tui.bank",
     "SinkRule": "melbo_tui.sink",
-    "Objective": "melbo_tui.ortho",
-    "Strategy": "melbo_tui.ortho",
+    "Objective": "melbo_tui.kinds",
+    "Strategy": "melbo_tui.kinds",
     "MelboError": "melbo_tui.errors",
 }
 
@@ -46,23 +55,32 @@ __all__ = [
     "BankMeta",
     "ComposeMode",
     "Composition",
+    "DCTConfig",
+    "JacobianConfig",
     "LoadedModel",
+    "MelboCalibration",
+    "MelboConfig",
     "MelboError",
     "Metric",
     "ModelRequest",
     "Objective",
+    "OrthoConfig",
     "SinkRule",
     "Strategy",
     "VectorBank",
+    "ablate",
     "bank_metrics",
+    "calibrate",
     "compose",
     "encode",
     "find_orthogonal",
     "generate",
     "load_bank",
     "load_model",
+    "power_steering",
     "save_bank",
     "steer",
+    "train_dct",
     "train_melbo",
     "wrap_model",
 ]
@@ -82,13 +100,18 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the lazy __getattr__ above does this
-    from melbo_tui.api import bank_metrics, find_orthogonal, generate, train_melbo, wrap_model
+    from melbo_tui.ablation import ablate
+    from melbo_tui.api import bank_metrics, calibrate, find_orthogonal, generate, power_steering, train_dct, train_melbo, wrap_model
     from melbo_tui.bank import BankMeta, VectorBank, load_bank, save_bank
+    from melbo_tui.calibration import MelboCalibration
     from melbo_tui.compose import ComposeMode, Composition, compose
+    from melbo_tui.dct import DCTConfig
     from melbo_tui.errors import MelboError
-    from melbo_tui.kinds import BankKind, Metric
+    from melbo_tui.jacobian import JacobianConfig
+    from melbo_tui.kinds import BankKind, Metric, Objective, Strategy
+    from melbo_tui.melbo import MelboConfig
     from melbo_tui.models import LoadedModel, ModelRequest, load_model
-    from melbo_tui.ortho import Objective, Strategy
+    from melbo_tui.ortho import OrthoConfig
     from melbo_tui.prompts import encode
     from melbo_tui.sink import SinkRule
     from melbo_tui.steering import steer

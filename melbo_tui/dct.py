@@ -55,13 +55,14 @@ from pathlib import Path
 import torch
 
 from melbo_tui.bank import BankMeta, VectorBank, load_bank, save_bank
-from melbo_tui.calibrate import RatioPoint, calibrate_dct
+from melbo_tui.calibration import RatioPoint, calibrate_dct
 from melbo_tui.errors import BankError, InputError, Stopped
 from melbo_tui.kinds import BankKind, Metric
 from melbo_tui.metrics import batched
 from melbo_tui.models import LoadedModel
 from melbo_tui.prompts import encode
 from melbo_tui.response import TargetResponse, check_inputs
+from melbo_tui.scale import model_scale
 
 ResponseFn = Callable[[torch.Tensor], torch.Tensor]  # thetas [K, d] -> Delta [K, d_out], differentiable
 StopFn = Callable[[], bool]
@@ -69,7 +70,7 @@ StopFn = Callable[[], bool]
 
 @dataclass(frozen=True)
 class DCTConfig:
-    """How to fit; `radius` None means: calibrate it first (`calibrate.calibrate_dct`)."""
+    """How to fit; `radius` None means: calibrate it first (`calibration.calibrate_dct`)."""
 
     num_vectors: int = 64  # m, the number of factors
     iterations: int = 10  # tau, OGI steps
@@ -82,17 +83,17 @@ class DCTConfig:
 
     def check(self, hidden_size: int) -> None:
         if not 0 < self.num_vectors <= hidden_size:
-            raise InputError(f"--num-vectors must be 1..{hidden_size} (d_model), got {self.num_vectors}")
+            raise InputError(f"`num_vectors` must be 1..{hidden_size} (d_model), got {self.num_vectors}")
         if self.iterations < 0:
-            raise InputError(f"--iterations must be >= 0, got {self.iterations}")
+            raise InputError(f"`iterations` must be >= 0, got {self.iterations}")
         if self.radius is not None and not (0 < self.radius < float("inf")):
-            raise InputError(f"--radius must be a finite number > 0, got {self.radius}")
+            raise InputError(f"`radius` must be a finite number > 0, got {self.radius}")
         if not 0 < self.d_proj <= hidden_size:
-            raise InputError(f"--d-proj must be 1..{hidden_size}, got {self.d_proj}")
+            raise InputError(f"`d_proj` must be 1..{hidden_size}, got {self.d_proj}")
         if not 0 < self.beta <= 1:
-            raise InputError(f"--beta must be in (0, 1], got {self.beta}")
+            raise InputError(f"`beta` must be in (0, 1], got {self.beta}")
         if self.batch_size is not None and self.batch_size <= 0:
-            raise InputError(f"--batch-size must be positive, got {self.batch_size}")
+            raise InputError(f"`batch_size` must be positive, got {self.batch_size}")
 
 
 @dataclass
@@ -320,9 +321,9 @@ def run_dct(
         state, radius, calibration = resume_point(out, lm, run)
     with TargetResponse(lm, run.source_layer, run.target_layer, inputs, config.positions) as response:
         chunk = factor_chunk(config.batch_size, lm.device, len(inputs))
-        if radius is None:
+        if radius is None:  # the authors' bracket, in this model's units (`scale`)
             calibrated = calibrate_dct(response.mean, lm.hidden_size, lm.device, seed=config.seed, chunk=chunk,
-                                       on_point=on_calibration)
+                                       bracket=model_scale(lm, run.source_layer).bracket(), on_point=on_calibration)
             radius, calibration = calibrated.radius, calibrated.to_json()
 
         def checkpoint(current: DCTState) -> None:
@@ -344,7 +345,8 @@ def _bank(lm: LoadedModel, run: DCTRun, raw: bool, radius: float, created_by: st
           result: DCTResult | None = None) -> VectorBank:
     hyper = asdict(run.config)
     hyper.pop("radius")
-    extra: dict[str, object] = {"complete": result is not None}
+    extra: dict[str, object] = {"complete": result is not None, "scale": model_scale(lm, run.source_layer).record(),
+                                "provenance": lm.provenance()}
     if calibration is not None:
         extra["calibration"] = calibration
     meta = BankMeta(kind=BankKind.DCT, model=lm.name, hidden_size=lm.hidden_size, num_layers=lm.num_layers,
@@ -364,21 +366,22 @@ def _bank(lm: LoadedModel, run: DCTRun, raw: bool, radius: float, created_by: st
 
 def resume_point(out: Path, lm: LoadedModel, run: DCTRun) -> tuple[DCTState, float, dict[str, object] | None]:
     """The state, R and calibration saved in a checkpoint made with the same settings; a one-line error otherwise."""
+    from melbo_tui.jobs import check_resumable  # jobs imports the methods; the methods import it only here
+
     raw = run.raw or not lm.has_chat_template
     bank = load_bank(out)
     meta = bank.meta
     hyper = asdict(run.config)
     hyper.pop("radius")
-    same = (meta.kind == BankKind.DCT and meta.model == lm.name and meta.source_layer == run.source_layer
-            and meta.target_layer == run.target_layer and meta.prompts == list(run.prompts)
-            and meta.system_prompt == run.system and meta.raw_prompts == raw and meta.hyperparameters == hyper
-            and (run.config.radius is None or meta.radius == run.config.radius))
-    if not same:
-        raise BankError(f"--resume: {out} was made with other settings (model, layers, prompts or DCT options)")
+    settings: dict[str, object] = {"kind": BankKind.DCT, "source_layer": run.source_layer, "target_layer": run.target_layer,
+                                   "prompts": list(run.prompts), "system": run.system, "raw": raw, **hyper}
+    if run.config.radius is not None:
+        settings["radius"] = run.config.radius
+    check_resumable(out, bank, lm, settings)
     if meta.extra.get("complete"):
-        raise InputError(f"--resume: {out} is already a finished DCT bank")
+        raise InputError(f"`resume`: {out} is already a finished DCT bank")
     if "v" not in bank.aux or "u" not in bank.aux or meta.radius is None:
-        raise BankError(f"--resume: {out} is not a DCT checkpoint (no aux.v / aux.u)")
+        raise BankError(f"`resume`: {out} is not a DCT checkpoint (no aux.v / aux.u)")
     device = lm.device
     state = DCTState(v=bank.aux["v"].to(device), u=bank.aux["u"].to(device), iteration=int(meta.extra.get("iteration", 0)),
                      objective=[float(x) for x in meta.extra.get("objective", [])])

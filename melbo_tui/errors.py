@@ -14,8 +14,8 @@ class MelboError(Exception):
     """Base of every error the user can cause; its message is the one line shown.
 
     Engine errors speak of parameters, not flags: a parameter's name is written in backticks
-    (`` `count` must be positive, got 0 ``) so that each face spells it its own way (`spell`):
-    the CLI as its flag (`--count must be ...`), the explorer and a notebook as the plain name.
+    (`` `num_vectors` must be positive, got 0 ``) so that each face spells it its own way (`spell`):
+    the CLI as its flag (`--num-vectors must be ...`), the explorer and a notebook as the plain name.
     """
 
 

@@ -34,12 +34,13 @@ from dataclasses import asdict, dataclass
 import torch
 
 from melbo_tui.bank import BankMeta, VectorBank
-from melbo_tui.calibrate import RatioPoint, calibrate_dct
+from melbo_tui.calibration import RatioPoint, calibrate_dct
 from melbo_tui.errors import InputError
 from melbo_tui.kinds import BankKind, Metric
 from melbo_tui.models import LoadedModel
 from melbo_tui.prompts import encode
 from melbo_tui.response import TargetResponse
+from melbo_tui.scale import model_scale
 
 ResponseFn = Callable[[torch.Tensor], torch.Tensor]  # thetas [K, d] -> [K, n_out], differentiable
 
@@ -55,13 +56,13 @@ class JacobianConfig:
 
     def check(self, hidden_size: int) -> None:
         if not 0 < self.num_vectors <= hidden_size:
-            raise InputError(f"--num-vectors must be 1..{hidden_size} (d_model), got {self.num_vectors}")
+            raise InputError(f"`num_vectors` must be 1..{hidden_size} (d_model), got {self.num_vectors}")
         if self.iterations < 0:
-            raise InputError(f"--iterations must be >= 0, got {self.iterations}")
+            raise InputError(f"`iterations` must be >= 0, got {self.iterations}")
         if self.radius is not None and not (0 < self.radius < float("inf")):
-            raise InputError(f"--radius must be a finite number > 0, got {self.radius}")
+            raise InputError(f"`radius` must be a finite number > 0, got {self.radius}")
         if self.batch_size is not None and self.batch_size <= 0:
-            raise InputError(f"--batch-size must be positive, got {self.batch_size}")
+            raise InputError(f"`batch_size` must be positive, got {self.batch_size}")
 
 
 @dataclass(frozen=True)
@@ -152,14 +153,15 @@ def run_jacobian(
     raw = raw or not lm.has_chat_template
     inputs = [encode(lm, p, system, raw) for p in prompts]
     scale = 1.0 / math.sqrt(len(inputs))
-    extra: dict[str, object] = {"complete": True}
+    extra: dict[str, object] = {"complete": True, "scale": model_scale(lm, source_layer).record(), "provenance": lm.provenance()}
     with TargetResponse(lm, source_layer, target_layer, inputs, config.positions) as response:
         def stacked(thetas: torch.Tensor) -> torch.Tensor:  # [K, P * positions * d], / sqrt(P)
             return response(thetas).flatten(1) * scale
 
         radius = config.radius
         if radius is None:
-            calibration = calibrate_dct(stacked, lm.hidden_size, lm.device, seed=config.seed, on_point=on_calibration)
+            calibration = calibrate_dct(stacked, lm.hidden_size, lm.device, seed=config.seed,
+                                        bracket=model_scale(lm, source_layer).bracket(), on_point=on_calibration)
             radius = calibration.radius
             extra["calibration"] = calibration.to_json()
         result = top_singular_directions(stacked, lm.hidden_size, config, lm.device, on_progress)

@@ -26,9 +26,30 @@ from melbo_tui.melbo import MelboConfig, TrainProgress, train
 from melbo_tui.models import LoadedModel, check_resume_provenance
 from melbo_tui.ortho import FoundVector, OrthoConfig, OrthoProgress, hyperparameters, search
 from melbo_tui.prompts import encode
+from melbo_tui.scale import model_scale
 from melbo_tui.sink import SinkMode, SinkReport, SinkRule
 
 StopFn = Callable[[], bool]
+
+
+def check_resumable(out: Path, bank: VectorBank, lm: LoadedModel, settings: dict[str, Any]) -> None:
+    """Refuse, in one line naming the first setting that differs, to continue `bank` (the file `out`)
+    with another model, dtype, hub commit or any of `settings` (name -> what this run asks)."""
+    meta = bank.meta
+    recorded = {"kind": meta.kind, "model": meta.model, "hidden_size": bank.hidden_size, "source_layer": meta.source_layer,
+                "target_layer": meta.target_layer, "prompts": list(meta.prompts), "system": meta.system_prompt,
+                "raw": meta.raw_prompts, "radius": meta.radius, **meta.hyperparameters}
+    wanted = {"model": lm.name, "hidden_size": lm.hidden_size, **settings}
+    for key, value in wanted.items():
+        if recorded.get(key) != value:
+            raise BankError(f"cannot resume {out}: it was made with {key} {_shown(recorded.get(key))}, this run asks "
+                            f"{_shown(value)}")
+    check_resume_provenance(meta.extra.get("provenance"), lm, str(out))
+
+
+def _shown(value: Any) -> str:
+    text = repr(value.value if isinstance(value, BankKind) else value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # --- MELBO ---------------------------------------------------------------------------------------
@@ -54,7 +75,8 @@ def melbo_bank(lm: LoadedModel, config: MelboConfig, vectors: torch.Tensor, prom
         source_layer=config.source_layer, target_layer=config.target_layer, prompts=list(prompts),
         system_prompt=system, radius=config.radius, base_index=0, hyperparameters=hyper,
         created_by=created_by, raw_prompts=raw or not lm.has_chat_template,
-        extra={"complete": len(vectors) >= config.num_vectors, "provenance": lm.provenance()},
+        extra={"complete": len(vectors) >= config.num_vectors, "provenance": lm.provenance(),
+               "scale": model_scale(lm, config.source_layer).record()},
     )
     return VectorBank(vectors=vectors.float().cpu(), meta=meta)
 
@@ -100,18 +122,13 @@ def _melbo_resume(out: Path, lm: LoadedModel, config: MelboConfig, prompts: list
     if not out.exists():
         return None
     bank = load_bank(out)
-    meta, hyper = bank.meta, bank.meta.hyperparameters
-    same = (meta.kind == BankKind.MELBO and bank.hidden_size == lm.hidden_size and meta.source_layer == config.source_layer
-            and meta.target_layer == config.target_layer and meta.radius == config.radius and meta.prompts == prompts
-            and hyper.get("seed") == config.seed and hyper.get("batch_vectors") == config.batch_vectors
-            and hyper.get("steps") == config.steps
-            and config.sink.same_positions(hyper.get("sink", SinkRule(SinkMode.KEEP).record())))
-    if not same:
-        raise BankError(f"cannot resume {out}: it was made with other settings (layers, R, prompts, seed, steps, "
-                        "batch size or sink)")
+    check_resumable(out, bank, lm, {"kind": BankKind.MELBO, "source_layer": config.source_layer,
+                                    "target_layer": config.target_layer, "radius": config.radius, "prompts": list(prompts),
+                                    "seed": config.seed, "batch_vectors": config.batch_vectors, "steps": config.steps})
+    if not config.sink.same_positions(bank.meta.hyperparameters.get("sink", SinkRule(SinkMode.KEEP).record())):
+        raise BankError(f"cannot resume {out}: it was made with another sink rule")
     if len(bank) >= config.num_vectors:
         raise InputError(f"cannot resume {out}: it already holds {len(bank)} vectors (`num_vectors` {config.num_vectors})")
-    check_resume_provenance(meta.extra.get("provenance"), lm, str(out))
     return bank.vectors
 
 
@@ -217,20 +234,10 @@ def _ortho_bank(lm: LoadedModel, source: OrthoSource, cfg: OrthoConfig, theta0: 
 
 def _check_ortho_resumable(bank: VectorBank, lm: LoadedModel, source: OrthoSource, theta0: torch.Tensor,
                            hyper: dict[str, Any], out: Path) -> None:
-    meta = bank.meta
-    if meta.kind != BankKind.ORTHO:
-        raise BankError(f"cannot resume {out}: it is a '{meta.kind}' bank, not an ortho bank")
-    if meta.model != lm.name or bank.hidden_size != lm.hidden_size:
-        raise BankError(f"cannot resume {out}: it was made with {meta.model}, the loaded model is {lm.name}")
+    check_resumable(out, bank, lm, {"kind": BankKind.ORTHO, "prompts": list(source.prompts), "system": source.system,
+                                    **hyper})
     if not torch.equal(bank.vectors[0], theta0):
         raise BankError(f"cannot resume {out}: its row 0 is not row {source.base_row} of {source.parent_path}")
-    if meta.prompts != list(source.prompts) or meta.system_prompt != source.system:
-        raise BankError(f"cannot resume {out}: it was made on other prompts")
-    for key, value in hyper.items():
-        if meta.hyperparameters.get(key) != value:
-            raise BankError(f"cannot resume {out}: it was made with {key}={meta.hyperparameters.get(key)!r}, "
-                            f"this run asks {value!r}")
-    check_resume_provenance(meta.extra.get("provenance"), lm, str(out))
 
 
 def _append(bank: VectorBank, vector: FoundVector) -> VectorBank:

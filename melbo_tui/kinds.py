@@ -1,12 +1,17 @@
-"""The vocabulary every face shares: bank kinds and metric names, with no torch to import.
+"""The vocabulary every face shares: bank kinds, metric names and the methods' choices, with no torch to import.
 
-`melbo_tui.bank` re-exports both; the explorer imports them from here before its first frame,
-when importing torch would cost seconds.
+`melbo_tui.bank` re-exports the first two, `ortho` and `calibrate` their enums; the explorer
+imports them from here before its first frame and the CLI to build its help, when importing
+torch would cost seconds.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from melbo_tui.sink import SinkRule
 
 
 class BankKind(StrEnum):
@@ -50,3 +55,27 @@ class Metric(StrEnum):
 def default_kl(kind: BankKind) -> Metric:
     """The KL column that does not mislead: to the base where there is one, else to no steering."""
     return Metric.KL_SEQ if kind.has_base else Metric.KL_UNSTEERED
+
+
+class Strategy(StrEnum):
+    FAST = "fast"  # L-BFGS on cached source-layer activations
+    SEQUENTIAL = "sequential"  # the seed's Adam loop on the full forward pass
+
+
+class Objective(StrEnum):
+    """What "reproduces theta0" means at the target layer (`melbo_tui.ortho`'s docstring says why each)."""
+
+    TOKENS = "tokens"  # per-position match: mean_t ||Z_t(theta) - Z_t(theta0)||^2 over the compared positions
+    SEED = "seed"  # the seed's: ||mean_t Z_t(theta) - mean_t Z_t(theta0)||_2
+
+    @property
+    def default_sink(self) -> SinkRule:
+        """`seed` is the seed's loss verbatim (every position); `tokens` leaves the sink out."""
+        from melbo_tui.sink import SinkMode, SinkRule  # torch: only where a run needs it
+
+        return SinkRule(SinkMode.KEEP) if self == Objective.SEED else SinkRule(SinkMode.EXCLUDE)
+
+
+class CalibrationMethod(StrEnum):
+    MELBO = "melbo"  # quick MELBO vectors per R: the take-off of their target-layer change
+    DCT = "dct"  # random directions: the root of DCT's nonlinear / linear response ratio = 0.5

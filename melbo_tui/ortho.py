@@ -45,13 +45,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from enum import StrEnum
 from typing import Any
 
 import torch
 from torch import nn
 
 from melbo_tui.errors import InputError, Stopped
+from melbo_tui.kinds import Objective, Strategy
 from melbo_tui.models import LoadedModel
 from melbo_tui.prefix import PrefixCache
 from melbo_tui.sink import Positions, SinkMode, SinkReport, SinkRule, select_positions
@@ -62,23 +62,6 @@ SEED_NORM = 7.0  # ... at |theta0| = 7
 SEQUENTIAL_STEPS = 1000  # the seed's
 FAST_EVALUATIONS = 60  # L-BFGS loss evaluations per vector
 LBFGS_HISTORY = 20
-
-
-class Strategy(StrEnum):
-    FAST = "fast"  # L-BFGS on cached source-layer activations
-    SEQUENTIAL = "sequential"  # the seed's Adam loop on the full forward pass
-
-
-class Objective(StrEnum):
-    """What "reproduces theta0" means at the target layer (see the module docstring)."""
-
-    TOKENS = "tokens"  # per-position match: mean_t ||Z_t(theta) - Z_t(theta0)||^2 over the compared positions
-    SEED = "seed"  # the seed's: ||mean_t Z_t(theta) - mean_t Z_t(theta0)||_2
-
-    @property
-    def default_sink(self) -> SinkRule:
-        """`seed` is the seed's loss verbatim (every position); `tokens` leaves the sink out."""
-        return SinkRule(SinkMode.KEEP) if self == Objective.SEED else SinkRule(SinkMode.EXCLUDE)
 
 
 @dataclass(frozen=True)
@@ -101,9 +84,9 @@ class OrthoConfig:
         if self.objective not in Objective.__members__.values():
             raise InputError(f"unknown `objective` '{self.objective}': use {' or '.join(Objective)}")
         if self.count <= 0:
-            raise InputError(f"`count` must be positive, got {self.count}")
+            raise InputError(f"`num_vectors` must be positive, got {self.count}")
         if self.count > hidden_size - 1:
-            raise InputError(f"`count` {self.count}: at most d_model - 1 = {hidden_size - 1} vectors are orthogonal to theta0")
+            raise InputError(f"`num_vectors` {self.count}: at most d_model - 1 = {hidden_size - 1} vectors are orthogonal to theta0")
         if self.steps is not None and self.steps <= 0:
             raise InputError(f"`steps` must be positive, got {self.steps}")
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):

@@ -16,7 +16,7 @@ from melbo_tui.models import LoadedModel
 def format_prompt(lm: LoadedModel, prompt: str, system: str | None = None, raw: bool = False) -> str:
     """The exact text fed to the model for `prompt`."""
     if not prompt or not prompt.strip():
-        raise InputError("empty prompt: give some text with --prompt")
+        raise InputError("empty prompt: give some text with `prompt`")
     if raw or not lm.has_chat_template:
         return prompt
     messages = [{"role": "user", "content": prompt}]

@@ -115,7 +115,7 @@ def check_inputs(lm: LoadedModel, source: int, target: int, inputs: list[torch.T
     if positions <= 0:
         raise InputError(f"the number of target positions must be positive, got {positions}")
     if not inputs:
-        raise InputError("give at least one --prompt")
+        raise InputError("give at least one `prompt`")
     for i, ids in enumerate(inputs):
         if ids.shape[1] <= positions:
             raise InputError(

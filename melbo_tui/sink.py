@@ -174,7 +174,7 @@ class SinkReport:
         kept = sorted({t for prompt in self.kept_sinks for t in prompt})
         if kept and self.kept_sink_share > 0.5:
             out.append(f"warning: position(s) {_join(kept)} hold {self.kept_sink_share:.1%} of the objective "
-                       f"({self.reference}) and carry no behaviour; --sink exclude leaves them out")
+                       f"({self.reference}) and carry no behaviour; the sink rule 'exclude' leaves them out")
         return out
 
 

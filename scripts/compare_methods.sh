@@ -38,7 +38,7 @@ for name in jac1 dct1 melbo15; do
   read -r bank row <<< "${bases[$name]}"
   for objective in tokens seed; do
     o="$out/ortho-$name-$objective"
-    run "ortho-$name-$objective" $mt ortho "$bank" --base "$row" --count 16 --objective "$objective" --threads 1 --out "$o.safetensors"
+    run "ortho-$name-$objective" $mt ortho "$bank" --base "$row" --num-vectors 16 --objective "$objective" --threads 1 --out "$o.safetensors"
     run "dump-ortho-$name-$objective" $mt dump "$o.safetensors" --threads 1 --out "$o-dump.txt"
   done
 done

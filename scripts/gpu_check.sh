@@ -117,12 +117,12 @@ PY
 
 if [ "$smoke" = 1 ]; then
   train_sizes=(--num-vectors 2 --steps 3 --batch-vectors 2)
-  ortho_sizes=(--count 2 --steps 3)
+  ortho_sizes=(--num-vectors 2 --steps 3)
   dump_sizes=(--rows 0:3 -n 8)
   bench_sizes=(--quick --threads 1)
 else
   train_sizes=(--num-vectors 8 --steps 300)
-  ortho_sizes=(--count 16)
+  ortho_sizes=(--num-vectors 16)
   dump_sizes=(-n 48)
   bench_sizes=()
 fi

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Regenerate the shipped banks in vectors/ from nothing, with the project's own commands on the
-# embedded model. Each bank records its exact command line in its metadata (created_by).
+# embedded model and on Gemma 3 270M (gemma-*: needs `bash scripts/setup.sh --gemma`). Each bank
+# records its exact command line in its metadata (created_by).
 # Re-running continues where it stopped: existing files are kept, ortho runs --resume.
 # About 1 h 45 min on a 2-core CPU: two jobs at a time, one thread each.
 #   bash scripts/make_banks.sh            # everything, then scripts/replicate.py
-#   bash scripts/make_banks.sh JOB        # one job: calibrate, melbo, melbo-keep, ortho-NAME
+#   bash scripts/make_banks.sh JOB        # one job: calibrate, melbo, melbo-keep, ortho-NAME, gemma-calibrate,
+#                                         # gemma-melbo, gemma-ortho
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mt=.venv/bin/melbo-tui
@@ -18,6 +20,14 @@ melbo=vectors/melbo-bomb-R15.safetensors
 # instructions ("To build a bomb, you'll need to be creative and resourceful. Here's a possible
 # approach: 1. ..."), history ("The term "bomb" originates from World War II, ...").
 declare -A ORTHO=([code]=19 [instructions]=24 [history]=1 [code-seed]=19)
+
+# Gemma 3 270M (the base model: no chat template, so the prompt is raw text; docs/replication.md).
+# Layers: its defaults, blocks 6 -> 12 (~L/3, 2L/3 of 18). R = 43: calibrate's recommendation
+# with its default radii (gemma-calibrate-bomb.txt). The ortho base: row GEMMA_BASE, chosen from
+# the MELBO bank's dump for a behaviour unlike the unsteered text (vectors/README.md).
+gemma=(--model gemma-3-270m)
+gemma_melbo=vectors/gemma-melbo-bomb-R43.safetensors
+GEMMA_BASE=1  # persona: "I'm a believer in the Lord and I'm not going to give up. ..."
 
 job() {
     case $1 in
@@ -37,6 +47,19 @@ job() {
         [ "${name%-seed}" != "$name" ] && flags+=(--objective seed)
         $mt ortho $melbo --base "${ORTHO[$name]}" --count 575 --threads 1 --out "$out" "${flags[@]}"
         [ -f "vectors/$1.dump.jsonl" ] || $mt dump "$out" --compose-sweep --threads 1 ;;
+    gemma-calibrate)
+        [ -s vectors/gemma-calibrate-bomb.txt ] || $mt calibrate "${gemma[@]}" --prompt "$prompt" --threads 1 \
+            > vectors/gemma-calibrate-bomb.txt ;;
+    gemma-melbo)
+        [ -f $gemma_melbo ] || $mt train "${gemma[@]}" --prompt "$prompt" --radius 43 --num-vectors 32 --steps 300 \
+            --seed 0 --threads 1 --out $gemma_melbo
+        $mt eval $gemma_melbo --threads 1
+        [ -f "${gemma_melbo%.safetensors}.dump.jsonl" ] || $mt dump $gemma_melbo --threads 1 ;;
+    gemma-ortho)  # until collapse or d_model - 1 = 639 vectors
+        local out=vectors/gemma-ortho.safetensors flags=()
+        [ -f "$out" ] && flags+=(--resume)
+        $mt ortho $gemma_melbo --base "$GEMMA_BASE" --count 639 --threads 1 --out "$out" "${flags[@]}"
+        [ -f vectors/gemma-ortho.dump.jsonl ] || $mt dump "$out" --compose-sweep --threads 1 ;;
     *) echo "make_banks: unknown job $1" >&2; return 2 ;;
     esac
 }
@@ -48,4 +71,6 @@ run() {  # jobs, two at a time, each logged to $log/JOB.log
 }
 run calibrate melbo
 run melbo-keep ortho-code ortho-instructions ortho-history ortho-code-seed
+run gemma-calibrate gemma-melbo
+run gemma-ortho
 .venv/bin/python scripts/replicate.py  # the numbers behind docs/replication.md

@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 
 from melbo_tui.bank import load_bank
+from melbo_tui.kinds import Objective
 from melbo_tui.metrics import measure
 from melbo_tui.models import load_model
-from melbo_tui.ortho import Objective, OrthoConfig, search
+from melbo_tui.ortho import OrthoConfig, search
 from melbo_tui.prompts import encode
 from melbo_tui.sink import SinkRule
 

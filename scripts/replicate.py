@@ -1,8 +1,9 @@
 """The seed's MELBO-ortho experiments on the shipped banks, seed objective beside the default: writes docs/replication-data.md.
 
     .venv/bin/python scripts/replicate.py            # after scripts/make_banks.sh (about 10 minutes on 2 cores)
+    .venv/bin/python scripts/replicate.py --prefix gemma- --out docs/replication-gemma-data.md   # Gemma 3 270M's banks
 
-Every number comes from the engine (`melbo_tui`) on the embedded model; docs/replication.md reads
+Every number comes from the engine (`melbo_tui`) on the model the banks name; docs/replication.md reads
 them. Quality is behaviour over a continuation, never the loss alone: `err` (target-layer error to
 theta0 over the compared positions, relative to not steering: < 1 is closer to theta0 than no
 vector) and `kl_seq` (mean KL(P_theta0 || P_i) over theta0's first 32 greedy tokens, teacher-forced;
@@ -30,7 +31,7 @@ from melbo_tui.bank import VectorBank, load_bank
 from melbo_tui.compose import ComposeMode, Composition, compose
 from melbo_tui.dump import read_dump
 from melbo_tui.metrics import measure
-from melbo_tui.models import LoadedModel, load_model
+from melbo_tui.models import LoadedModel, canonical_name, load_model
 from melbo_tui.prompts import encode
 from melbo_tui.steering import run_to_layer, steer
 
@@ -49,15 +50,17 @@ def main() -> int:
     parser.add_argument("--vectors", type=Path, default=Path("vectors"))
     parser.add_argument("--out", type=Path, default=Path("docs/replication-data.md"))
     parser.add_argument("--rows", type=int, default=WINDOW, help="Vectors per bank in the costly sections (generalisation, rescaling).")
+    parser.add_argument("--prefix", default="", help="Bank file names start with this (gemma- for Gemma 3 270M's banks).")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    paths = sorted(args.vectors.glob("ortho-*.safetensors"))
-    melbo_paths = sorted(args.vectors.glob("melbo-*.safetensors"))
+    paths = sorted(args.vectors.glob(f"{args.prefix}ortho-*.safetensors"))
+    melbo_paths = sorted(args.vectors.glob(f"{args.prefix}melbo-*.safetensors"))
     if not paths or not melbo_paths:
-        print(f"replicate: no ortho-*/melbo-* banks in {args.vectors}: run scripts/make_banks.sh first", file=sys.stderr)
+        print(f"replicate: no {args.prefix}ortho-*/{args.prefix}melbo-* banks in {args.vectors}: run scripts/make_banks.sh first",
+              file=sys.stderr)
         return 2
-    lm = load_model(None)
     banks = {path: load_bank(path) for path in paths}
+    lm = load_model(canonical_name(next(iter(banks.values())).meta.model))
     for path, bank in banks.items():
         if "kl_seq" not in bank.metrics:
             print(f"replicate: {path} has no kl_seq: run melbo-tui eval {path}", file=sys.stderr)
@@ -89,7 +92,7 @@ def objective_of(bank: VectorBank) -> str:
 
 
 def base_label(path: Path) -> str:
-    stem = path.stem.removeprefix("ortho-")
+    stem = path.stem.split("ortho-", 1)[-1]
     return stem.removesuffix("-seed")
 
 
@@ -153,7 +156,7 @@ def section_sink(lm: LoadedModel, banks: dict[Path, VectorBank]) -> list[str]:
         z_source = run_to_layer(lm, meta.source_layer, ids)[0].norm(dim=-1)
         z_target = run_to_layer(lm, meta.target_layer, ids)[0].norm(dim=-1)
     out = ["## 1. The attention sink", "",
-           f"Prompt {meta.prompts[0]!r} in the chat template: {ids.shape[1]} tokens. Residual norm at position 0 vs the "
+           f"Prompt {meta.prompts[0]!r} {'as raw text' if meta.raw_prompts else 'in the chat template'}: {ids.shape[1]} tokens. Residual norm at position 0 vs the "
            f"median of the others: block {meta.source_layer} output {z_source[0]:.0f} vs {z_source[1:].median():.0f}; "
            f"block {meta.target_layer} output {z_target[0]:.0f} vs {z_target[1:].median():.0f}.", "",
            "| base | change at pos 0 | median change elsewhere | pos 0 share of sum_t dZ_t^2 | pos 0 share of the seed loss "
@@ -277,7 +280,7 @@ def section_windows(path: Path, bank: VectorBank) -> list[str]:
 def section_generalisation(lm: LoadedModel, banks: dict[Path, VectorBank], rows: int) -> list[str]:
     out = ["## 4. Generalisation: prompts not used to find the vectors", "",
            f"Rows 1-{rows} of each bank; per prompt the median kl_seq (theta0's own continuation on that prompt), the unsteered "
-           "model's kl_seq, and how many vectors beat it.", "",
+           "model's kl_seq, how many vectors beat it, and how many of the first 8.", "",
            "| bank | objective | " + " | ".join(repr(p) for p in NEW_PROMPTS) + " |", "|---|---|" + "---|" * len(NEW_PROMPTS)]
     for path, bank in banks.items():
         cells = []
@@ -287,7 +290,8 @@ def section_generalisation(lm: LoadedModel, banks: dict[Path, VectorBank], rows:
             ids = encode(lm, prompt, meta.system_prompt, meta.raw_prompts)
             values = measure(lm, vectors, ids, source_layer=meta.source_layer, target_layer=meta.target_layer).values
             kl_seq, ref = values["kl_seq"][1:-1], float(values["kl_seq"][-1])
-            cells.append(f"{median(kl_seq):.3f} vs {ref:.3f} ({int((kl_seq < ref).sum())}/{len(kl_seq)})")
+            cells.append(f"{median(kl_seq):.3f} vs {ref:.3f} ({int((kl_seq < ref).sum())}/{len(kl_seq)}; first 8: "
+                         f"{int((kl_seq[:8] < ref).sum())}/{len(kl_seq[:8])})")
         out.append(f"| {path.name} | {objective_of(bank)} | " + " | ".join(cells) + " |")
     return [*out, ""]
 

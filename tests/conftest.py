@@ -69,7 +69,15 @@ def embedded() -> LoadedModel:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, embedded: LoadedModel) -> Path:
+def embedded_tokenizer() -> transformers.PreTrainedTokenizerBase:
+    """The embedded model's tokenizer alone (its chat template included), without loading its weights."""
+    from melbo_tui.models import embedded_model_dir
+
+    return transformers.AutoTokenizer.from_pretrained(embedded_model_dir())
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, embedded_tokenizer: transformers.PreTrainedTokenizerBase) -> Path:
     """A tiny random Llama with the embedded chat tokenizer, saved as a local HF directory.
 
     CLI tests load it with `--model DIR` in a fraction of a second and still go through the
@@ -77,13 +85,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, embedded: LoadedMod
     """
     directory = tmp_path_factory.mktemp("tiny-chat-llama")
     torch.manual_seed(0)
+    tokenizer = embedded_tokenizer
     config = transformers.LlamaConfig(
-        vocab_size=len(embedded.tokenizer), hidden_size=64, num_hidden_layers=6, num_attention_heads=4,
-        num_key_value_heads=2, intermediate_size=128, bos_token_id=embedded.tokenizer.bos_token_id,
-        eos_token_id=embedded.tokenizer.eos_token_id, tie_word_embeddings=True,
+        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=6, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=128, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
     )
     transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
-    embedded.tokenizer.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
     return directory
 
 
@@ -91,3 +100,19 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, embedded: LoadedMod
 def tiny_chat(tiny_model_dir: Path) -> LoadedModel:
     """The tiny chat Llama loaded through the real loader (tokenizer and chat template included)."""
     return load_model(str(tiny_model_dir))
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+    """`melbo-tui ARGS` in this process (its entry point, exit code and both streams), for CLI tests."""
+    import sys
+
+    from melbo_tui.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["melbo-tui", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -9,20 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 
 from melbo_tui.bank import load_bank, save_bank
-from melbo_tui.cli import main
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["melbo-tui", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from conftest import tiny_model
 from test_cli import run_cli
 
 from melbo_tui.bank import load_bank
-from melbo_tui.calibrate import brent_root, calibrate_dct, nonlinearity_ratio
+from melbo_tui.calibration import brent_root, calibrate_dct, nonlinearity_ratio
 from melbo_tui.dct import DCTConfig, DCTRun, fit_dct, run_dct
 from melbo_tui.errors import BankError, InputError
 from melbo_tui.kinds import BankKind
@@ -199,7 +199,7 @@ def test_resume_gives_the_uninterrupted_result(tiny_chat: LoadedModel, tmp_path:
     assert resumed.meta.extra["calibration"] == whole.meta.extra["calibration"]
     with pytest.raises(InputError, match="already a finished"):
         run_dct(tiny_chat, _run(tiny_chat, radius=None), out, resume=True)
-    with pytest.raises(BankError, match="other settings"):
+    with pytest.raises(BankError, match=r"made with iterations \d+, this run asks 5"):
         run_dct(tiny_chat, _run(tiny_chat, radius=None, iterations=5), tmp_path / "whole.safetensors", resume=True)
 
 
@@ -226,6 +226,10 @@ def test_cli_dct_calibrates_fits_and_refuses_to_resume_a_finished_bank(
     assert f"R = {bank.meta.radius:.4g} " in out_text  # the same calibration as `dct --radius auto`
     code, _, err = run_cli([*args, "--resume"], capsys, monkeypatch)
     assert code == 2 and err.strip() == f"melbo-tui: error: --resume: {out} is already a finished DCT bank"
+    assert bank.meta.extra["provenance"]["dtype"] == "float32"  # what a resume is checked against
+    code, _, err = run_cli([*args, "--resume", "--dtype", "bfloat16"], capsys, monkeypatch)
+    assert code == 2 and err.strip() == (f"melbo-tui: error: cannot resume {out}: it was made in float32 and the model is "
+                                         "loaded in bfloat16; load it with --dtype float32")
 
 
 @pytest.mark.parametrize(("extra", "message"), [

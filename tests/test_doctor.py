@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import run_cli, tiny_model
 from torch import nn
 from transformers import CompileConfig
 
 from melbo_tui import generation
-from melbo_tui.cli import main
 from melbo_tui.doctor import GENERATED_TOKENS, PROMPT, Status, _prompt_ids, run_doctor, upcast
 from melbo_tui.models import load_model
 from melbo_tui.prefix import PrefixCache, swapped_blocks
@@ -22,16 +20,6 @@ from melbo_tui.prefix import PrefixCache, swapped_blocks
 CHECKS = ["block discovery", "KV cache (steered)", "prefix cache vs full forward", "steering survives generation",
           "bf16 vs fp32 KL", "massive activations"]
 
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["melbo-tui", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2_sliding", "gemma2", "gemma3", "gemma3_mixed", "mistral", "gpt2", "gpt_neox"])
@@ -134,3 +122,16 @@ def test_a_failed_check_exits_non_zero(tiny_model_dir: Path, capsys: pytest.Capt
 def test_doctor_layers_are_checked(tiny_model_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     code, _, err = run_cli(["doctor", "--model", str(tiny_model_dir), "--source-layer", "99"], capsys, monkeypatch)
     assert code == 2 and "source layer 99 is out of range" in err
+
+
+@pytest.mark.slow
+def test_doctor_on_gemma_3_270m(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second real model (issue 23), installed by `bash scripts/setup.sh --test`: its first use
+    converts the GGUF into the cache, after which it loads from there (`generate` starts in seconds)."""
+    from melbo_tui.models import conversion_needed
+
+    code, out, err = run_cli(["doctor", "--model", "gemma-3-270m"], capsys, monkeypatch)
+    assert code == 0, out + err
+    assert "model          gemma-3-270m" in out and "architecture   Gemma3ForCausalLM" in out
+    assert out.count("  PASS  ") == 4 and "FAIL" not in out
+    assert not conversion_needed("gemma-3-270m")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 from helpers_ortho import one_thread, random_bank  # noqa: F401 (autouse fixture)
 
 from melbo_tui.bank import save_bank
@@ -73,14 +73,14 @@ def test_cli_dump_writes_text_jsonl_and_labels(tiny_chat: LoadedModel, tiny_mode
     bank_path = tmp_path / "b.safetensors"
     save_bank(random_bank(tiny_chat, rows=4, norm=20.0, source=1, target=4, kind="ortho"), bank_path)
     common = ["--max-new-tokens", "4", "--model", str(tiny_model_dir)]
-    code, err = run_cli(monkeypatch, capsys, "dump", str(bank_path), "--out", str(tmp_path / "d.txt"), "--rows", "0:3",
+    code, err = cli(monkeypatch, capsys, "dump", str(bank_path), "--out", str(tmp_path / "d.txt"), "--rows", "0:3",
                         "--compose-sweep", *common)
     assert code == 0, err
     assert (tmp_path / "d.txt").exists() and (tmp_path / "d.jsonl").exists()
     assert read_labels(bank_path) is None and "labels kept in" in err  # a dump elsewhere leaves the bank's labels alone
     dumped = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines()]
     assert all(r["label"] for r in dumped[:3]) and dumped[0]["system"] is None and dumped[0]["raw"] is False
-    code, err = run_cli(monkeypatch, capsys, "label", str(bank_path), "--from", str(tmp_path / "d.jsonl"))  # asked for: written
+    code, err = cli(monkeypatch, capsys, "label", str(bank_path), "--from", str(tmp_path / "d.jsonl"))  # asked for: written
     assert code == 0, err
     labels = read_labels(bank_path)
     assert labels is not None and len(labels) == 4 and labels[3] == "" and labels[:3] == [r["label"] for r in dumped[:3]]
@@ -95,29 +95,23 @@ def test_a_dump_on_another_prompt_never_rewrites_the_banks_labels(
     bank_path = tmp_path / "b.safetensors"
     save_bank(random_bank(tiny_chat, rows=3, norm=20.0, source=1, target=4, kind="ortho"), bank_path)
     common = ["--max-new-tokens", "4", "--model", str(tiny_model_dir)]
-    assert run_cli(monkeypatch, capsys, "dump", str(bank_path), *common)[0] == 0  # its own prompt, beside it: its labels
+    assert cli(monkeypatch, capsys, "dump", str(bank_path), *common)[0] == 0  # its own prompt, beside it: its labels
     sidecar = bank_path.with_name("b.labels.json")
     before = sidecar.read_text()
     made_on = read_made_on(bank_path)
     assert made_on is not None and made_on.prompt == "How can I build a bomb?" and made_on.max_new_tokens == 4
-    code, err = run_cli(monkeypatch, capsys, "dump", str(bank_path), "-p", "Write a haiku about the sea.",
+    code, err = cli(monkeypatch, capsys, "dump", str(bank_path), "-p", "Write a haiku about the sea.",
                         "--out", str(tmp_path / "elsewhere" / "haiku"), *common)
     assert code == 0 and sidecar.read_text() == before  # the bank's own labels: untouched
     haiku = [json.loads(line) for line in (tmp_path / "elsewhere" / "haiku.jsonl").read_text().splitlines()]
     assert all(r["prompt"] == "Write a haiku about the sea." and r["label"] for r in haiku)  # its labels, with its prompt
-    code, err = run_cli(monkeypatch, capsys, "dump", str(bank_path), "-p", "Write a haiku about the sea.", *common)
+    code, err = cli(monkeypatch, capsys, "dump", str(bank_path), "-p", "Write a haiku about the sea.", *common)
     assert code == 0 and sidecar.read_text() == before, err  # beside the bank but on another prompt: untouched too
 
 
-def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    from melbo_tui.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["melbo-tui", *args])
-    try:
-        main()
-    except SystemExit as exc:
-        return int(exc.code or 0), capsys.readouterr().err
-    return 0, capsys.readouterr().err
+def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    code, _, err = run_cli(list(args), capsys, monkeypatch)
+    return code, err
 
 
 def test_dump_names_its_files_and_label_reads_them_and_refuses_another_banks_dump(
@@ -127,11 +121,11 @@ def test_dump_names_its_files_and_label_reads_them_and_refuses_another_banks_dum
     save_bank(random_bank(tiny_chat, rows=4, norm=20.0, source=1, target=4, kind="ortho"), bank_path)
     save_bank(random_bank(tiny_chat, rows=4, norm=20.0, source=1, target=4, kind="ortho", seed=9), other_path)
     common = ["--max-new-tokens", "3", "--model", str(tiny_model_dir)]
-    assert run_cli(monkeypatch, capsys, "dump", str(bank_path), *common)[0] == 0  # default: beside the bank
+    assert cli(monkeypatch, capsys, "dump", str(bank_path), *common)[0] == 0  # default: beside the bank
     assert (tmp_path / "b.dump.txt").is_file() and (tmp_path / "b.dump.jsonl").is_file()
-    assert run_cli(monkeypatch, capsys, "dump", str(bank_path), "--out", str(tmp_path / "named"), *common)[0] == 0
+    assert cli(monkeypatch, capsys, "dump", str(bank_path), "--out", str(tmp_path / "named"), *common)[0] == 0
     assert (tmp_path / "named.txt").is_file() and (tmp_path / "named.jsonl").is_file()  # no file without an extension
-    code, stderr = run_cli(monkeypatch, capsys, "label", str(bank_path))  # reads b.dump.jsonl beside the bank
+    code, stderr = cli(monkeypatch, capsys, "label", str(bank_path))  # reads b.dump.jsonl beside the bank
     assert code == 0 and "labelled 4 rows" in stderr
-    code, stderr = run_cli(monkeypatch, capsys, "label", str(other_path), "--from", str(tmp_path / "named.jsonl"))
+    code, stderr = cli(monkeypatch, capsys, "label", str(other_path), "--from", str(tmp_path / "named.jsonl"))
     assert code == 2 and "a dump of another bank's vectors" in stderr and len(stderr.strip().splitlines()) == 1

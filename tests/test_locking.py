@@ -67,14 +67,14 @@ def test_eval_during_ortho_resume_keeps_every_vector(tiny_chat: LoadedModel, tin
     save_bank(random_bank(tiny_chat, rows=2, norm=8.0, source=1, target=4), parent)
     out = tmp_path / "ortho.safetensors"
     ortho = ["ortho", str(parent), "--out", str(out), "--steps", "3", "--no-eval", "--model", str(tiny_model_dir)]
-    _cli([*ortho, "--count", "4"], monkeypatch)
+    _cli([*ortho, "--num-vectors", "4"], monkeypatch)
     assert len(load_bank(out)) == 5
     go = tmp_path / "go"
     evaluator = subprocess.Popen([sys.executable, "-c", SLOW_EVAL, str(go), "--", "eval", str(out),
                                   "--model", str(tiny_model_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(tmp_path / "go.waiting", evaluator)  # it has read the 5-row bank and measured it
-        _cli([*ortho, "--count", "9", "--resume"], monkeypatch)  # this process appends 4 rows
+        _cli([*ortho, "--num-vectors", "9", "--resume"], monkeypatch)  # this process appends 4 rows
         assert len(load_bank(out)) == 10
         go.touch()
         _, stderr = evaluator.communicate(timeout=240)

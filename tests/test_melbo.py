@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from melbo_tui.calibrate import find_takeoff, recommend
+from melbo_tui.calibration import find_takeoff, recommend
 from melbo_tui.errors import InputError
 from melbo_tui.melbo import MelboConfig, MelboObjective, auto_lr, default_layers, parse_token_slice, train
 from melbo_tui.models import LoadedModel

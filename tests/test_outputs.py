@@ -8,32 +8,26 @@ import errno
 import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 from helpers_ortho import random_bank
 
 from melbo_tui.bank import load_bank, save_bank
-from melbo_tui.cli import main
 from melbo_tui.errors import OutputError
 from melbo_tui.models import LoadedModel
 
 NO_MODEL = "/nonexistent/model-dir"  # a command that reached the model load would say so
 
 
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
+def cli_error(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
     """Exit code and stderr without progress-bar lines (a bar drawn before the error is not the error)."""
-    monkeypatch.setattr(sys, "argv", ["melbo-tui", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    lines = capsys.readouterr().err.splitlines()
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    lines = err.splitlines()
     return code, "\n".join(line for line in lines if not re.search(r"\d+/\d+ +\d+:\d\d:\d\d", line)) + "\n"
 
 
@@ -96,7 +90,7 @@ def test_a_bad_out_fails_at_once_with_one_line(command: str, case: str, bank_fil
     out = {"directory": tmp_path / "out.txt", "parent is a file": tmp_path / "a-file" / "out.safetensors",
            "read-only directory": read_only_dir / "out.txt"}[case]
     start = time.perf_counter()
-    code, err = run_cli(_commands(bank_file, out)[command], capsys, monkeypatch)
+    code, err = cli_error(_commands(bank_file, out)[command], capsys, monkeypatch)
     assert code == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("melbo-tui: error: --")
@@ -129,7 +123,7 @@ def test_eval_and_label_check_the_bank_directory_before_the_model(bank_in_read_o
     dump = tmp_path / "d.jsonl"
     dump.write_text('{"row": 0, "text": "I cannot help"}\n')
     for args in (["eval", str(bank_in_read_only_dir), "--model", NO_MODEL], ["label", str(bank_in_read_only_dir), "--from", str(dump)]):
-        code, err = run_cli(args, capsys, monkeypatch)
+        code, err = cli_error(args, capsys, monkeypatch)
         assert code == 2 and "cannot write in" in err and NO_MODEL not in err, err
         assert len(err.strip().splitlines()) == 1
 
@@ -159,7 +153,7 @@ def test_a_full_disk_during_a_write_is_one_line_and_the_old_bank_survives(bank_f
     before = bank_file.read_bytes()
     calls: list[Path] = []
     monkeypatch.setattr(Path, "write_bytes", _full_disk(calls))
-    code, err = run_cli(["eval", str(bank_file), "--model", str(tiny_model_dir)], capsys, monkeypatch)
+    code, err = cli_error(["eval", str(bank_file), "--model", str(tiny_model_dir)], capsys, monkeypatch)
     assert len(calls) == 1, err
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "No space left on device" in err and "previous file is unchanged" in err and "internal error" not in err
@@ -192,7 +186,7 @@ def test_out_of_memory_is_one_line_with_a_hint(error: Exception, bank_file: Path
         raise error
 
     monkeypatch.setattr("melbo_tui.metrics.evaluate_bank", boom)
-    code, err = run_cli(["eval", str(bank_file), "--model", str(tiny_model_dir)], capsys, monkeypatch)
+    code, err = cli_error(["eval", str(bank_file), "--model", str(tiny_model_dir)], capsys, monkeypatch)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert err.startswith("melbo-tui: error: out of memory (") and "--batch-size" in err and "--dtype" in err
     assert "internal error" not in err

@@ -59,6 +59,47 @@ def test_the_commands_block_names_every_command() -> None:
     assert every - named == {"import"}  # import needs the seed's .pt file: tests/test_seed_import.py
 
 
+def test_the_readme_fits_on_a_few_screens() -> None:
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 200, f"README.md has {len(lines)} lines: move the detail into docs/"
+
+
+_LINK = re.compile(r"!?\[(?:[^\]\\]|\\.)*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+_FENCE = re.compile(r"^(```|~~~).*?^\1", re.M | re.S)
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lowercase, punctuation but `-` and spaces dropped, spaces to `-`."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_every_relative_link_in_the_docs_resolves() -> None:
+    from urllib.parse import unquote
+
+    pages = [ROOT / "README.md", ROOT / "vectors" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken: list[str] = []
+    for page in pages:
+        for target in _LINK.findall(_without_code(page.read_text())):
+            if re.match(r"(https?|mailto):", target):
+                continue
+            path, _, anchor = target.partition("#")
+            where = (page.parent / unquote(path)).resolve() if path else page
+            if not where.exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+            elif anchor and where.suffix == ".md" and anchor not in _anchors(where):
+                broken.append(f"{page.relative_to(ROOT)}: {target} (no such heading)")
+    assert not broken, "\n".join(broken)
+
+
+def _without_code(text: str) -> str:
+    return re.sub(r"`[^`\n]*`", "", _FENCE.sub("", text))  # a link inside code is not a link
+
+
+def _anchors(page: Path) -> set[str]:
+    return {_slug(h) for h in re.findall(r"^#{1,6}\s+(.+?)\s*#*\s*$", _FENCE.sub("", page.read_text()), re.M)}
+
+
 @pytest.mark.embedded
 @pytest.mark.slow
 def test_every_readme_command_runs_as_written(readme_model: Path, tmp_path: Path) -> None:

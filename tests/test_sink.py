@@ -7,15 +7,16 @@ from contextlib import contextmanager
 
 import pytest
 import torch
+from conftest import tiny_model
 from helpers_ortho import one_thread, random_bank  # noqa: F401 (autouse fixture)
 
 from melbo_tui.errors import InputError
+from melbo_tui.kinds import Objective
 from melbo_tui.melbo import MelboConfig, MelboObjective
 from melbo_tui.models import LoadedModel
-from melbo_tui.ortho import Objective, OrthoLoss, _CachedForward
+from melbo_tui.ortho import OrthoLoss, _CachedForward
 from melbo_tui.sink import SinkMode, SinkRule, detect_sink, select_positions
 from melbo_tui.steering import run_to_layer
-from tests.conftest import tiny_model
 
 SINK_TOKEN = 95  # appears only at position 0 of `IDS`
 IDS = torch.tensor([[SINK_TOKEN, 5, 17, 33, 8, 61, 12, 40, 3]])

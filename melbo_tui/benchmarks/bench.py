@@ -50,7 +50,7 @@ class BenchConfig:
     quick: bool = False
     source_layer: int = 8
     target_layer: int = 16
-    radius: float = 15.0  # the shipped MELBO bank's R (calibrate's recommendation on the embedded model)
+    radius: float = 15.0  # in SmolLM2's units (`scale`): the shipped bank's R there, the same fraction of another model's
     ortho_fast_count: int = 32
     ortho_sequential_count: int = 3
     ortho_steps: int | None = None  # None: each strategy's default (Adam 1000 steps, L-BFGS evaluations)
@@ -97,6 +97,9 @@ def run_bench(config: BenchConfig, request: ModelRequest | None = None,
 
         source, target = default_layers(lm.num_layers)
         config = replace(config, source_layer=source, target_layer=target)
+    from melbo_tui.scale import model_scale
+
+    config = replace(config, radius=model_scale(lm, config.source_layer).radius(config.radius))
     ids = encode(lm, PROMPT)
     theta0 = _random_vectors(lm, 1, config.radius, seed=0)[0]
     stage("ortho fast vs sequential")
@@ -156,8 +159,9 @@ def render_table(report: dict[str, Any]) -> Any:
 
 def _ortho_rows(lm: LoadedModel, theta0: torch.Tensor, ids: torch.Tensor, config: BenchConfig) -> list[Row]:
     """Per objective: fast vs sequential from the same base; quality of the first n by behaviour, not by the loss."""
+    from melbo_tui.kinds import Objective, Strategy
     from melbo_tui.metrics import measure
-    from melbo_tui.ortho import Objective, OrthoConfig, Strategy, search
+    from melbo_tui.ortho import OrthoConfig, search
 
     n = config.ortho_sequential_count
     rows = []
@@ -275,7 +279,8 @@ def _load_row(request: ModelRequest, cached: float, config: BenchConfig) -> Row:
 
 
 def _flops_row(lm: LoadedModel, config: BenchConfig, ids: torch.Tensor) -> Row:
-    from melbo_tui.ortho import Objective, OrthoLoss, _CachedForward
+    from melbo_tui.kinds import Objective
+    from melbo_tui.ortho import OrthoLoss, _CachedForward
     from melbo_tui.sink import SinkRule
 
     peak = matmul_gflops(config.matmul_size, lm.dtype, lm.device)

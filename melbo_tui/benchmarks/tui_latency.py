@@ -82,11 +82,13 @@ def measure_read_ahead(request: Any = None, quick: bool = False, samples: int = 
                        radius: float = 15.0) -> dict[str, float]:
     """Key to full completion on the real model: a row the read-ahead prepared vs a cold one (seconds)."""
     from melbo_tui.decoding import GenerationSettings
+    from melbo_tui.models import canonical_name
     from melbo_tui.tui.backend import EngineBackend
 
     tokens = 8 if quick else 48  # 48: every face's default
+    model = canonical_name(getattr(request, "name", None))  # the bank names the model it was made with
     with tempfile.TemporaryDirectory(prefix="melbo-read-ahead-") as tmp:
-        bank = _make_bank(Path(tmp) / "read-ahead.safetensors", 256, kind="melbo", radius=radius, shape=shape)
+        bank = _make_bank(Path(tmp) / "read-ahead.safetensors", 256, kind="melbo", radius=radius, shape=shape, model=model)
         app_args = {"cache_root": Path(tmp) / "cache", "generation": GenerationSettings(max_new_tokens=tokens),
                     "workspace": Path(tmp)}
         return asyncio.run(_read_ahead(bank, EngineBackend(request), app_args, 1 if quick else samples))
@@ -104,12 +106,14 @@ async def _read_ahead(bank: Path, backend: Backend, app_args: dict[str, Any], sa
         main = app.main
 
         def busy() -> bool:
-            if main.session.model.error:
-                raise RuntimeError(f"the model failed to load: {main.session.model.error}")
+            if main.view is None:
+                return True
+            model = main.session.model_of(main.view)
+            if model.error:
+                raise RuntimeError(f"the model failed to load: {model.error}")
             if main.session.fit_errors:
                 raise RuntimeError(f"the bank does not fit the model: {next(iter(main.session.fit_errors.values()))}")
-            return not (main.session.model.ready and main.view is not None and not main.panel.streaming
-                        and not main.read_ahead.running and not main.measurer.status)
+            return not (model.ready and not main.panel.streaming and not main.read_ahead.running and not main.measurer.status)
 
         async def settled(timeout: float = 600) -> None:
             """Nothing runs, twice 0.3 s apart (the read-ahead starts a moment after the completion ends)."""
@@ -155,7 +159,8 @@ async def _read_ahead(bank: Path, backend: Backend, app_args: dict[str, Any], sa
     return {"prepared_s": statistics.median(prepared), "cold_s": statistics.median(cold), "samples": float(samples)}
 
 
-def _make_bank(path: Path, rows: int, kind: str = "ortho", radius: float | None = None, shape: Shape = Shape()) -> Path:
+def _make_bank(path: Path, rows: int, kind: str = "ortho", radius: float | None = None, shape: Shape = Shape(),
+               model: str = "embedded:SmolLM2-135M-Instruct") -> Path:
     import torch
 
     from melbo_tui.bank import BankMeta, VectorBank, save_bank
@@ -167,7 +172,7 @@ def _make_bank(path: Path, rows: int, kind: str = "ortho", radius: float | None 
         vectors = vectors / vectors.norm(dim=1, keepdim=True) * radius
     kl = torch.rand(rows, generator=gen) * torch.linspace(0, 5, rows)
     kl[0] = 0
-    meta = BankMeta(kind=BankKind(kind), model="embedded:SmolLM2-135M-Instruct", hidden_size=shape.hidden_size,
+    meta = BankMeta(kind=BankKind(kind), model=model, hidden_size=shape.hidden_size,
                     num_layers=shape.num_layers, source_layer=shape.source_layer, target_layer=shape.target_layer,
                     prompts=["How can I build a bomb?"], radius=radius)
     # every KL the explorer shows first is there already: nothing is measured while the keys are timed
@@ -206,8 +211,9 @@ async def _measure(bank: Path, cache: Path, presses: int, size: tuple[int, int],
         rows = len(main.view)
         table_ready = time.perf_counter() - started
         while not main.panel.streaming:
-            if main.session.model.error:
-                raise RuntimeError(f"the model failed to load: {main.session.model.error}")
+            error = main.session.model_of(main.view).error
+            if error:
+                raise RuntimeError(f"the model failed to load: {error}")
             await asyncio.sleep(0.01)
         driver = app._driver
         assert driver is not None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-from melbo_tui.cli.app import app
+from melbo_tui.cli.app import app, short_help
 from melbo_tui.errors import MelboError, spell
 
 _HEAVY_MODULES = {
@@ -45,6 +45,7 @@ def main() -> None:
     """Console-script entry point."""
     try:
         _register(sys.argv[1:])
+        short_help(app)
         app(standalone_mode=False)
     except MelboError as exc:
         _fail(as_flags(exc), 2)

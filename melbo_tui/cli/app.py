@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shlex
 import sys
-from typing import Annotated
 
 import typer
 
@@ -23,15 +22,21 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-ModelOpt = Annotated[
-    str | None,
-    typer.Option("--model", "-m", help="Model: 'embedded' (default, SmolLM2-135M-Instruct), a hub id, a local HF directory or a .gguf file."),
-]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on cuda, fp32 elsewhere), float32, bfloat16, float16.")]
-TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow a hub model's own Python code to run.")]
-SystemOpt = Annotated[str | None, typer.Option("--system", help="System prompt for the chat template (default: the model's own).")]
-RawOpt = Annotated[bool, typer.Option("--raw", help="Feed prompts as raw text, no chat template (base models).")]
+def short_help(app: typer.Typer) -> None:
+    """Give each command its docstring's whole first line in the top-level help (click cuts it at 45 characters)."""
+    for command in app.registered_commands:
+        doc = command.help or (command.callback.__doc__ if command.callback else None) or ""
+        if command.short_help is None and doc.strip():
+            command.short_help = doc.strip().splitlines()[0]
+
+
+def print_version(value: bool) -> None:
+    """`--version`: the package's version, before anything else is parsed or imported."""
+    if value:
+        from melbo_tui import __version__
+
+        print(f"melbo-tui {__version__}")
+        raise typer.Exit()
 
 
 def command_line() -> str:

@@ -23,7 +23,6 @@ from melbo_tui.cli.options import (
     err,
     open_model,
 )
-from melbo_tui.models import ModelRequest
 
 
 @app.command()
@@ -45,6 +44,7 @@ def doctor(
     bug report.
     """
     from melbo_tui.doctor import Status, run_doctor, summary
+    from melbo_tui.models import ModelRequest
     from melbo_tui.steering import check_layer
 
     if out is not None:

@@ -7,15 +7,12 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from melbo_tui import ablation
-from melbo_tui.bank import BankMeta, VectorBank, check_bank_fits, load_bank, save_bank
-from melbo_tui.calibrate import CalibrationMethod, CalibrationPoint, find_takeoff, recommend, sweep
 from melbo_tui.cli.app import app, command_line
 from melbo_tui.cli.options import (
     MAX_NEW_TOKENS,
@@ -40,6 +37,7 @@ from melbo_tui.cli.options import (
     TrustOpt,
     check_output,
     err,
+    open_bank,
     open_model,
     print_sink,
     progress,
@@ -47,19 +45,20 @@ from melbo_tui.cli.options import (
 )
 from melbo_tui.compose import ComposeMode, Composition, check_scale, compose
 from melbo_tui.errors import BankError, InputError
-from melbo_tui.generation import GenerationSettings, generate_stream
-from melbo_tui.jobs import run_melbo
-from melbo_tui.kinds import BankKind
+from melbo_tui.kinds import BankKind, CalibrationMethod
 from melbo_tui.labels import read_labels
-from melbo_tui.melbo import MelboConfig, TrainProgress, default_layers
-from melbo_tui.models import LoadedModel, ModelRequest
-from melbo_tui.prompts import encode
-from melbo_tui.seed_import import read_seed_file
+from melbo_tui.scale import CALIBRATE_RADII, MELBO_RADIUS, REFERENCE_UNIT, model_scale, round_significant
 from melbo_tui.selection import parse_selection
-from melbo_tui.sink import SinkRule
+
+if TYPE_CHECKING:
+    from melbo_tui.bank import VectorBank
+    from melbo_tui.calibration import CalibrationPoint
+    from melbo_tui.models import LoadedModel, ModelRequest
 
 
 def _layers(lm: LoadedModel, source: int | None, target: int | None) -> tuple[int, int]:
+    from melbo_tui.melbo import default_layers
+
     default_source, default_target = default_layers(lm.num_layers)
     return (default_source if source is None else source, default_target if target is None else target)
 
@@ -70,7 +69,7 @@ def train(
     prompt: PromptsOpt = None,
     source_layer: Annotated[int | None, typer.Option(help="Steer at the output of this block (default ~L/3).")] = None,
     target_layer: Annotated[int | None, typer.Option(help="Maximise the change at the output of this block (default ~2L/3).")] = None,
-    radius: Annotated[float, typer.Option("--radius", "-R", help="Norm R of every vector (default 15: what `calibrate` recommends for the embedded model at blocks 8 -> 16; run `calibrate` for another model or layers).")] = 15.0,
+    radius: Annotated[float | None, typer.Option("--radius", "-R", help="Norm R of every vector. Default: 15 in SmolLM2's units (what `calibrate` recommends there at blocks 8 -> 16), i.e. 15 x the model's typical residual coordinate at the source layer / SmolLM2's at block 8 (see docs/conventions.md); run `calibrate` for your model and layers.")] = None,
     num_vectors: Annotated[int, typer.Option(help="How many mutually orthogonal vectors.")] = 8,
     steps: Annotated[int, typer.Option(help="Optimiser steps per vector (reference: 300-1200).")] = 300,
     power: Annotated[float, typer.Option(help="p in (sum_t ||dZ_t||^p)^(1/q).")] = 2.0,
@@ -87,10 +86,20 @@ def train(
     deterministic: DeterministicOpt = False,
 ) -> None:
     """Train MELBO vectors: norm R at the source layer, maximising the target-layer change."""
+    from melbo_tui.jobs import run_melbo
+    from melbo_tui.melbo import MelboConfig, TrainProgress
+    from melbo_tui.models import ModelRequest
+    from melbo_tui.sink import SinkRule
+
     check_output(out)
     prompts, raw = prompt or [SEED_PROMPT], bool(raw)
     lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic))
     source, target = _layers(lm, source_layer, target_layer)
+    if radius is None:
+        scale = model_scale(lm, source)
+        radius = scale.radius()
+        err.print(f"R = {radius:g}: this model's default ({MELBO_RADIUS:g} x {scale.factor:.3g}, its typical residual coordinate "
+                  f"at block {source} / SmolLM2's at block 8); `calibrate` measures the right R", highlight=False)
     config = MelboConfig(source, target, radius, num_vectors, steps, power, q, target_tokens, lr, seed, batch_vectors,
                          SinkRule.parse(sink))
     config.check(lm)
@@ -108,7 +117,7 @@ def train(
     norms = vectors.norm(dim=1)
     units = vectors / norms[:, None]
     cos = (units @ units.T).fill_diagonal_(0).abs().max().item() if len(vectors) > 1 else 0.0
-    err.print(f"wrote {out}: {len(vectors)} vectors, norm {norms.min():.4f}..{norms.max():.4f} (R={radius:g}), "
+    err.print(f"wrote {out}: {len(vectors)} vectors, norm {norms.min():.4f}..{norms.max():.4f} (R={config.radius:g}), "
               f"max |cos| {cos:.2e}, layers {source}->{target}")
 
 
@@ -118,7 +127,7 @@ def calibrate(
     source_layer: Annotated[int | None, typer.Option(help="Source block (default ~L/3).")] = None,
     target_layer: Annotated[int | None, typer.Option(help="Target block (default ~2L/3).")] = None,
     method: Annotated[CalibrationMethod, typer.Option(help="melbo: quick MELBO vectors per R, the take-off of their change; dct: DCT's nonlinearity ratio of random directions.")] = CalibrationMethod.MELBO,
-    radii: Annotated[str, typer.Option(help="melbo: comma list of R values to try.")] = "5,10,15,20,25,30,40,60",
+    radii: Annotated[str | None, typer.Option(help=f"melbo: comma list of R values to try. Default: {','.join(f'{r:g}' for r in CALIBRATE_RADII)} in SmolLM2's units (x the model's typical residual coordinate at the source layer / SmolLM2's at block 8).")] = None,
     num_vectors: Annotated[int, typer.Option(help="melbo: quick vectors per R.")] = 4,
     steps: Annotated[int, typer.Option(help="melbo: steps per quick vector (fewer make the take-off look later than it is).")] = 100,
     sink: SinkOpt = "exclude",
@@ -138,36 +147,49 @@ def calibrate(
     dct: for random unit directions v, ratio(R) = sqrt(mean ||Delta(R v) - R J v||^2 / ||R J v||^2)
     with J v exact (forward-mode JVP), Delta the target-layer change averaged over the last
     --positions positions and the prompts; R = the root of ratio(R) = 0.5 (Brent) after a
-    20-point log scan of [0.001, 100].
+    20-point log scan of [0.001, 100] (in SmolLM2's units: x the model's typical residual coordinate at the source layer / SmolLM2's at block 8).
     """
+    from melbo_tui.calibration import sweep
+    from melbo_tui.melbo import MelboConfig
+    from melbo_tui.models import ModelRequest
+    from melbo_tui.sink import SinkMode, SinkRule
+
     request = ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic)
     if method == CalibrationMethod.DCT:
         _calibrate_dct(prompt or [SEED_PROMPT], source_layer, target_layer, directions, positions, seed, system, bool(raw), request)
         return
-    try:
-        values = sorted(float(r) for r in radii.split(","))
-    except ValueError:
-        raise InputError(f"--radii must be a comma list of numbers, got '{radii}'") from None
-    if any(not (math.isfinite(r) and r > 0) for r in values):
-        raise InputError("every R in --radii must be a finite number > 0")
+    values: list[float] | None = None
+    if radii is not None:
+        try:
+            values = sorted(float(r) for r in radii.split(","))
+        except ValueError:
+            raise InputError(f"--radii must be a comma list of numbers, got '{radii}'") from None
+        if any(not (math.isfinite(r) and r > 0) for r in values):
+            raise InputError("every R in --radii must be a finite number > 0")
     prompts, raw = prompt or [SEED_PROMPT], bool(raw)
     lm = open_model(request)
     source, target = _layers(lm, source_layer, target_layer)
+    if values is None:
+        scale = model_scale(lm, source)
+        values = scale.radii()
+        err.print(f"radii {','.join(f'{r:g}' for r in values)}: SmolLM2's sweep in this model's units (x {scale.factor:.3g}, "
+                  f"its typical residual coordinate {scale.unit:.4g} at block {source} / {REFERENCE_UNIT:g})", highlight=False)
     base = MelboConfig(source, target, values[0], num_vectors=num_vectors, steps=steps, seed=seed, sink=SinkRule.parse(sink))
     base.check(lm)
     with progress() as bar:
         task = bar.add_task("calibrate", total=len(values), info="")
         points = sweep(lm, base, values, prompts, system, raw, on_sink=print_sink,
                        on_point=lambda i, p: bar.update(task, completed=i + 1, info=f"R={p.radius:g} change={p.mean_change:.1f}"))
-    _print_calibration(points, source, target)
+    _print_calibration(points, source, target, keep_sink=base.sink.mode == SinkMode.KEEP)
 
 
 def _calibrate_dct(prompts: list[str], source_layer: int | None, target_layer: int | None, directions: int, positions: int,
                    seed: int, system: str | None, raw: bool, request: ModelRequest) -> None:
     import plotext as plt
 
-    from melbo_tui.calibrate import calibrate_dct
+    from melbo_tui.calibration import calibrate_dct
     from melbo_tui.dct import factor_chunk
+    from melbo_tui.prompts import encode
     from melbo_tui.response import TargetResponse
 
     lm = open_model(request)
@@ -178,6 +200,7 @@ def _calibrate_dct(prompts: list[str], source_layer: int | None, target_layer: i
         task = bar.add_task("calibrate (dct)", total=None, info="")
         result = calibrate_dct(response.mean, lm.hidden_size, lm.device, num_directions=directions, seed=seed,
                                chunk=factor_chunk(None, lm.device, len(inputs)),  # as `dct`: the same R to the last digit
+                               bracket=model_scale(lm, source).bracket(),
                                on_point=lambda p: bar.update(task, advance=1, info=f"R={p.radius:.4g} ratio={p.ratio:.3f}"))
     table = Table(title=f"DCT nonlinearity ratio, block {source} -> block {target}, {directions} random directions")
     for column in ("R", "ratio", ""):
@@ -200,8 +223,30 @@ def _calibrate_dct(prompts: list[str], source_layer: int | None, target_layer: i
           f"melbo-tui dct --radius auto picks the same R for the same prompts, layers and seed)")
 
 
-def _print_calibration(points: list[CalibrationPoint], source: int, target: int) -> None:
+def _no_takeoff_advice(radii: list[float], changes: list[float], takeoff: int | None, keep_sink: bool) -> str:
+    """What to try when the sweep recommends nothing: which end of the range to extend, from the curve's shape."""
+    def fmt(values: list[float]) -> str:
+        return ",".join(f"{round_significant(v):g}" for v in values)
+
+    if takeoff is not None:  # it took off at the second R: nothing tried lies at or below 3/4 of it
+        return (f"take-off at R = {radii[takeoff]:g}, already the second R tried: start lower, "
+                f"e.g. --radii {fmt([radii[0] * f for f in (0.125, 0.25, 0.5, 0.75, 1.0)])}")
+    per_unit = [c / r for r, c in zip(radii, changes, strict=True)]
+    if per_unit[-1] < 0.8 * per_unit[0]:  # the response saturates from the smallest R on: the take-off lies below the range
+        return (f"no take-off within these radii: the change per unit R falls from the smallest R on ({per_unit[0]:.3g} -> "
+                f"{per_unit[-1]:.3g}), so these radii are all past it. Try smaller radii, e.g. --radii "
+                f"{fmt([radii[0] * f for f in (0.03, 0.06, 0.12, 0.25, 0.5, 1.0)])}")
+    advice = (f"no take-off within these radii: the change grows about linearly. Try larger radii, e.g. --radii "
+              f"{fmt([radii[-1] * f for f in (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)])}")
+    if keep_sink:
+        advice += " (with --sink keep the sink's change, which grows in proportion to R, hides the take-off: try --sink exclude)"
+    return advice
+
+
+def _print_calibration(points: list[CalibrationPoint], source: int, target: int, keep_sink: bool) -> None:
     import plotext as plt
+
+    from melbo_tui.calibration import find_takeoff, recommend
 
     radii, changes = [p.radius for p in points], [p.mean_change for p in points]
     takeoff = find_takeoff(radii, changes)
@@ -225,8 +270,7 @@ def _print_calibration(points: list[CalibrationPoint], source: int, target: int)
     chart = plt.build()
     print(chart if sys.stdout.isatty() else plt.uncolorize(chart))
     if takeoff is None or pick is None:
-        print("no take-off within these radii: the change grows about linearly (as it does when the sink is kept: "
-              "its change grows in proportion to R). Try larger radii, or --sink exclude.")
+        print(_no_takeoff_advice(radii, changes, takeoff, keep_sink))
         return
     print(f"take-off at R = {radii[takeoff]:g} (the change per unit R has doubled): vectors there and beyond break the model. "
           f"Recommended: --radius {radii[pick]:g}, the largest R tried at or below 3/4 of it.")
@@ -255,6 +299,12 @@ def generate(
     matter) is projected out of every block's write to the residual stream, at every position
     and every generated token (the DCT authors' ablation, done with hooks).
     """
+    from melbo_tui import ablation
+    from melbo_tui.bank import load_bank
+    from melbo_tui.generation import GenerationSettings, generate_stream
+    from melbo_tui.models import ModelRequest
+    from melbo_tui.prompts import encode
+
     chosen = [name for name, value in (("--vector", vector), ("--mean", mean), ("--sum", sum_), ("--mean-sqrt", mean_sqrt)) if value is not None]
     if unsteered:
         chosen.append("--unsteered")
@@ -267,10 +317,8 @@ def generate(
     check_scale(scale)
     settings = GenerationSettings(max_new_tokens, temperature, seed)
     settings.check()
-    bank = load_bank(bank_path)
-    composition = _composition(bank, vector, mean, sum_, mean_sqrt, scale)
-    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic))
-    check_bank_fits(bank, lm.hidden_size, lm.num_layers, str(bank_path))
+    composition = _composition(load_bank(bank_path), vector, mean, sum_, mean_sqrt, scale)  # bad rows: before the model loads
+    lm, bank = open_bank(bank_path, ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic))
     text, system, raw = prompt_for(bank, bank_path, prompt, system, raw)
     ids = encode(lm, text, system, raw)
     steering = None if composition is None else compose(bank.vectors, composition)
@@ -311,6 +359,8 @@ def info(
     as_csv: Annotated[bool, typer.Option("--csv", help="With --rows: comma-separated values, for a spreadsheet or a script.")] = False,
 ) -> None:
     """Show a bank's metadata and a summary of its metrics, or (--rows) every listed vector's metrics and label."""
+    from melbo_tui.bank import load_bank
+
     bank = load_bank(bank_path)
     if as_json and as_csv:
         raise InputError("choose one of --json and --csv")
@@ -388,6 +438,10 @@ def import_seed(
     deterministic: DeterministicOpt = False,
 ) -> None:
     """Import a seed-format .pt file (loaded with weights_only=True) into a bank."""
+    from melbo_tui.bank import BankMeta, VectorBank, check_bank_fits, save_bank
+    from melbo_tui.models import ModelRequest
+    from melbo_tui.seed_import import read_seed_file
+
     check_output(out)
     seed_file = read_seed_file(file)
     lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic))

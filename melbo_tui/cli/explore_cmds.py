@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from melbo_tui.cli.app import app
+from melbo_tui.cli.app import app, print_version
 from melbo_tui.cli.options import (
     MAX_NEW_TOKENS,
     TEMPERATURE,
@@ -127,6 +127,7 @@ def start(
     model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", trust_remote_code: TrustOpt = False,
     revision: RevisionOpt = None, threads: ThreadsOpt = None, offload_folder: OffloadOpt = None,
     deterministic: DeterministicOpt = False, workspace: WorkspaceOpt = None,
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=print_version, help="Print the version and exit.")] = False,
 ) -> None:
     """With no command: open the shipped banks (MELBO-ortho first) in the explorer with the embedded model."""
     if ctx.invoked_subcommand is None:

@@ -6,13 +6,11 @@ import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import Progress, TaskID
 
-from melbo_tui.bank import load_bank, save_bank
-from melbo_tui.calibrate import RatioPoint
 from melbo_tui.cli.app import app, command_line
 from melbo_tui.cli.options import (
     SEED_PROMPT,
@@ -35,14 +33,12 @@ from melbo_tui.cli.options import (
     open_model,
     progress,
 )
-from melbo_tui.dct import DCTConfig, DCTProgress, DCTRun, resume_point, run_dct
 from melbo_tui.errors import InputError
-from melbo_tui.jacobian import JacobianConfig, run_jacobian
 from melbo_tui.kinds import Metric
-from melbo_tui.melbo import default_layers
-from melbo_tui.models import LoadedModel, ModelRequest
-from melbo_tui.prompts import encode
-from melbo_tui.response import check_inputs
+
+if TYPE_CHECKING:
+    from melbo_tui.calibration import RatioPoint
+    from melbo_tui.models import LoadedModel
 
 LAYERS_HELP = ("layer S = the output of decoder block S (0-based) = HF hidden_states[S+1]; the DCT and power-steering "
                "code name the same point by the block whose INPUT it is, S+1")
@@ -64,11 +60,14 @@ def _radius(text: str) -> float | None:
 
 
 def _layers(lm: LoadedModel, source: int | None, target: int | None) -> tuple[int, int]:
+    from melbo_tui.melbo import default_layers
+
     default_source, default_target = default_layers(lm.num_layers)
     return (default_source if source is None else source, default_target if target is None else target)
 
 
 def _calibration_reporter(bar: Progress, task: TaskID) -> Callable[[RatioPoint], None]:
+
     def report(point: RatioPoint) -> None:
         bar.update(task, advance=1, info=f"R={point.radius:.4g} ratio={point.ratio:.3f}")
 
@@ -104,6 +103,10 @@ def dct(
     (column `score`); U, alpha and the order are stored beside them. Ctrl-C keeps the last
     finished iteration in --out; --resume continues it to the uninterrupted result.
     """
+    from melbo_tui.bank import load_bank
+    from melbo_tui.dct import DCTConfig, DCTProgress, DCTRun, resume_point, run_dct
+    from melbo_tui.models import ModelRequest
+
     check_output(out)
     config = DCTConfig(num_vectors=num_vectors, iterations=iterations, radius=_radius(radius), d_proj=d_proj, beta=beta,
                        positions=positions, seed=seed, batch_size=batch_size)
@@ -168,6 +171,12 @@ def jacobian(
     positions of each prompt (stacked over prompts). Rows: R v_i by decreasing singular value
     (column `sigma`); the sign of each direction is arbitrary (steer with --scale -1 too).
     """
+    from melbo_tui.bank import save_bank
+    from melbo_tui.jacobian import JacobianConfig, run_jacobian
+    from melbo_tui.models import ModelRequest
+    from melbo_tui.prompts import encode
+    from melbo_tui.response import check_inputs
+
     check_output(out)
     config = JacobianConfig(num_vectors=num_vectors, iterations=iterations, radius=_radius(radius), positions=positions,
                             seed=seed, batch_size=batch_size)

@@ -35,7 +35,7 @@ TEMPERATURE = GenerationSettings.temperature
 
 ModelOpt = Annotated[
     str | None,
-    typer.Option("--model", "-m", help="Model: 'embedded' (default, SmolLM2-135M-Instruct), a hub id, a local HF directory or a .gguf file."),
+    typer.Option("--model", "-m", help="Model: 'embedded' (SmolLM2-135M-Instruct), 'gemma-3-270m', a hub id, a local HF directory or a .gguf file. Default: the model a bank names (commands on a bank), else 'embedded'."),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on cuda, fp32 elsewhere), float32, bfloat16, float16.")]
@@ -53,7 +53,7 @@ OffloadOpt = Annotated[
 DeterministicOpt = Annotated[
     bool,
     typer.Option("--deterministic", help="Deterministic kernels (torch deterministic algorithms, cuBLAS workspace, SDPA "
-                                         "math backend): slower on CUDA; the README states the tolerances without it."),
+                                         "math backend): slower on CUDA; docs/gpu.md states the tolerances without it."),
 ]
 
 # --- prompts -------------------------------------------------------------------------------------
@@ -88,9 +88,18 @@ BankArg = Annotated[Path, typer.Argument(metavar="BANK", help="Bank file (.safet
 
 
 def open_model(request: ModelRequest) -> LoadedModel:
-    """Load the model with a spinner on stderr, then print what the user should know about the load."""
-    with err.status(f"loading model {request.name or 'embedded'} ..."):
-        lm = request.load()
+    """Load the model with a spinner on stderr (a first use's GGUF conversion with its progress bar),
+    then print what the user should know about the load."""
+    from melbo_tui.models import cache_dir, conversion_needed
+
+    name = request.name or "embedded"
+    if conversion_needed(request.name):
+        err.print(f"first use of {name}: de-quantising its GGUF into {cache_dir() / 'models'} "
+                  "(once, 15-60 s; later loads take seconds)", highlight=False)
+        lm = request.load(progress=True)
+    else:
+        with err.status(f"loading model {name} ..."):
+            lm = request.load()
     for note in lm.notes:
         err.print(f"[yellow]note: {note}[/]")
     return lm
@@ -98,20 +107,35 @@ def open_model(request: ModelRequest) -> LoadedModel:
 
 
 
+def deprecated_alias(old: str, old_value: int | None, new: str, new_value: int | None, default: int) -> int:
+    """The value of option `new`, or of its deprecated spelling `old` (with a note on stderr); both given is an error."""
+    if old_value is None:
+        return default if new_value is None else new_value
+    if new_value is not None:
+        raise InputError(f"give {new} only ({old} is its deprecated spelling)")
+    err.print(f"[yellow]note: {old} is deprecated and goes in the next release: use {new}[/]")
+    return old_value
+
+
 def check_output(path: Path, what: str = "--out") -> None:
     """Fail in a moment, before any model loads, when `path` cannot be written (`atomic.check_writable`)."""
     check_writable(path, what)
 
 
-def open_bank(path: Path, lm: LoadedModel) -> VectorBank:
-    """Load a bank and make sure it can steer `lm` (shape); a different model name only warns."""
+def open_bank(path: Path, request: ModelRequest) -> tuple[LoadedModel, VectorBank]:
+    """Load a bank, then the model it names (unless --model names another), and make sure the
+    bank can steer it (shape); a --model other than the bank's only warns."""
+    import dataclasses
+
     from melbo_tui.bank import check_bank_fits, load_bank
+    from melbo_tui.models import canonical_name
 
     bank = load_bank(path)
+    lm = open_model(request if request.name is not None else dataclasses.replace(request, name=canonical_name(bank.meta.model)))
     check_bank_fits(bank, lm.hidden_size, lm.num_layers, where=str(path))
-    if bank.meta.model != lm.name:
+    if canonical_name(bank.meta.model) != lm.name:
         err.print(f"[yellow]note: {path} was made with {bank.meta.model}; steering {lm.name}[/]")
-    return bank
+    return lm, bank
 
 
 def prompt_for(bank: VectorBank, bank_path: Path, prompt: str | None, system: str | None,

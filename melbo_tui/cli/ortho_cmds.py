@@ -7,14 +7,12 @@ import statistics
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import torch
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from melbo_tui.bank import VectorBank, load_bank
 from melbo_tui.cli.app import app, command_line
 from melbo_tui.cli.options import (
     MAX_NEW_TOKENS,
@@ -39,22 +37,21 @@ from melbo_tui.cli.options import (
     ThreadsOpt,
     TrustOpt,
     check_output,
+    deprecated_alias,
     err,
     measure_into,
     open_bank,
-    open_model,
     print_sink,
     progress,
     prompt_for,
 )
 from melbo_tui.compose import ComposeMode, Composition
 from melbo_tui.errors import InputError
-from melbo_tui.jobs import OrthoSource, run_ortho
+from melbo_tui.kinds import Objective, Strategy
 from melbo_tui.labels import MadeOn
-from melbo_tui.models import ModelRequest
-from melbo_tui.ortho import Objective, OrthoConfig, OrthoProgress, Strategy
-from melbo_tui.prompts import encode
-from melbo_tui.sink import SinkRule
+
+if TYPE_CHECKING:
+    from melbo_tui.bank import VectorBank
 
 OBJECTIVE_HELP = ("What reproducing theta0 means. tokens (default): mean over compared target positions of "
                   "||Z_t(theta) - Z_t(theta0)||^2 (the attention sink left out); seed: the seed's "
@@ -66,6 +63,8 @@ OBJECTIVE_HELP = ("What reproducing theta0 means. tokens (default): mean over co
 
 def _parent_bank(path: Path, base: int) -> tuple[VectorBank, int]:
     """The parent bank and the base row, a negative index counting from the end (as in --vector)."""
+    from melbo_tui.bank import load_bank
+
     bank = load_bank(path)
     if not -len(bank) <= base < len(bank):
         raise InputError(f"--base {base} is out of range: {path} has rows 0..{len(bank) - 1}")
@@ -77,7 +76,8 @@ def ortho(
     bank_path: BankArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Ortho bank to write (row 0 = theta0).")],
     base: Annotated[int, typer.Option("--base", "-b", help="Row of BANK used as theta0.")] = 0,
-    count: Annotated[int, typer.Option("--count", "-c", help="Orthogonal vectors to find (at most d_model - 1).")] = 64,
+    num_vectors: Annotated[int | None, typer.Option("--num-vectors", help="Orthogonal vectors to find (at most d_model - 1). Default: 64.")] = None,
+    count: Annotated[int | None, typer.Option("--count", "-c", hidden=True, help="Deprecated spelling of --num-vectors.")] = None,
     objective: Annotated[Objective, typer.Option(help=OBJECTIVE_HELP)] = Objective.TOKENS,
     sink: Annotated[str | None, typer.Option("--sink", help=SINK_HELP + " Default: exclude; with --objective seed, keep (the seed's loss verbatim).")] = None,
     strategy: Annotated[Strategy, typer.Option(help="fast (L-BFGS on cached source-layer activations) or sequential (the seed's Adam loop).")] = Strategy.FAST,
@@ -100,13 +100,19 @@ def ortho(
     sink left out; --objective seed is the seed's ||mean_t Z_t(theta) - mean_t Z_t(theta0)||_2
     over every position. A checkpoint is written to --out after every vector; Ctrl-C keeps it.
     """
+    from melbo_tui.bank import load_bank
+    from melbo_tui.jobs import OrthoSource, run_ortho
+    from melbo_tui.models import ModelRequest
+    from melbo_tui.ortho import OrthoConfig, OrthoProgress
+    from melbo_tui.sink import SinkRule
+
+    count = deprecated_alias("--count", count, "--num-vectors", num_vectors, default=64)
     check_output(out)
     config = OrthoConfig(count=count, strategy=strategy, objective=objective, steps=steps, lr=lr, l2=l2, seed=seed,
                          sink=SinkRule.parse(sink) if sink is not None else None)
     parent, base = _parent_bank(bank_path, base)
     config.check(parent.hidden_size)  # every setting error before the model loads
-    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic))
-    parent = open_bank(bank_path, lm)
+    lm, parent = open_bank(bank_path, ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic))
     prompts = prompt or list(parent.meta.prompts)
     if not prompts:
         raise InputError(f"{bank_path} records no prompts: give --prompt")
@@ -159,6 +165,10 @@ def eval_(
     Safe while another process (ortho --resume) grows the bank: rows appended meanwhile are
     kept and measured too.
     """
+    from melbo_tui.bank import load_bank
+    from melbo_tui.models import ModelRequest
+    from melbo_tui.sink import SinkRule
+
 
     if batch_size is not None and batch_size <= 0:
         raise InputError(f"--batch-size must be positive, got {batch_size}")
@@ -167,8 +177,7 @@ def eval_(
     rule = SinkRule.parse(sink)
     load_bank(bank_path)  # fail on a bad file before loading a model
     check_output(bank_path, "BANK")  # the metrics are written into it
-    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic))
-    bank = open_bank(bank_path, lm)
+    lm, bank = open_bank(bank_path, ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic))
     text, system, raw = prompt_for(bank, bank_path, prompt, system, raw)
     bank = measure_into(bank_path, lm, bank, text, system, raw, batch_size=batch_size, continuation=continuation, sink=rule)
     _print_summary(bank, f"metrics stored in {bank_path}")
@@ -195,9 +204,12 @@ def dump(
     by a dump of the bank's own prompt to the default --out: a dump on another prompt or to
     another place keeps its labels in its JSONL and leaves the bank's alone.
     """
+    from melbo_tui.bank import load_bank
     from melbo_tui.dump import dump_completions, sweep_compositions, write_dump
     from melbo_tui.generation import GenerationSettings
     from melbo_tui.labels import classify, labels_path, load_rules, save_labels
+    from melbo_tui.models import ModelRequest
+    from melbo_tui.prompts import encode
     from melbo_tui.selection import parse_selection
 
     settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
@@ -213,8 +225,7 @@ def dump(
         bank.meta.system_prompt, bank.meta.raw_prompts)
     for path in (text_path, jsonl_path, *([labels_path(bank_path)] if own_labels else [])):
         check_output(path, "--out" if path != labels_path(bank_path) else "labels of BANK")
-    lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic))
-    bank = open_bank(bank_path, lm)
+    lm, bank = open_bank(bank_path, ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic))
     compositions = sweep_compositions(bank) if compose_sweep else []
     with progress() as bar:
         task = bar.add_task("completions", total=len(picked) + len(compositions), info="")
@@ -268,6 +279,7 @@ def label(
     max_run), gibberish (min_letters, max_word_len). A rules file's rules are tried before the
     defaults. Labels go to <bank stem>.labels.json beside the bank (read by the explorer).
     """
+    from melbo_tui.bank import load_bank
     from melbo_tui.dump import read_dump
     from melbo_tui.labels import label_texts, labels_path, load_rules, save_labels
 
@@ -307,6 +319,7 @@ def export(
     llama.cpp adds direction.k after block k (0-based), our layer convention, so the layer
     index is kept as is. Use it with llama.cpp --control-vector FILE (strength 1 = ours).
     """
+    from melbo_tui.bank import load_bank
     from melbo_tui.export import export_gguf
     from melbo_tui.selection import parse_selection
 
@@ -331,7 +344,10 @@ def bench(
     revision: RevisionOpt = None, offload_folder: OffloadOpt = None, deterministic: DeterministicOpt = False,
 ) -> None:
     """Side-by-side speed ratios measured in one run: ortho, eval, dump, steering, loading, FLOP/s."""
+    import torch
+
     from melbo_tui.benchmarks.bench import BenchConfig, render_table, run_bench
+    from melbo_tui.models import ModelRequest
 
     if threads is not None and threads <= 0:
         raise InputError(f"--threads must be positive, got {threads}")
@@ -348,6 +364,8 @@ def bench(
 
 def _print_summary(bank: VectorBank, title: str) -> None:
     """Medians over the bank's vectors (the base row left out where it is a base) beside the unsteered model."""
+    import torch
+
     rows = torch.ones(len(bank), dtype=torch.bool)
     if bank.meta.kind.has_base and len(bank) > 1:
         rows[bank.meta.base_index] = False

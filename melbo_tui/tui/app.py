@@ -94,7 +94,7 @@ class ExplorerApp(App[None]):
         try:
             return await super().run_action(action, default_namespace, namespaces)
         except MelboError as exc:
-            self.notify(str(exc), severity="error", timeout=6)
+            self.notify(error_line(exc), severity="error", timeout=6)
         except Exception as exc:  # a bug, ours or a widget's: one line, and the app keeps working
             self.notify(error_line(exc), severity="error", timeout=8)
         return True

@@ -5,10 +5,12 @@
 method may block for a long time and is called from worker threads, never from the UI thread.
 `tests/tui/test_backend_contract.py` runs the same behaviours against both.
 
-One model serves every thread, and steering works by forward hooks, so two model calls at
-once would see each other's vectors: `EngineBackend` runs one model call at a time (`ModelTurns`),
-generations go first, and long measurements are cut into chunks so that a generation can slip
-in between.
+Each bank is served by the model it names (`model_for`): a session can hold banks of several
+models (the shipped SmolLM2 and Gemma banks), each model loaded once, when a bank of it is first
+shown. With `--model` every bank is served by that one model, and a bank made with another is
+refused in one line. Steering works by forward hooks, so two model calls at once would see each
+other's vectors: `EngineBackend` runs one model call at a time (`ModelTurns`), generations go
+first, and long measurements are cut into chunks so that a generation can slip in between.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ class OrthoJob:
     row measured and stored in the file.
     """
 
+    model: str  # the model it runs on (`Backend.model_for` of the bank)
     bank: VectorBank
     bank_path: Path
     base_row: int
@@ -88,13 +91,14 @@ class OrthoJob:
     def command(self, model_flags: tuple[str, ...] = (), show: Callable[[Path], str] = _absolute) -> str:
         """The equivalent command line: what a new bank records as `created_by` (`show` writes the paths)."""
         return _shell(["melbo-tui", "ortho", show(self.bank_path), "--base", str(self.base_row),
-                       "--count", str(self.count), "--out", show(self.out), *model_flags])
+                       "--num-vectors", str(self.count), "--out", show(self.out), *model_flags])
 
 
 @dataclass(frozen=True)
 class MelboJob:
     """A fresh MELBO run from inside the explorer: `count` vectors on one prompt, saved per batch into `out`."""
 
+    model: str  # the model it trains on (`Backend.model_for` of the bank it was started from)
     prompt: str
     system: str | None
     raw: bool
@@ -159,22 +163,20 @@ class MeasuredColumns:
 class Backend(Protocol):
     """What the explorer asks of a model. Errors a user can cause raise `MelboError`."""
 
-    @property
-    def model_name(self) -> str:
-        """Stable name of the requested model (part of the completion cache key)."""
+    def model_for(self, bank: VectorBank) -> str:
+        """The name of the model that serves `bank` (what loads for it, and part of its completions' cache key)."""
         ...
 
-    @property
-    def model_flags(self) -> tuple[str, ...]:
-        """The command-line flags that load this model (for the command line a job records)."""
+    def model_flags(self, model: str) -> tuple[str, ...]:
+        """The command-line flags that load `model` (for the command line a job records)."""
         ...
 
-    def load(self) -> str:
-        """Load the model (blocking); returns a one-line description."""
+    def load(self, model: str) -> str:
+        """Load `model` (blocking; once); returns a one-line description."""
         ...
 
     def check_bank(self, bank: VectorBank) -> None:
-        """Raise `BankError` if the bank was made for a differently shaped model."""
+        """Raise `BankError` if `bank` cannot be served: made for a differently shaped model, or (`--model`) another model."""
         ...
 
     def stream(self, request: GenerationRequest, on_text: OnText, should_stop: ShouldStop) -> GenerationResult:
@@ -308,10 +310,11 @@ def read_ahead_batch(device_type: str) -> int:
 
 
 class EngineBackend:
-    """The real thing: a transformers model loaded from a `melbo_tui.models.ModelRequest`.
+    """The real thing: transformers models loaded from a `melbo_tui.models.ModelRequest`.
 
-    The request's `threads` (`melbo-tui open --threads N`) is applied when the model loads
-    (`ModelRequest.load`); the description says how many torch uses, so a user can check.
+    Without a model named in the request every bank is served by the model it records; with one
+    (`melbo-tui open --model M`) every bank is served by M. The request's device, dtype and
+    `threads` apply to every model loaded; the description says how many threads torch uses.
     """
 
     METRICS_CHUNK = 32  # rows per locked model call; a generation waits at most one chunk
@@ -320,47 +323,67 @@ class EngineBackend:
         from melbo_tui.models import ModelRequest
 
         self.request = request or ModelRequest()
-        self._lm: LoadedModel | None = None
+        self._models: dict[str, LoadedModel] = {}
         self._turns = ModelTurns()
 
     @property
-    def model_name(self) -> str:
-        # the requested spec, not the loaded name: cache keys must match before the model is loaded
-        return self.request.name or "embedded"
+    def fixed(self) -> str | None:
+        """The one model every bank is served by (`--model`), else None."""
+        from melbo_tui.models import canonical_name
 
-    @property
-    def model_flags(self) -> tuple[str, ...]:
+        return canonical_name(self.request.name) if self.request.name is not None else None
+
+    def model_for(self, bank: VectorBank) -> str:
+        from melbo_tui.models import canonical_name
+
+        return self.fixed or canonical_name(bank.meta.model)
+
+    def model_flags(self, model: str) -> tuple[str, ...]:
+        from melbo_tui.models import EMBEDDED_NAME
+
         r = self.request
-        flags = [*(["--model", r.name] if r.name else []), *(["--device", r.device] if r.device != "auto" else []),
+        flags = [*(["--model", model] if model != EMBEDDED_NAME else []), *(["--device", r.device] if r.device != "auto" else []),
                  *(["--dtype", r.dtype] if r.dtype != "auto" else []), *(["--revision", r.revision] if r.revision else []),
                  *(["--trust-remote-code"] if r.trust_remote_code else [])]
         return tuple(flags)
 
-    def load(self) -> str:
+    def load(self, model: str) -> str:
+        import dataclasses
+
         import torch
 
-        lm = self.request.load()
-        self._lm = lm
+        lm = self._models.get(model)
+        if lm is None:
+            lm = dataclasses.replace(self.request, name=model).load()
+            self._models[model] = lm
         threads = torch.get_num_threads()
         return (f"{lm.name.removeprefix('embedded:')} {lm.device} {str(lm.dtype).removeprefix('torch.')} "
                 f"· {threads} thread{'s' if threads > 1 else ''}")
 
-    def _model(self) -> LoadedModel:
-        if self._lm is None:
-            raise ModelError("the model is not loaded yet")
-        return self._lm
+    def _model(self, bank: VectorBank | None = None, name: str | None = None) -> LoadedModel:
+        model = name if name is not None else self.model_for(bank) if bank is not None else None
+        lm = self._models.get(model or "")
+        if lm is None:
+            raise ModelError(f"the model {model} is not loaded yet")
+        return lm
 
     def check_bank(self, bank: VectorBank) -> None:
         from melbo_tui.bank import check_bank_fits
+        from melbo_tui.errors import BankError
+        from melbo_tui.models import canonical_name
 
-        lm = self._model()
+        fixed = self.fixed
+        if fixed is not None and canonical_name(bank.meta.model) != fixed:
+            raise BankError(f"made with {bank.meta.model}, not with {fixed} (--model): open it without --model to "
+                            "load the model it was made with")
+        lm = self._model(bank)
         check_bank_fits(bank, lm.hidden_size, lm.num_layers)
 
     def stream(self, request: GenerationRequest, on_text: OnText, should_stop: ShouldStop) -> GenerationResult:
         from melbo_tui.generation import generate_stream
         from melbo_tui.prompts import encode
 
-        lm = self._model()
+        lm = self._model(request.bank)
         s = request.settings
         vector = compose_target(request.bank, request.target)
         with self._turns.generation():
@@ -376,7 +399,7 @@ class EngineBackend:
         from melbo_tui.generation import complete_batch
         from melbo_tui.prompts import encode
 
-        lm, bank, s = self._model(), request.bank, request.settings
+        lm, bank, s = self._model(request.bank), request.bank, request.settings
         size = read_ahead_batch(lm.device.type)
         give_way = self._turns.gives_way(should_stop)
         targets = list(request.targets)
@@ -404,7 +427,7 @@ class EngineBackend:
         names = [name for name in request.names if name in MEASURABLE]
         if not names:
             return MeasuredColumns({}, {})
-        lm, bank = self._model(), request.bank
+        lm, bank = self._model(request.bank), request.bank
         meta = bank.meta
         ids = encode(lm, request.prompt, request.system, request.raw)
         rows = torch.cat([bank.vectors.float(), torch.zeros(1, bank.hidden_size)])  # the last row: no vector
@@ -434,7 +457,7 @@ class EngineBackend:
         vector = compose_target(bank, target)
         if vector is None:
             return {}
-        lm, meta = self._model(), bank.meta
+        lm, meta = self._model(bank), bank.meta
         ids = encode(lm, settings.prompt, settings.system, settings.raw)
         rows = torch.stack([bank.vectors[meta.base_index], vector])  # row 0: the base
         with self._turns.measurement(lambda: False):
@@ -461,7 +484,7 @@ class EngineBackend:
         from melbo_tui.jobs import estimate_melbo, estimate_ortho
         from melbo_tui.ortho import OrthoConfig
 
-        lm = self._model()
+        lm = self._model(name=job.model)
         with self._turns.measurement(lambda: False):
             if isinstance(job, OrthoJob):
                 return estimate_ortho(lm, self._ortho_source(job), OrthoConfig(count=job.count))
@@ -473,14 +496,15 @@ class EngineBackend:
         from melbo_tui.ortho import OrthoConfig, OrthoProgress
         from melbo_tui.prompts import encode
 
-        lm, source = self._model(), self._ortho_source(job)
+        lm, source = self._model(name=job.model), self._ortho_source(job)
 
         def progress(p: OrthoProgress) -> None:
             on_progress(JobProgress(p.vectors_done, p.count, p.step, p.steps, p.loss))
             self._turns.yield_to_generations(should_stop)  # between steps no hook is live
 
         with self._turns.model:
-            result = run_ortho(lm, source, OrthoConfig(count=job.count), job.out, created_by=job.command(self.model_flags),
+            result = run_ortho(lm, source, OrthoConfig(count=job.count), job.out,
+                               created_by=job.command(self.model_flags(job.model)),
                                on_progress=progress, should_stop=should_stop)
             if result.found and not result.stopped:  # as `melbo-tui ortho` does: every row measured, stored in the file
                 ids = encode(lm, source.prompts[0], source.system, source.raw)
@@ -497,7 +521,7 @@ class EngineBackend:
         from melbo_tui.jobs import run_melbo
         from melbo_tui.melbo import TrainProgress
 
-        lm = self._model()
+        lm = self._model(name=job.model)
 
         def progress(p: TrainProgress) -> None:
             on_progress(JobProgress(p.vectors_done, p.num_vectors, p.step, p.steps, p.loss))
@@ -508,7 +532,7 @@ class EngineBackend:
 
         with self._turns.model:
             run = run_melbo(lm, self._melbo_config(job), [job.prompt], job.out, system=job.system, raw=job.raw,
-                            created_by=job.command(self.model_flags), on_progress=progress, should_stop=should_stop,
+                            created_by=job.command(self.model_flags(job.model)), on_progress=progress, should_stop=should_stop,
                             on_checkpoint=checkpoint)
         saved = len(run.bank)
         if not run.complete:
@@ -535,6 +559,7 @@ class ScriptedBackend:
         hidden_size: int | None = None,
         load_gate: threading.Event | None = None,
         batch_seconds: float = 0.0,
+        per_bank_models: bool = False,
     ) -> None:
         self.load_seconds = load_seconds
         self.load_gate = load_gate  # when given, `load` waits until it is set (a model that takes its time)
@@ -554,23 +579,24 @@ class ScriptedBackend:
         self.melbo_jobs: list[MelboJob] = []
         self.created_by: list[str] = []
         self._turns = ModelTurns()  # one "model call" at a time, as the real backend: read-ahead gives way
+        self.per_bank_models = per_bank_models  # each bank served by the model it names, as the real backend without --model
+        self.loads: list[str] = []  # the models loaded, in order
 
-    @property
-    def model_name(self) -> str:
-        return "scripted"
+    def model_for(self, bank: VectorBank) -> str:
+        return bank.meta.model if self.per_bank_models else "scripted"
 
-    @property
-    def model_flags(self) -> tuple[str, ...]:
-        return ()
+    def model_flags(self, model: str) -> tuple[str, ...]:
+        return ("--model", model) if self.per_bank_models else ()
 
-    def load(self) -> str:
+    def load(self, model: str) -> str:
         time.sleep(self.load_seconds)
         if self.load_gate is not None:
             self.load_gate.wait()
         if self.fail_load:
             raise ModelError(self.fail_load)
+        self.loads.append(model)
         self.loaded.set()
-        return "scripted model (no weights)"
+        return f"scripted {model} (no weights)" if self.per_bank_models else "scripted model (no weights)"
 
     def check_bank(self, bank: VectorBank) -> None:
         from melbo_tui.errors import BankError
@@ -650,9 +676,10 @@ class ScriptedBackend:
         from melbo_tui.bank import VectorBank, save_bank
         from melbo_tui.kinds import BankKind
 
-        self.created_by.append(job.command(self.model_flags))
+        command = job.command(self.model_flags(job.model))
+        self.created_by.append(command)
         theta0 = job.bank.vectors[job.base_row]
-        meta = dataclasses.replace(job.bank.meta, kind=BankKind.ORTHO, base_index=0, created_by=job.command(self.model_flags))
+        meta = dataclasses.replace(job.bank.meta, kind=BankKind.ORTHO, base_index=0, created_by=command)
         rows = theta0[None].clone()
         gen = torch.Generator().manual_seed(job.base_row)
         while len(rows) - 1 < job.count:
@@ -682,11 +709,12 @@ class ScriptedBackend:
         from melbo_tui.kinds import BankKind
 
         self.melbo_jobs.append(job)
-        self.created_by.append(job.command(self.model_flags))
+        command = job.command(self.model_flags(job.model))
+        self.created_by.append(command)
         hidden = self.hidden_size or 576
         meta = BankMeta(kind=BankKind.MELBO, model="scripted", hidden_size=hidden, num_layers=30,
                         source_layer=job.source_layer, target_layer=job.target_layer, prompts=[job.prompt],
-                        system_prompt=job.system, radius=job.radius, base_index=0, created_by=job.command(self.model_flags),
+                        system_prompt=job.system, radius=job.radius, base_index=0, created_by=command,
                         raw_prompts=job.raw)
         rows = torch.zeros(0, hidden)
         gen = torch.Generator().manual_seed(len(job.prompt))

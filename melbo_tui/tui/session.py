@@ -21,6 +21,7 @@ from melbo_tui.labels import classify
 from melbo_tui.tui.backend import Backend, BatchRequest, GenerationRequest, OnText, ShouldStop
 from melbo_tui.tui.bankview import BankView
 from melbo_tui.tui.cache import CachedCompletion, CompletionCache, completion_key
+from melbo_tui.tui.failures import error_line
 from melbo_tui.tui.settings import ExploreSettings
 
 UNSTEERED_CACHE = "unsteered"  # the file name of the cache every bank shares
@@ -28,6 +29,10 @@ UNSTEERED_CACHE = "unsteered"  # the file name of the cache every bank shares
 
 @dataclass
 class ModelState:
+    """One model's load, as the explorer follows it."""
+
+    name: str
+    loading: bool = False
     ready: bool = False
     description: str = ""  # the backend's one line once loaded
     error: str | None = None  # why it failed to load
@@ -38,7 +43,7 @@ class Session:
         self.backend = backend
         self.cache_root = cache_root
         self.views: list[BankView] = []
-        self.model = ModelState()
+        self.models: dict[str, ModelState] = {}  # by name: each model a bank names, loaded when first needed
         self.fit_errors: dict[str, str] = {}  # bank digest -> why it cannot steer this model
         self._caches: dict[str, CompletionCache] = {}
         self._cache_moved: dict[str, str] = {}  # digest of a superseded checkpoint -> digest of its successor
@@ -46,17 +51,24 @@ class Session:
 
     # ----- banks --------------------------------------------------------------------------
 
+    def model_of(self, view: BankView) -> ModelState:
+        """The state of the model that serves `view`."""
+        name = self.backend.model_for(view.bank)
+        if name not in self.models:
+            self.models[name] = ModelState(name)
+        return self.models[name]
+
     def check_fits(self) -> list[str]:
-        """Ask the model whether each open bank fits it; one line per bank that does not."""
+        """Ask each loaded model whether the open banks it serves fit it; one line per bank that does not."""
         errors = []
         for view in self.views:
-            if view.digest in self.fit_errors:
+            if view.digest in self.fit_errors or not self.model_of(view).ready:
                 continue
             try:
                 self.backend.check_bank(view.bank)
             except MelboError as exc:
-                self.fit_errors[view.digest] = str(exc)
-                errors.append(f"{view.name}: {exc}")
+                self.fit_errors[view.digest] = error_line(exc)
+                errors.append(f"{view.name}: {error_line(exc)}")
         return errors
 
     def replace_or_add(self, new: BankView) -> int | None:
@@ -74,12 +86,13 @@ class Session:
 
     def blocked(self, view: BankView) -> str | None:
         """Why nothing can stream for `view` now (None when it can)."""
-        if self.model.error is not None:
-            return f"no completions: the model failed to load ({self.model.error})"
+        model = self.model_of(view)
+        if model.error is not None:
+            return f"no completions: the model {model.name} failed to load ({model.error})"
         if view.digest in self.fit_errors:
             return self.fit_errors[view.digest]
-        if not self.model.ready:
-            return "model loading… the completion streams as soon as it is ready"
+        if not model.ready:
+            return f"model {model.name.removeprefix('embedded:')} loading… the completion streams as soon as it is ready"
         return None
 
     # ----- completions --------------------------------------------------------------------
@@ -101,7 +114,7 @@ class Session:
         return self._unsteered
 
     def cached(self, view: BankView, target: Composition, settings: ExploreSettings) -> CachedCompletion | None:
-        return self.cache_of(view, target).get(completion_key(self.backend.model_name, target, settings))
+        return self.cache_of(view, target).get(completion_key(self.backend.model_for(view.bank), target, settings))
 
     def stream(self, view: BankView, target: Composition, settings: ExploreSettings, on_text: OnText,
                should_stop: ShouldStop) -> GenerationResult:
@@ -139,18 +152,20 @@ class Session:
         view.live_on = made_on
         plain = settings.unscaled()
         cache = self.cache_for(view)
+        model = self.backend.model_for(view.bank)
         labels: dict[int, str] = {}
         for row in range(len(view)):
-            entry = cache.get(completion_key(self.backend.model_name, Composition((row,)), plain))
+            entry = cache.get(completion_key(model, Composition((row,)), plain))
             if entry is not None:
                 labels[row] = classify(entry.text, view.label_rules)
         view.live_labels = labels
 
     def _remember(self, view: BankView, target: Composition, settings: ExploreSettings, result: GenerationResult) -> None:
         decoding = settings.generation
+        model = self.backend.model_for(view.bank)
         entry = CachedCompletion(
-            key=completion_key(self.backend.model_name, target, settings), target=target.label, text=result.text,
-            num_tokens=result.num_tokens, seconds=result.seconds, model=self.backend.model_name,
+            key=completion_key(model, target, settings), target=target.label, text=result.text,
+            num_tokens=result.num_tokens, seconds=result.seconds, model=model,
             prompt=settings.prompt, system=settings.system, raw=settings.raw, temperature=decoding.temperature,
             max_new_tokens=decoding.max_new_tokens, seed=decoding.seed,
         )

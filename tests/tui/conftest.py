@@ -32,14 +32,14 @@ PROMPT = "How can I build a bomb?"
 
 def make_bank(path: Path, n: int, seed: int = 0, metrics: bool = True, labels: list[str] | None = None,
               hidden: int = 576, kind: str = "melbo", num_layers: int = 30, source_layer: int = 8,
-              target_layer: int = 16, orthogonal: bool = False) -> Path:
+              target_layer: int = 16, orthogonal: bool = False, model: str = "embedded:SmolLM2-135M-Instruct") -> Path:
     """A bank of `n` random vectors whose norms grow with the index (mutually orthogonal if asked)."""
     gen = torch.Generator().manual_seed(seed)
     vectors = torch.randn(n, hidden, generator=gen)
     if orthogonal:  # like a MELBO-ortho bank: cos to row 0 is 0 for every other row
         vectors = torch.linalg.qr(vectors.T)[0].T  # [n, hidden], orthonormal rows
     vectors = vectors / vectors.norm(dim=-1, keepdim=True) * torch.linspace(7, 20, n)[:, None]  # norms grow with index
-    meta = BankMeta(kind=kind, model="embedded:SmolLM2-135M-Instruct", hidden_size=hidden, num_layers=num_layers,
+    meta = BankMeta(kind=kind, model=model, hidden_size=hidden, num_layers=num_layers,
                     source_layer=source_layer, target_layer=target_layer, prompts=[PROMPT])
     bank_metrics = {}
     if metrics:

@@ -25,14 +25,17 @@ async def test_first_frame_before_the_model_loads(bank_path: Path, make_app) -> 
     gate = threading.Event()
     backend = ScriptedBackend(tokens=6, load_gate=gate)  # the model loads when the test says so
     app = make_app([bank_path], backend)
-    async with running(app) as (pilot, _):
-        assert "loading model" in screen_text(app)
-        await wait_for(pilot, lambda: "model loading" in screen_text(app), timeout=2)  # says why nothing streams
-        await pilot.press("j", "j")  # browsing works meanwhile
-        assert current_row(app) == 2 and not backend.loaded.is_set()
-        gate.set()
-        await wait_for(pilot, lambda: "w5" in steered(app))
-        assert steered(app).startswith(" mean_2_")  # the highlighted row streamed once ready
+    try:
+        async with running(app) as (pilot, _):
+            assert "loading model" in screen_text(app)
+            await wait_for(pilot, lambda: "loading… the completion streams" in panel_text(app), timeout=2)  # why nothing streams
+            await pilot.press("j", "j")  # browsing works meanwhile
+            assert current_row(app) == 2 and not backend.loaded.is_set()
+            gate.set()
+            await wait_for(pilot, lambda: "w5" in steered(app))
+            assert steered(app).startswith(" mean_2_")  # the highlighted row streamed once ready
+    finally:
+        gate.set()  # a failed assertion must not leave the loading thread waiting forever
 
 
 async def test_navigation_keys(bank_path: Path, make_app, backend: ScriptedBackend) -> None:
@@ -524,7 +527,7 @@ async def test_background_ortho_job_says_what_it_will_do_and_writes_into_the_wor
         assert "'How can I build a bomb?' (the bank's; you are completing 'Tell me a story.')" in dialog
         assert "./parent.ortho-from3.safetensors" in dialog and "8 -> 16" in dialog
         command = region_text(app, app.screen.query_one("#job-command"))
-        assert command == f"melbo-tui ortho {bank} --base 3 --count 64 --out ./parent.ortho-from3.safetensors"
+        assert command == f"melbo-tui ortho {bank} --base 3 --num-vectors 64 --out ./parent.ortho-from3.safetensors"
         await pilot.press("ctrl+u", *"8", "enter")
         out = tmp_path / "work" / "parent.ortho-from3.safetensors"
         await wait_for(pilot, lambda: len(app.main.session.views) == 2)  # opened at the first checkpoint
@@ -534,7 +537,7 @@ async def test_background_ortho_job_says_what_it_will_do_and_writes_into_the_wor
         await wait_for(pilot, lambda: any("8 orthogonal vectors in" in n for n in seen.notifications()), timeout=20)
         assert out.is_file() and len(app.main.session.views[1]) == 9
         made = load_bank(out)
-        assert made.meta.created_by == f"melbo-tui ortho {bank} --base 3 --count 8 --out {out}"  # a command to rerun
+        assert made.meta.created_by == f"melbo-tui ortho {bank} --base 3 --num-vectors 8 --out {out}"  # a command to rerun
         await pilot.press("n")
         assert app.main.vector_list.row_count == 9 and "parent.ortho-from3.safetensors" in screen_text(app)
         await wait_for(pilot, lambda: app.main.session.views[1].has("kl"))  # measured once the job is done
@@ -616,8 +619,8 @@ async def test_background_melbo_training_opens_its_bank_and_grows(tmp_path: Path
         await wait_for(pilot, lambda: "melbo 0/12" in screen_text(app))
         job = backend.melbo_jobs[-1]
         assert (job.prompt, job.system, job.source_layer, job.target_layer, job.radius, job.count, job.steps) == (
-            "Tell me a story.", "Be brief.", 8, 16, 15.0, 12, 50)  # the bank records no radius: 15
-        out = tmp_path / "work" / "parent.melbo-L8-R15.safetensors"
+            "Tell me a story.", "Be brief.", 8, 16, 7.0, 12, 50)  # the bank records no R: the highlighted vector's norm
+        out = tmp_path / "work" / "parent.melbo-L8-R7.safetensors"
         views = app.main.session.views
         await wait_for(pilot, lambda: len(views) == 2 and len(views[1]) == 4)  # opened at the first batch
         await pilot.press("j")  # browsing and streaming go on meanwhile
@@ -626,9 +629,9 @@ async def test_background_melbo_training_opens_its_bank_and_grows(tmp_path: Path
         await pilot.press("O")
         await wait_for(pilot, lambda: any("stopped: 8 MELBO vectors" in n for n in seen.notifications()))
         saved = load_bank(out)  # what the stop left is a valid bank
-        assert len(saved) == 8 and saved.meta.prompts == ["Tell me a story."] and saved.meta.radius == 15.0
+        assert len(saved) == 8 and saved.meta.prompts == ["Tell me a story."] and saved.meta.radius == 7.0
         assert saved.meta.created_by == (f"melbo-tui train --prompt 'Tell me a story.' --system 'Be brief.' --source-layer 8 "
-                                         f"--target-layer 16 --radius 15 --num-vectors 12 --steps 50 --batch-vectors 4 --out {out}")
+                                         f"--target-layer 16 --radius 7 --num-vectors 12 --steps 50 --batch-vectors 4 --out {out}")
         await pilot.press("n")
         assert app.main.vector_list.row_count == 8 and out.name in screen_text(app)
 
@@ -698,7 +701,7 @@ async def test_cache_of_a_growing_bank_survives_its_checkpoints(tmp_path: Path, 
         assert len(backend.started) == started
         await wait_for(pilot, lambda: any("12 MELBO vectors in" in n for n in seen.notifications()), timeout=30)
     # a restart on the finished bank still finds the completions made while it grew
-    out = tmp_path / "work" / "parent.melbo-L8-R15.safetensors"
+    out = tmp_path / "work" / "parent.melbo-L8-R7.safetensors"
     backend2 = ScriptedBackend(token_seconds=0.002, tokens=6)
     app2 = make_app([out], backend2)
     async with running(app2) as (pilot, _):

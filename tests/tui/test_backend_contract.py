@@ -47,28 +47,35 @@ def backend(request: pytest.FixtureRequest) -> Backend:
     else:
         tiny = request.getfixturevalue("tiny_model_dir")
         chosen = EngineBackend(ModelRequest(str(tiny), device="cpu", threads=1))
-    chosen.load()
+    chosen.load(str(tiny) if isinstance(chosen, EngineBackend) else "scripted")
     return chosen
 
 
 @pytest.fixture
-def bank_file(tmp_path: Path) -> Path:
-    """An ortho-shaped bank for the tiny chat model: hidden 64, 6 layers, steering at layer 2."""
+def bank_file(tmp_path: Path, backend: Backend) -> Path:
+    """An ortho-shaped bank made with the tiny chat model: hidden 64, 6 layers, steering at layer 2."""
+    model = backend.request.name if isinstance(backend, EngineBackend) else "scripted"
     return make_bank(tmp_path / "tiny.safetensors", 6, hidden=64, num_layers=6, source_layer=2, target_layer=4,
-                     kind="ortho", metrics=False)
+                     kind="ortho", metrics=False, model=str(model))
 
 
-def test_load_describes_the_model_in_one_line(backend: Backend) -> None:
-    description = backend.load()
-    assert description.strip() and "\n" not in description
-    assert backend.model_name
+def test_load_describes_the_model_in_one_line(backend: Backend, bank_file: Path) -> None:
+    model = backend.model_for(load_bank(bank_file))
+    description = backend.load(model)
+    assert description.strip() and "\n" not in description and model
 
 
 def test_a_bank_made_for_another_model_is_refused(backend: Backend, bank_file: Path, tmp_path: Path) -> None:
     backend.check_bank(load_bank(bank_file))
-    other = load_bank(make_bank(tmp_path / "wide.safetensors", 3, hidden=576))
+    model = load_bank(bank_file).meta.model
+    other = load_bank(make_bank(tmp_path / "wide.safetensors", 3, hidden=576, model=model))
     with pytest.raises(BankError, match="576"):
-        backend.check_bank(other)
+        backend.check_bank(other)  # the model it names, but not its shape
+    if isinstance(backend, EngineBackend):  # with --model, a bank made with another model: refused by name
+        named = load_bank(make_bank(tmp_path / "named.safetensors", 3, hidden=64, num_layers=6, source_layer=2,
+                                    target_layer=4, model="gemma-3-270m"))
+        with pytest.raises(BankError, match="made with gemma-3-270m, not with .* \\(--model\\): open it without --model"):
+            backend.check_bank(named)
 
 
 def test_stream_hands_over_every_piece_and_stops_when_asked(backend: Backend, bank_file: Path) -> None:
@@ -128,37 +135,39 @@ def test_target_metrics_of_a_composition(backend: Backend, bank_file: Path) -> N
 def test_ortho_job_saves_a_bank_of_orthogonal_vectors(backend: Backend, bank_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "ortho.safetensors"
     done: list[int] = []
-    job = OrthoJob(load_bank(bank_file), bank_file, 1, 2, out)
+    model = backend.model_for(load_bank(bank_file))
+    job = OrthoJob(model, load_bank(bank_file), bank_file, 1, 2, out)
     assert backend.estimate(job) > 0  # seconds per vector, timed
     summary = backend.run_ortho(job, lambda p: done.append(p.done), lambda: False)
     assert str(out) in summary and done and max(done) == 2
     made, parent = load_bank(out), load_bank(bank_file)
     assert len(made) == 3 and torch.equal(made.vectors[0], parent.vectors[1])  # row 0 = theta0
-    assert made.meta.created_by == f"melbo-tui ortho {bank_file.resolve()} --base 1 --count 2 --out {out.resolve()}{_flags(backend)}"
+    assert made.meta.created_by == f"melbo-tui ortho {bank_file.resolve()} --base 1 --num-vectors 2 --out {out.resolve()}{_flags(backend, model)}"
     unit = made.vectors / made.vectors.norm(dim=1, keepdim=True)
     cos = unit @ unit.T - torch.eye(3)
     assert cos.abs().max() < 1e-3
     if isinstance(backend, EngineBackend):  # as `melbo-tui ortho` does: every row measured into the file
         assert made.metrics["kl_seq"].shape == (3,) and made.meta.extra["eval"]["prompt"] == PROMPT
     never = tmp_path / "never.safetensors"
-    stopped = backend.run_ortho(OrthoJob(load_bank(bank_file), bank_file, 1, 2, never), lambda p: None, lambda: True)
+    stopped = backend.run_ortho(OrthoJob(model, load_bank(bank_file), bank_file, 1, 2, never), lambda p: None, lambda: True)
     assert "stopped" in stopped and not never.exists()  # stopped before its first vector: no file
 
 
-def _flags(backend: Backend) -> str:
-    return "".join(f" {flag}" for flag in backend.model_flags)
+def _flags(backend: Backend, model: str) -> str:
+    return "".join(f" {flag}" for flag in backend.model_flags(model))
 
 
-def test_melbo_job_saves_vectors_of_the_radius(backend: Backend, tmp_path: Path) -> None:
+def test_melbo_job_saves_vectors_of_the_radius(backend: Backend, bank_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "melbo.safetensors"
-    job = MelboJob(prompt=PROMPT, system=None, raw=False, source_layer=2, target_layer=4, radius=5.0, out=out, count=2,
-                   steps=3, batch_vectors=2)
+    model = backend.model_for(load_bank(bank_file))
+    job = MelboJob(model=model, prompt=PROMPT, system=None, raw=False, source_layer=2, target_layer=4, radius=5.0, out=out,
+                   count=2, steps=3, batch_vectors=2)
     assert backend.estimate(job) > 0
     summary = backend.run_melbo(job, lambda p: None, lambda: False)
     made = load_bank(out)
     assert "2 MELBO vectors" in summary and len(made) == 2 and made.meta.prompts == [PROMPT]
     assert made.vectors.norm(dim=1) == pytest.approx(torch.full((2,), 5.0), rel=1e-4)
-    assert made.meta.created_by == job.command(backend.model_flags)
+    assert made.meta.created_by == job.command(backend.model_flags(model))
     never = replace(job, out=tmp_path / "never.safetensors")
     stopped = backend.run_melbo(never, lambda p: None, lambda: True)
     assert "nothing saved" in stopped and not never.out.exists()

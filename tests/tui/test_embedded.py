@@ -32,7 +32,7 @@ async def test_real_completion_streams_and_kl_is_measured(tmp_path: Path) -> Non
     app = ExplorerApp([bank], EngineBackend(ModelRequest("embedded", device="cpu")), cache_root=tmp_path / "cache", keymap={})
     lengths: list[int] = []
     async with running(app) as (pilot, seen):
-        await wait_for(pilot, lambda: app.main.session.model.ready, timeout=60)
+        await wait_for(pilot, lambda: app.main.session.model_of(app.main.view).ready, timeout=60)
 
         def finished() -> bool:
             lengths.append(len(steered(app)))

@@ -81,9 +81,9 @@ def test_the_model_loads_with_the_threads_asked_for(tiny_model_dir: Path) -> Non
 
     before = torch.get_num_threads()
     try:
-        description = EngineBackend(ModelRequest(str(tiny_model_dir), device="cpu", threads=2)).load()
+        description = EngineBackend(ModelRequest(str(tiny_model_dir), device="cpu", threads=2)).load(str(tiny_model_dir))
         assert torch.get_num_threads() == 2 and "· 2 threads" in description
-        description = EngineBackend(ModelRequest(str(tiny_model_dir), device="cpu", threads=1)).load()
+        description = EngineBackend(ModelRequest(str(tiny_model_dir), device="cpu", threads=1)).load(str(tiny_model_dir))
         assert torch.get_num_threads() == 1 and "· 1 thread" in description
     finally:
         torch.set_num_threads(before)

@@ -63,7 +63,7 @@ async def test_random_keys_with_a_real_model(tmp_path: Path, tiny_model_dir: Pat
     """The same, briefly, on a real (tiny, random-weight) chat model: real generation, KL and jobs."""
     monkeypatch.chdir(tmp_path)
     bank = make_bank(tmp_path / "tiny.safetensors", 16, hidden=64, num_layers=6, source_layer=2, target_layer=4,
-                     kind="ortho", metrics=False, labels=["a", "bb", "ccc", ""] * 4)
+                     kind="ortho", metrics=False, labels=["a", "bb", "ccc", ""] * 4, model=str(tiny_model_dir))
     app = fuzzed_app([bank], EngineBackend(ModelRequest(str(tiny_model_dir), device="cpu", threads=1)), tmp_path)
     async with running(app, size=(100, 30)) as (pilot, seen):
         report = await fuzz(pilot, app, seed=11, keys=400)

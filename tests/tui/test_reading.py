@@ -169,3 +169,21 @@ async def test_notifications_stay_above_the_status_line(tmp_path: Path, make_app
 
 def test_values_never_read_minus_zero() -> None:
     assert fmt(-0.0004, "cos_base") == "0.00" and fmt(-0.2, "cos_base") == "-0.20" and fmt(float("nan"), "kl") == "–"
+
+
+async def test_each_bank_is_served_by_the_model_it_names_loaded_when_first_shown(tmp_path: Path, make_app) -> None:
+    smol = make_bank(tmp_path / "smol.safetensors", 8)
+    gemma = make_bank(tmp_path / "gemma.safetensors", 6, hidden=640, num_layers=18, source_layer=6, target_layer=12,
+                      model="gemma-3-270m")
+    backend = ScriptedBackend(token_seconds=0.001, tokens=4, per_bank_models=True)
+    app = make_app([smol, gemma], backend)
+    async with running(app, size=(120, 40)) as (pilot, _):
+        await wait_for(pilot, lambda: "model ✓" in screen_text(app) and "mean_0_x1.0-w3" in steered(app))
+        assert backend.loads == ["embedded:SmolLM2-135M-Instruct"]  # the second bank's model: not yet
+        await pilot.press("n")
+        await wait_for(pilot, lambda: "bank 2/2 gemma" in screen_text(app) and "gemma-3-270m (no weights)" in screen_text(app)
+                       and "mean_0_x1.0-w3" in steered(app))
+        assert backend.loads == ["embedded:SmolLM2-135M-Instruct", "gemma-3-270m"]
+        await pilot.press("n")  # back: the first model is still loaded
+        await wait_for(pilot, lambda: "bank 1/2 smol" in screen_text(app) and "model ✓" in screen_text(app))
+        assert len(backend.loads) == 2

@@ -74,7 +74,8 @@ async def settle(pilot: Pilot[Any]) -> None:
     main = app.main
 
     def quiet() -> bool:
-        return (main.session.model.ready and main.vector_list.row_count > 0 and not main.panel.streaming
+        return (main.view is not None and main.session.model_of(main.view).ready and main.vector_list.row_count > 0
+                and not main.panel.streaming
                 and not main.read_ahead.running and not main.measurer.status and not any(w.is_running for w in app.workers))
 
     await wait_for(pilot, quiet, timeout=20)

@@ -98,7 +98,7 @@ class Measurer(Widget):
         try:
             measured: MeasuredColumns = self._backend.metrics(request, lambda: worker.is_cancelled, progress)
         except MelboError as exc:  # this bank cannot be measured (no prompt, wrong shape): the next one may
-            self.post_message(self.Measured(self, view, {}, {}, request.prompt, str(exc)))
+            self.post_message(self.Measured(self, view, {}, {}, request.prompt, error_line(exc)))
             return
         complete = {name: v for name, v in measured.values.items() if len(v) == len(view)}
         self.post_message(self.Measured(self, view, complete, measured.unsteered, request.prompt, None))

@@ -115,11 +115,11 @@ class JobScreen(ModalScreen[Job | None]):
         try:
             job = self.form.build(self._values())
         except MelboError as exc:
-            self.query_one("#job-error", Static).update(f"⚠ {exc}")
+            self.query_one("#job-error", Static).update(f"⚠ {error_line(exc)}")
             self.query_one("#job-command", Static).update("")
             return None
         self.query_one("#job-error", Static).update("")
-        self.query_one("#job-command", Static).update(job.command(self._backend.model_flags,
+        self.query_one("#job-command", Static).update(job.command(self._backend.model_flags(job.model),
                                                                   lambda p: show_path(p, self._workspace)))
         self._show_time(job)
         return job

@@ -59,7 +59,6 @@ if TYPE_CHECKING:
 NARROW = 110  # below this many columns the panel goes under the list
 SHORT = 30  # below this many lines the bank-wide sparklines give their lines to the list
 LIST_ROWS_NARROW = 10  # rows the list keeps when the panel is under it (and at least this share of the height)
-MELBO_RADIUS = 15.0  # when the bank records none: `train`'s default (calibrate's choice on the embedded model)
 MELBO_STEPS = 300
 ORTHO_COUNT = 64
 MELBO_COUNT = 8
@@ -165,8 +164,6 @@ class MainScreen(Screen[None]):
         self.vector_list.focus()
         self.run_worker(self._load_banks, name="banks", group="banks", description="open the banks", thread=True,
                         exit_on_error=False)
-        self.run_worker(self._load_model, name="model", group="model", description="load the model", thread=True,
-                        exit_on_error=False)
 
     def on_resize(self, event: events.Resize) -> None:
         self._fit(event.size.width, event.size.height)
@@ -209,11 +206,11 @@ class MainScreen(Screen[None]):
                 views, errors = cast(tuple[list[BankView], list[str]], worker.result)
                 self._banks_loaded(views, errors)
             elif worker.group == "model":
-                self._model_loaded(str(worker.result))
+                self._model_loaded(str(worker.name), str(worker.result))
         elif state == WorkerState.ERROR:
             line = error_line(worker.error)
             if worker.group == "model":
-                self._model_failed(line)
+                self._model_failed(str(worker.name), line)
             else:
                 self.notify(line, severity="error", timeout=8)
 
@@ -227,8 +224,27 @@ class MainScreen(Screen[None]):
                 errors.append(error_line(exc))
         return views, errors
 
-    def _load_model(self) -> str:
-        return self.options.backend.load()
+    def _ensure_model(self, view: BankView) -> None:
+        """Load the model that serves `view` in the background, once; the status line follows the bank on screen."""
+        model = self.session.model_of(view)
+        if not (model.loading or model.ready or model.error):
+            model.loading = True
+            self.run_worker(functools.partial(self.options.backend.load, model.name), name=model.name, group="model",
+                            description=f"load {model.name}", thread=True, exit_on_error=False)
+        self._show_model_status()
+
+    def _show_model_status(self) -> None:
+        view = self.view
+        if view is None:
+            return
+        model = self.session.model_of(view)
+        short = model.name.removeprefix("embedded:")
+        if model.ready:
+            self.status.model, self.status.model_state = f"model: {model.description}", "ready"
+        elif model.error is not None:
+            self.status.model, self.status.model_state = f"model {short} failed to load", "failed"
+        else:
+            self.status.model, self.status.model_state = f"loading model {short}…", "loading"
 
     def _banks_loaded(self, views: list[BankView], errors: list[str]) -> None:
         for error in errors:
@@ -246,24 +262,23 @@ class MainScreen(Screen[None]):
             generation=o.generation,
         )
         self._settings_changed()
-        if self.session.model.ready:
-            self._check_fits()
         self.show_view(0)
-        self._measure_missing()
 
-    def _model_loaded(self, description: str) -> None:
-        model = self.session.model
-        model.ready, model.description = True, description
-        self.status.model, self.status.model_state = f"model: {description}", "ready"
-        if self.session.views:
-            self._check_fits()
-            self._measure_missing()
+    def _model_loaded(self, name: str, description: str) -> None:
+        model = self.session.models[name]
+        model.loading, model.ready, model.description = False, True, description
+        self._show_model_status()
+        self._check_fits()
+        self._measure_missing()
+        view = self.view
+        if view is not None and self.session.model_of(view) is model:
             self.show_current(immediate=True)
 
-    def _model_failed(self, line: str) -> None:
-        self.session.model.error = line
-        self.status.model, self.status.model_state = "model failed to load", "failed"
-        self.notify(f"model failed to load: {line}", severity="error", timeout=12)
+    def _model_failed(self, name: str, line: str) -> None:
+        model = self.session.models[name]
+        model.loading, model.error = False, line
+        self._show_model_status()
+        self.notify(f"model {name} failed to load: {line}", severity="error", timeout=12)
         self.show_current()
 
     def _check_fits(self) -> None:
@@ -276,9 +291,11 @@ class MainScreen(Screen[None]):
         """Measure the KL column each open bank shows first, where the file lacks it (once per bank)."""
         from melbo_tui.kinds import default_kl
 
-        if not self.session.model.ready or self.settings is None:
+        if self.settings is None:
             return
         for view in self.session.views:
+            if not self.session.model_of(view).ready:
+                continue  # measured once its model has loaded
             if view.has(view.kl_column) or view.digest in self._measured or view.digest in self.session.fit_errors:
                 continue
             self._measured.add(view.digest)
@@ -328,6 +345,7 @@ class MainScreen(Screen[None]):
         self.status.bank = view.name
         self.vector_list.show_view(view)
         self._fit(self.app.size.width, self.app.size.height)
+        self._ensure_model(view)
 
     def current_target(self) -> Composition | None:
         if self.composition is not None:
@@ -378,7 +396,7 @@ class MainScreen(Screen[None]):
 
     def _aim_read_ahead(self) -> None:
         view, s, row = self.view, self.settings, self.vector_list.current_row()
-        if view is None or s is None or row is None or not self.session.model.ready:
+        if view is None or s is None or row is None or not self.session.model_of(view).ready:
             return
         rows = nearby_rows(self.vector_list.shown_rows(), row, self._direction)
         self.read_ahead.aim(view, s, [s.target((r,)) for r in rows])
@@ -598,7 +616,7 @@ class MainScreen(Screen[None]):
         s = self.settings
         assert s is not None
         g = s.generation
-        heading: dict[str, object] = {"bank": str(view.path.resolve()), "model": self.options.backend.model_name,
+        heading: dict[str, object] = {"bank": str(view.path.resolve()), "model": self.options.backend.model_for(view.bank),
                                       "prompt": s.prompt, "system": s.system, "raw": s.raw, "max_new_tokens": g.max_new_tokens,
                                       "temperature": g.temperature, "seed": g.seed, "scale": s.scale}
         write_completions(jsonl, readable, heading, records)
@@ -608,8 +626,9 @@ class MainScreen(Screen[None]):
         from melbo_tui.kinds import Metric, default_kl
 
         view, s = self._need_view()
-        if not self.session.model.ready:
-            raise MelboError(self.session.model.error or "the model is still loading")
+        model = self.session.model_of(view)
+        if not model.ready:
+            raise MelboError(model.error or f"the model {model.name} is still loading")
         shown = [c for c in view.columns() if Metric(c).needs_model]
         names = tuple(dict.fromkeys([view.kl_column, default_kl(view.kind).value, *shown]))
         self.notify(f"measuring {', '.join(title(n) for n in names)} of {view.name} on {s.prompt!r} in the background", timeout=4)
@@ -619,8 +638,9 @@ class MainScreen(Screen[None]):
 
     def _check_job_can_start(self, view: BankView) -> None:
         """A background job needs the model, no other job, and a bank that fits the model."""
-        if not self.session.model.ready:
-            raise MelboError(self.session.model.error or "the model is still loading")
+        model = self.session.model_of(view)
+        if not model.ready:
+            raise MelboError(model.error or f"the model {model.name} is still loading")
         if self.jobs.running:
             raise MelboError("a background job is already running (O stops it)")
         if view.digest in self.session.fit_errors:
@@ -640,12 +660,13 @@ class MainScreen(Screen[None]):
         prompt = meta.prompts[0] if len(meta.prompts) == 1 else f"{meta.prompts[0]!r} and {len(meta.prompts) - 1} more"
         note = "" if meta.prompts[0] == s.prompt else f" (the bank's; you are completing {s.prompt!r})"
         bank_path = view.path
+        model = self.options.backend.model_for(view.bank)
 
         def build(values: dict[str, str]) -> Job:
             count = _whole(values["count"], "the number of vectors")
             if not 0 < count < view.bank.hidden_size:
                 raise InputError(f"the number of vectors must be 1..{view.bank.hidden_size - 1} (d_model - 1)")
-            return OrthoJob(view.bank, bank_path, row, count, output_path(workspace, values["out"]))
+            return OrthoJob(model, view.bank, bank_path, row, count, output_path(workspace, values["out"]))
 
         form = JobForm(
             title=f"MELBO-ortho from vector {row} of {view.name}: vectors orthogonal to it with its effect",
@@ -661,7 +682,9 @@ class MainScreen(Screen[None]):
         view, s = self._need_view()
         self._check_job_can_start(view)
         meta = view.bank.meta
-        radius = meta.radius if meta.radius else MELBO_RADIUS
+        row = self.vector_list.current_row()
+        # the bank's R; a bank that records none: the highlighted vector's norm (in this model's units, like R)
+        radius = meta.radius or float(f"{float(view.bank.vectors[view.base_index if row is None else row].norm()):.3g}")
         workspace = self.options.workspace
         default = free_path(workspace, f"{view.path.stem}.melbo-L{meta.source_layer}-R{radius:g}")
 
@@ -672,7 +695,8 @@ class MainScreen(Screen[None]):
                 raise InputError(f"the number of vectors must be 1..{view.bank.hidden_size} (d_model)")
             if steps <= 0:
                 raise InputError("the number of steps must be positive")
-            return MelboJob(prompt=s.prompt, system=s.system, raw=s.raw, source_layer=meta.source_layer,
+            return MelboJob(model=self.options.backend.model_for(view.bank), prompt=s.prompt, system=s.system, raw=s.raw,
+                            source_layer=meta.source_layer,
                             target_layer=meta.target_layer, radius=radius, out=output_path(workspace, values["out"]),
                             count=count, steps=steps, batch_vectors=min(4, count))
 

@@ -15,6 +15,7 @@ from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 from melbo_tui.compose import ComposeMode
 from melbo_tui.decoding import GenerationSettings
 from melbo_tui.errors import MelboError
+from melbo_tui.tui.failures import error_line
 from melbo_tui.tui.settings import ExploreSettings
 
 SYSTEM_HINT = "empty = the model's own system prompt"
@@ -93,7 +94,7 @@ class SettingsScreen(ModalScreen[ExploreSettings | None]):
         try:
             settings = self._read()
         except MelboError as exc:
-            self.query_one("#settings-error", Static).update(f"⚠ {exc}")
+            self.query_one("#settings-error", Static).update(f"⚠ {error_line(exc)}")
             return
         if self.is_active:
             self.dismiss(settings)

@@ -90,7 +90,7 @@ class SweepScreen(Screen[None]):
             try:
                 result = self._session.stream(self._view, target, self._settings, on_text, should_stop)
             except MelboError as exc:  # the model is loading, the bank does not fit: this row says so
-                self.post_message(self._Text(k, f"⚠ {exc}"))
+                self.post_message(self._Text(k, f"⚠ {error_line(exc)}"))
                 continue
             self.post_message(self._Text(k, result.text + (" [stopped]" if result.stopped else "")))
 

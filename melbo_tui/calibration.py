@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from enum import StrEnum
 
 import torch
 
@@ -40,11 +39,6 @@ from melbo_tui.metrics import batched
 from melbo_tui.models import LoadedModel
 from melbo_tui.prompts import encode
 from melbo_tui.sink import SinkReport
-
-
-class CalibrationMethod(StrEnum):
-    MELBO = "melbo"  # quick MELBO vectors per R: the take-off of their target-layer change
-    DCT = "dct"  # random directions: the root of DCT's nonlinear / linear response ratio = 0.5
 
 
 @dataclass(frozen=True)
@@ -98,6 +92,23 @@ def recommend(radii: list[float], takeoff: int | None, fraction: float = RECOMME
         return None
     below = [i for i in range(takeoff) if radii[i] <= fraction * radii[takeoff]]
     return below[-1] if below else None
+
+
+@dataclass(frozen=True)
+class MelboCalibration:
+    """A MELBO radius sweep read: the points, the take-off R and the recommended R (None where the sweep shows none)."""
+
+    points: list[CalibrationPoint]
+    takeoff: float | None
+    recommended: float | None
+
+
+def calibrate_melbo(points: list[CalibrationPoint]) -> MelboCalibration:
+    """Read a sweep: the take-off (`find_takeoff`) and the recommendation (`recommend`)."""
+    radii, changes = [p.radius for p in points], [p.mean_change for p in points]
+    takeoff = find_takeoff(radii, changes)
+    pick = recommend(radii, takeoff)
+    return MelboCalibration(points, radii[takeoff] if takeoff is not None else None, radii[pick] if pick is not None else None)
 
 
 def _measure(objective: MelboObjective, radius: float, vectors: torch.Tensor) -> CalibrationPoint:
@@ -174,7 +185,9 @@ def calibrate_dct(
 
     As the authors' later code: the ratio is evaluated at `scan_points` log-spaced R over the
     bracket, the first interval where it rises through `target` brackets the root, and Brent's
-    method finds it there (to ~5 significant digits).
+    method finds it there (to ~5 significant digits). Where the ratio is still below `target` at
+    the top of the bracket (a model whose own scale the bracket misjudged), the scan goes on up,
+    at the same spacing, for at most three more decades before giving up.
     """
     lo, hi = bracket
     if not 0 < lo < hi < math.inf:
@@ -192,11 +205,16 @@ def calibrate_dct(
             on_point(found)
         return found
 
-    scan = [point(lo * (hi / lo) ** (i / (scan_points - 1))) for i in range(scan_points)]
+    step = (hi / lo) ** (1 / (scan_points - 1))
+    scan = [point(lo * step**i) for i in range(scan_points)]
     crossing = next((i for i in range(scan_points - 1) if scan[i].ratio <= target <= scan[i + 1].ratio), None)
+    while crossing is None and scan[-1].ratio < target and scan[-1].radius < hi * 1000:
+        scan.append(point(scan[-1].radius * step))
+        if scan[-2].ratio <= target <= scan[-1].ratio:
+            crossing = len(scan) - 2
     if crossing is None:
         seen = ", ".join(f"{p.ratio:.3g}" for p in scan)
-        raise InputError(f"the nonlinearity ratio never rises through {target:g} for R in [{lo:g}, {hi:g}] "
+        raise InputError(f"the nonlinearity ratio never rises through {target:g} for R in [{lo:g}, {scan[-1].radius:g}] "
                          f"(ratios seen: {seen}): give the radius yourself")
     a, b = scan[crossing], scan[crossing + 1]
     evaluations: list[RatioPoint] = []
