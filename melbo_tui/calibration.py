@@ -38,6 +38,7 @@ from melbo_tui.melbo import MelboConfig, MelboObjective, TrainProgress, train
 from melbo_tui.metrics import batched
 from melbo_tui.models import LoadedModel
 from melbo_tui.prompts import encode
+from melbo_tui.scale import SCAN_POINTS
 from melbo_tui.sink import SinkReport
 
 
@@ -176,7 +177,7 @@ def calibrate_dct(
     num_directions: int = 30,
     target: float = 0.5,
     bracket: tuple[float, float] = (0.001, 100.0),
-    scan_points: int = 20,
+    scan_points: int = SCAN_POINTS,
     seed: int = 0,
     chunk: int = 64,
     on_point: Callable[[RatioPoint], None] | None = None,

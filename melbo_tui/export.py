@@ -1,8 +1,9 @@
 """Export a vector (or a composition of vectors) as a llama.cpp control-vector GGUF.
 
 Layout (the one repeng and llama.cpp's cvector-generator write):
-- `general.architecture = "controlvector"`, `controlvector.model_hint` (cosmetic: the model the
-  bank was made with), `controlvector.layer_count` (number of direction tensors);
+- `general.architecture = "controlvector"`, `controlvector.model_hint` (cosmetic: the
+  architecture of the model the bank was made with, e.g. `llama`, as llama.cpp's own
+  cvector-generator writes it), `controlvector.layer_count` (number of direction tensors);
 - one 1-D float32 tensor `direction.{k}` of length d_model per steered layer.
 
 Layer mapping (checked against llama.cpp's `common_control_vector_load_one` and the model graphs):
@@ -11,7 +12,8 @@ right after the final residual add of block k (0-based), at every position, prom
 That is exactly our convention (layer S = the output of decoder block S), so a bank with source
 layer S exports as `direction.{S}`, unchanged. llama.cpp rejects `direction.0` (block 0's output
 cannot be steered there), so banks with source layer 0 cannot be exported. llama.cpp applies the
-vector as is, times `--control-vector-scaled FILE STRENGTH` (1.0 reproduces our steering).
+vector as is, times SCALE in `--control-vector-scaled FILE:SCALE` (1.0 reproduces our steering;
+`--control-vector FILE` is scale 1).
 """
 
 from __future__ import annotations
@@ -78,5 +80,11 @@ def read_control_vector(path: Path) -> tuple[dict[str, str | int], dict[str, np.
 
 
 def _hint(bank: VectorBank) -> str:
-    hint = bank.meta.extra.get("model_type")
-    return str(hint) if hint else bank.meta.model
+    """The architecture name, as llama.cpp's cvector-generator writes it: recorded in the bank's provenance,
+    else known for a packaged model, else (a bank from before either) the model's name."""
+    from melbo_tui.models import packaged
+
+    provenance = bank.meta.extra.get("provenance")
+    recorded = provenance.get("architecture") if isinstance(provenance, dict) else None
+    model = packaged(bank.meta.model)
+    return str(recorded or (model.architecture if model is not None else bank.meta.model))

@@ -65,8 +65,9 @@ class Strategy(StrEnum):
 class Objective(StrEnum):
     """What "reproduces theta0" means at the target layer (`melbo_tui.ortho`'s docstring says why each)."""
 
-    TOKENS = "tokens"  # per-position match: mean_t ||Z_t(theta) - Z_t(theta0)||^2 over the compared positions
+    TOKENS = "tokens"  # per-position match: mean_t ||Z_t(theta) - Z_t(theta0)||^2 over the compared prompt positions
     SEED = "seed"  # the seed's: ||mean_t Z_t(theta) - mean_t Z_t(theta0)||_2
+    CONTINUATION = "continuation"  # tokens, over the prompt and theta0's own greedy continuation (teacher-forced)
 
     @property
     def default_sink(self) -> SinkRule:

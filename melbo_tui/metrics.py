@@ -122,7 +122,7 @@ def measure(
     unsteered_err = _rms(refs.target[1, kept] - base_target)
     logp_base, logp_unsteered = refs.logp[0], refs.logp[1]  # [V]
 
-    cont = _greedy_continuation(lm, ids, source_layer, base, continuation)
+    cont = greedy_continuation(lm, ids, source_layer, base, continuation)
     seq_ids = torch.cat([ids, torch.tensor([cont[:-1]], dtype=ids.dtype, device=ids.device)], dim=1)
     seq_cache = PrefixCache(lm, source_layer, seq_ids) if cont else None
     seq_base = _sequence_logprobs(lm, seq_cache, base[None], len(cont))[0] if seq_cache is not None else None
@@ -255,7 +255,7 @@ def _kl_seq(lm: LoadedModel, cache: PrefixCache | None, chunk: torch.Tensor, bas
     return torch.cat(out)
 
 
-def _greedy_continuation(lm: LoadedModel, ids: torch.Tensor, source_layer: int, theta: torch.Tensor,
+def greedy_continuation(lm: LoadedModel, ids: torch.Tensor, source_layer: int, theta: torch.Tensor,
                          tokens: int) -> list[int]:
     """The base's own greedy answer, up to `tokens` ids, ending early at an end-of-sequence token.
 

@@ -5,6 +5,11 @@ Per vector theta, averaged over the prompts, with Z_t = the residual stream at t
 
 - `tokens` (default): mean over the compared positions of ||Z_t(theta) - Z_t(theta0)||^2, the
   attention sink left out (`sink.SinkRule`: positions massive unsteered or under theta0).
+- `continuation`: `tokens` over the prompt and theta0's own greedy continuation, teacher-forced
+  (the input is the prompt followed by the first `continuation` - 1 tokens theta0 generates, as
+  `kl_seq` reads them). Behaviour is what the model does over the tokens it generates, where the
+  vector is added too; `tokens` sees the prompt only. Sinks (also ones theta0 induces) are left
+  out as in `tokens`. The continuation is computed once per prompt, before the first vector.
 - `seed`: the seed's ||mean_t Z_t(theta) - mean_t Z_t(theta0)||_2 over every position (its
   default sink rule is `keep`). On a model with a massive first-token activation this is mostly
   position 0 (about half of the seed's loss at theta = 0 for the shipped code base, and 82% of
@@ -52,6 +57,7 @@ from torch import nn
 
 from melbo_tui.errors import InputError, Stopped
 from melbo_tui.kinds import Objective, Strategy
+from melbo_tui.metrics import CONTINUATION_TOKENS
 from melbo_tui.models import LoadedModel
 from melbo_tui.prefix import PrefixCache
 from melbo_tui.sink import Positions, SinkMode, SinkReport, SinkRule, select_positions
@@ -77,6 +83,7 @@ class OrthoConfig:
     l2: float = 0.0  # penalty l2 * ||theta||^2 (the seed's hypothesis 2)
     seed: int = 0
     collapse_ratio: float = 0.02  # |theta| <= ratio * |theta0| counts as collapsed; 0: never
+    continuation: int = CONTINUATION_TOKENS  # `continuation` objective: tokens of theta0's greedy answer compared
 
     def check(self, hidden_size: int) -> None:
         if self.strategy not in Strategy.__members__.values():
@@ -97,6 +104,8 @@ class OrthoConfig:
             raise InputError(f"`l2` must be a finite number >= 0, got {self.l2}")
         if not self.collapse_ratio >= 0:
             raise InputError(f"collapse ratio must be >= 0, got {self.collapse_ratio}")
+        if self.continuation < 2:
+            raise InputError(f"`continuation` must be at least 2 tokens, got {self.continuation}")
 
     def resolved(self, theta0_norm: float) -> OrthoConfig:
         """Defaults filled in, per strategy and objective.
@@ -266,7 +275,7 @@ class OrthoLoss:
 
     def reported(self, value: float) -> float:
         """The number shown and stored as `ortho_loss`: in activation units for both objectives (tokens: RMS error)."""
-        return math.sqrt(max(value, 0.0)) if self.objective == Objective.TOKENS else value
+        return value if self.objective == Objective.SEED else math.sqrt(max(value, 0.0))
 
     def report(self) -> SinkReport:
         """Which positions the rule leaves out, which sinks it keeps, and their shares of sum_t ||Z_t(0) - Z_t(theta0)||^2."""
@@ -414,6 +423,8 @@ def search(
     assert cfg.sink is not None
     device = lm.device
     earlier = done.float().cpu() if done is not None else torch.zeros(0, lm.hidden_size)
+    if cfg.objective == Objective.CONTINUATION:
+        inputs = [with_continuation(lm, ids, source_layer, theta0, cfg.continuation) for ids in inputs]
     forward = (_CachedForward if cfg.strategy == Strategy.FAST else _FullForward)(lm, source_layer, target_layer, inputs)
     objective = OrthoLoss(forward, cfg.objective, cfg.sink, theta0.float().to(device))
     if on_sink is not None:
@@ -457,9 +468,19 @@ def search(
                         stopped, collapsed_norm)
 
 
+def with_continuation(lm: LoadedModel, ids: torch.Tensor, source_layer: int, theta0: torch.Tensor, tokens: int) -> torch.Tensor:
+    """`ids  # [1, T]` followed by the first `tokens` - 1 tokens of theta0's greedy answer (the inputs `kl_seq` reads)."""
+    from melbo_tui.metrics import greedy_continuation
+
+    answer = greedy_continuation(lm, ids.to(lm.device), source_layer, theta0.float(), tokens)[:-1]
+    return torch.cat([ids, torch.tensor([answer], dtype=ids.dtype, device=ids.device)], dim=1)
+
+
 LOSS_TEXT = {
     Objective.TOKENS: "mean over compared positions t of ||Z_t(theta) - Z_t(theta0)||^2 (ortho_loss stores its square root)",
     Objective.SEED: "||z(theta) - z(theta0)||_2, z = target layer meaned over the compared positions",
+    Objective.CONTINUATION: "mean over compared positions t of the prompt and theta0's greedy continuation (teacher-forced) "
+                            "of ||Z_t(theta) - Z_t(theta0)||^2 (ortho_loss stores its square root)",
 }
 
 
@@ -467,7 +488,8 @@ def hyperparameters(config: OrthoConfig) -> dict[str, Any]:
     """What a bank records of a resolved config, JSON-plain; `resume` must match it."""
     assert config.sink is not None
     fast = config.strategy == Strategy.FAST
-    return {
+    extra = {"continuation": config.continuation} if config.objective == Objective.CONTINUATION else {}
+    return {**extra,
         "strategy": config.strategy.value, "objective": config.objective.value, "steps": config.steps, "lr": config.lr,
         "l2": config.l2, "seed": config.seed, "collapse_ratio": config.collapse_ratio, "sink": config.sink.record(),
         "optimizer": f"L-BFGS (strong Wolfe, history {LBFGS_HISTORY})" if fast else "Adam (constant lr)",

@@ -36,6 +36,7 @@ REFERENCE_UNIT = 46.28  # SmolLM2-135M-Instruct, output of block 8: sqrt(d) x me
 MELBO_RADIUS = 15.0  # `calibrate`'s recommendation on SmolLM2 at blocks 8 -> 16, in its units
 CALIBRATE_RADII = (2.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 60.0)  # the sweep that found it, from a linear start
 DCT_BRACKET = (0.001, 100.0)  # where DCT's calibration looks for its root (the authors')
+SCAN_POINTS = 20  # log-spaced points of that scan before Brent's method (the authors')
 
 
 @dataclass(frozen=True)

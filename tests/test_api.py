@@ -53,3 +53,19 @@ def test_every_method_takes_the_same_shared_inputs(tiny_chat: LoadedModel) -> No
         ablated = tiny_chat.model(input_ids=ids).logits
     assert not torch.allclose(plain, ablated)
     assert torch.equal(tiny_chat.model(input_ids=ids).logits, plain)  # the hooks leave with the block
+
+
+def test_no_engine_error_spells_a_command_line_flag() -> None:
+    """The engine names parameters (`name`); the CLI renders them as --flags, the explorer and notebooks plainly."""
+    import ast
+    from pathlib import Path
+
+    engine = Path(mt.__file__).parent
+    offenders = []
+    for path in sorted(engine.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and node.exc is not None:
+                text = ast.unparse(node.exc)
+                if "Error(" in text and " --" in text.replace("'--", " --").replace('"--', " --"):
+                    offenders.append(f"{path.name}:{node.lineno}: {text[:80]}")
+    assert not offenders, offenders

@@ -169,7 +169,7 @@ def test_train_resume_continues_to_the_same_bank(tmp_path: Path, tiny_model_dir:
     assert code == 0, err
     torch.testing.assert_close(load_bank(part).vectors, load_bank(full).vectors)
     code, _, err = run_cli([*common, "--num-vectors", "6", "--radius", "5", "--out", str(part), "--resume"], capsys, monkeypatch)
-    assert code == 2 and "other settings" in err
+    assert code == 2 and "it was made with radius 9.0, this run asks 5.0" in err
 
 
 def test_calibrate_prints_table_chart_and_a_recommendation(tiny_model_dir: Path, capsys: pytest.CaptureFixture[str],

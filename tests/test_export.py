@@ -32,7 +32,10 @@ def test_export_reads_back(tiny_llama: LoadedModel, tmp_path: Path, mode: Compos
     reader = gguf.GGUFReader(str(path))
     assert _field(reader, "general.architecture") == "controlvector"
     assert _field(reader, "controlvector.layer_count") == 1
-    assert _field(reader, "controlvector.model_hint") == tiny_llama.name
+    assert _field(reader, "controlvector.model_hint") == tiny_llama.name  # a bank that records no architecture
+    bank.meta.extra["provenance"] = tiny_llama.provenance()
+    export_gguf(bank, Composition((1,), mode), path)
+    assert _field(gguf.GGUFReader(str(path)), "controlvector.model_hint") == "llama"  # as llama.cpp's generator writes it
     assert [t.name for t in reader.tensors] == ["direction.2"]  # direction.k = output of block k, as ours
     data = np.asarray(reader.tensors[0].data, dtype=np.float32).reshape(-1)
     picked = bank.vectors[1:4]

@@ -72,7 +72,7 @@ def test_offloading_is_said_and_recorded(offloaded: LoadedModel) -> None:
 
 
 def test_offload_folder_needs_a_device_map(tiny_model_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(ModelError, match="--offload-folder needs a device map"):
+    with pytest.raises(ModelError, match="`offload_folder` needs a device map"):
         load_model(str(tiny_model_dir), device="cpu", offload_folder=str(tmp_path))
 
 
@@ -89,7 +89,7 @@ def test_device_names_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_device("cuda:1") == "cuda:1"
     with pytest.raises(ModelError, match=r"cuda:0\.\.cuda:1"):
         resolve_device("cuda:2")
-    with pytest.raises(ModelError, match="unknown --device"):
+    with pytest.raises(ModelError, match="unknown `device`"):
         resolve_device("tpu")
 
 
@@ -141,7 +141,7 @@ def test_offline_only_when_asked_or_unreachable_and_then_said(tiny_model_dir: Pa
 
 
 def test_a_revision_for_a_local_model_is_refused(tiny_model_dir: Path) -> None:
-    with pytest.raises(ModelError, match="--revision applies to hub ids"):
+    with pytest.raises(ModelError, match="`revision` applies to hub ids"):
         load_model(str(tiny_model_dir), revision="main")
 
 
@@ -153,7 +153,7 @@ def test_provenance_and_resume_across_dtypes_refused(tiny_model_dir: Path, tiny_
     assert bf16.provenance()["dtype"] == "bfloat16"
     check_resume_provenance(record, tiny_chat, "b.safetensors")  # same load: fine
     check_resume_provenance(None, bf16, "old.safetensors")  # a bank without a record: fine
-    with pytest.raises(BankError, match=r"made in float32 and the model is loaded in bfloat16; load it with --dtype float32"):
+    with pytest.raises(BankError, match=r"made in float32 and the model is loaded in bfloat16; load it with `dtype` float32"):
         check_resume_provenance(record, bf16, "b.safetensors")
     tiny_chat.model.config._commit_hash = "abc123"
     try:

@@ -125,6 +125,7 @@ def test_objectives_against_an_independent_computation(tiny_llama: LoadedModel) 
     assert tokens.reported(float(expected_tokens[0])) == pytest.approx(float(expected_tokens[0]) ** 0.5)
 
 
+@pytest.mark.slow
 def test_fast_beats_the_seeds_loop_on_a_tiny_model_with_60_evaluations(tiny_llama: LoadedModel) -> None:
     # the same objective (the seed's): L-BFGS converges where Adam with the seed's lr is still on its way
     fast = _search(tiny_llama, OrthoConfig(count=3, objective=Objective.SEED))
@@ -229,7 +230,7 @@ def test_cli_errors_are_one_line(tiny_chat: LoadedModel, tiny_model_dir: Path, t
     _assert_one_line_error(*_cli(monkeypatch, capsys, "ortho", str(bank), "--strategy", "slow", "--num-vectors", "2", "--out", out, *model),
                            "Invalid value for '--strategy': 'slow' is not one of")
     _assert_one_line_error(*_cli(monkeypatch, capsys, "ortho", str(bank), "--objective", "kl", "--num-vectors", "2", "--out", out, *model),
-                           "Invalid value for '--objective': 'kl' is not one of 'tokens', 'seed'.")
+                           "Invalid value for '--objective': 'kl' is not one of 'tokens', 'seed', 'continuation'.")
     _assert_one_line_error(*_cli(monkeypatch, capsys, "ortho", str(bank), "--sink", "first", "--num-vectors", "2", "--out", out, *model), "sink must be 'exclude', 'keep'")
     _assert_one_line_error(*_cli(monkeypatch, capsys, "ortho", str(bank), "--lr", "0.1", "--num-vectors", "2", "--out", out, *model), "--lr is the Adam")
     _assert_one_line_error(*_cli(monkeypatch, capsys, "eval", str(other), *model), "hidden size 48")
@@ -318,3 +319,41 @@ def test_fast_ortho_in_bf16_keeps_the_fp32_quality_on_the_embedded_model(embedde
     err = {k: float(bank_metrics(embedded, r, ids[0], source_layer=8, target_layer=16, continuation=8)["err"][1:].median())
            for k, r in rows.items()}
     assert err["bf16"] <= err["fp32"] * 1.05, err
+
+
+def test_the_continuation_objective_compares_theta0s_own_answer_teacher_forced(tiny_llama: LoadedModel) -> None:
+    """`continuation` = `tokens` on the prompt followed by theta0's greedy tokens: checked against
+    the tokens objective run by hand on those inputs, and against a greedy loop written here."""
+    from melbo_tui.ortho import with_continuation
+    from melbo_tui.steering import steer
+
+    theta0 = random_bank(tiny_llama, rows=3).vectors[0]
+    ids = prompt_ids(tiny_llama)
+    extended = with_continuation(tiny_llama, ids, 0, theta0, 6)
+    assert extended.shape[1] == ids.shape[1] + 5 and torch.equal(extended[:, : ids.shape[1]], ids)
+    current = ids
+    with torch.no_grad(), steer(tiny_llama, 0, theta0):  # the greedy answer under theta0, one token at a time
+        for _ in range(5):
+            token = tiny_llama.model(input_ids=current).logits[0, -1].argmax()
+            current = torch.cat([current, token.view(1, 1)], dim=1)
+    assert torch.equal(extended, current)
+    config = OrthoConfig(count=2, steps=5, objective=Objective.CONTINUATION, continuation=6)
+    found = search(tiny_llama, theta0, [ids], source_layer=0, target_layer=3, config=config)
+    by_hand = search(tiny_llama, theta0, [extended], source_layer=0, target_layer=3,
+                     config=replace(config, objective=Objective.TOKENS))
+    assert torch.allclose(found.vectors, by_hand.vectors, atol=1e-6) and found.losses == pytest.approx(by_hand.losses)
+    prompt_only = search(tiny_llama, theta0, [ids], source_layer=0, target_layer=3, config=replace(config, objective=Objective.TOKENS))
+    assert not torch.allclose(found.vectors, prompt_only.vectors, atol=1e-4)  # it does see more than the prompt
+    from melbo_tui.ortho import hyperparameters
+
+    resolved = config.resolved(float(theta0.norm()))
+    assert hyperparameters(resolved)["continuation"] == 6 and "continuation" not in hyperparameters(replace(resolved, objective=Objective.TOKENS))
+    with pytest.raises(InputError, match="`continuation` must be at least 2"):
+        OrthoConfig(count=1, continuation=1).check(tiny_llama.hidden_size)
+
+
+def test_the_clis_continuation_default_is_the_engines() -> None:
+    from melbo_tui.cli.options import CONTINUATION_TOKENS as CLI_DEFAULT
+    from melbo_tui.metrics import CONTINUATION_TOKENS
+
+    assert CLI_DEFAULT == CONTINUATION_TOKENS

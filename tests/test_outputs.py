@@ -81,13 +81,15 @@ def _commands(bank: Path, out: Path) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize("command", ["train", "ortho", "dump", "export", "doctor"])
-@pytest.mark.parametrize("case", ["directory", "parent is a file", "read-only directory"])
+@pytest.mark.parametrize("case", ["directory", "plain directory", "parent is a file", "read-only directory"])
 def test_a_bad_out_fails_at_once_with_one_line(command: str, case: str, bank_file: Path, tmp_path: Path,
                                                read_only_dir: Path, capsys: pytest.CaptureFixture[str],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "a-file").write_text("x")
-    (tmp_path / "out.txt").mkdir()  # a directory with a file's name (dump's --out NAME is a prefix)
-    out = {"directory": tmp_path / "out.txt", "parent is a file": tmp_path / "a-file" / "out.safetensors",
+    (tmp_path / "out.txt").mkdir()  # a directory with a file's name
+    (tmp_path / "outdir").mkdir()  # and one without: dump's --out NAME is a prefix (NAME.txt), but not a directory's
+    out = {"directory": tmp_path / "out.txt", "plain directory": tmp_path / "outdir",
+           "parent is a file": tmp_path / "a-file" / "out.safetensors",
            "read-only directory": read_only_dir / "out.txt"}[case]
     start = time.perf_counter()
     code, err = cli_error(_commands(bank_file, out)[command], capsys, monkeypatch)
@@ -95,7 +97,7 @@ def test_a_bad_out_fails_at_once_with_one_line(command: str, case: str, bank_fil
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("melbo-tui: error: --")
     assert NO_MODEL not in err  # found before the model load
-    assert {"directory": "is a directory", "parent is a file": "is not a directory",
+    assert {"directory": "is a directory", "plain directory": "is a directory", "parent is a file": "is not a directory",
             "read-only directory": "cannot write in"}[case] in err
     assert time.perf_counter() - start < 5
 

@@ -324,7 +324,7 @@ def generate(
     steering = None if composition is None else compose(bank.vectors, composition)
     label = "unsteered" if steering is None or composition is None else f"{composition.label}, |v|={steering.norm():.2f}"
     where = f"ablated from every block's writes{' and the embeddings' if ablate_embedding else ''}" if ablate else f"@ block {bank.meta.source_layer}"
-    err.print(f"[dim]{label} {where} | prompt: {text!r} | T={temperature} seed={seed}[/]")
+    err.print(f"[dim]{label} {where} | T={temperature}, seed {seed} | prompt: {text!r}[/]")  # what may wrap comes last
     def write(piece: str) -> None:
         sys.stdout.write(piece)
         sys.stdout.flush()

@@ -55,14 +55,21 @@ def default_banks() -> list[Path]:
     """Every shipped bank in the repository's `vectors/` directory, MELBO-ortho banks first.
 
     The app opens on the first (the seed's experiment, `ortho-*.safetensors`); `n` goes to the
-    next. Ordered by name without the extension (so `ortho-x` comes before its variants
-    `ortho-x-l2-...`); no file is read before the first frame.
+    next. MELBO-ortho banks come first, the embedded model's before another model's (named
+    `MODEL-ortho-*`, `MODEL-melbo-*`), each group by name without the extension (so `ortho-x`
+    comes before its variants `ortho-x-l2-...`); no file is read before the first frame.
     """
     directory = shipped_vectors_dir()
     banks = sorted(directory.glob("*.safetensors")) if directory.is_dir() else []
     if not banks:
         raise BankError(f"no shipped bank in {directory}: open one with 'melbo-tui open BANK.safetensors'")
-    return sorted(banks, key=lambda path: (not path.name.startswith("ortho-"), path.stem))
+    return sorted(banks, key=_shipped_order)
+
+
+def _shipped_order(path: Path) -> tuple[bool, str, str]:
+    words = path.stem.split("-")
+    kind = next((i for i, word in enumerate(words) if word in ("ortho", "melbo")), 0)
+    return (words[kind] != "ortho", "-".join(words[:kind]), path.stem)
 
 
 def run_explorer(

@@ -35,6 +35,7 @@ from melbo_tui.cli.options import (
 )
 from melbo_tui.errors import InputError
 from melbo_tui.kinds import Metric
+from melbo_tui.scale import SCAN_POINTS
 
 if TYPE_CHECKING:
     from melbo_tui.calibration import RatioPoint
@@ -69,7 +70,8 @@ def _layers(lm: LoadedModel, source: int | None, target: int | None) -> tuple[in
 def _calibration_reporter(bar: Progress, task: TaskID) -> Callable[[RatioPoint], None]:
 
     def report(point: RatioPoint) -> None:
-        bar.update(task, advance=1, info=f"R={point.radius:.4g} ratio={point.ratio:.3f}")
+        done = int(bar.tasks[task].completed) + 1  # the scan's points, then Brent's, one at a time: the total grows
+        bar.update(task, completed=done, total=max(done + 1, bar.tasks[task].total or 0), info=f"R={point.radius:.4g} ratio={point.ratio:.3f}")
 
     return report
 
@@ -121,7 +123,7 @@ def dct(
         resume_point(out, lm, run)  # refuse a mismatched or finished bank before any work
     try:
         with progress() as bar:
-            calibrating = bar.add_task("calibrating R", total=None, info="", visible=config.radius is None and not resume)
+            calibrating = bar.add_task("calibrating R", total=SCAN_POINTS, info="", visible=config.radius is None and not resume)
             fitting = bar.add_task("DCT factor passes", total=num_vectors * (iterations + 2), info="")
 
             def report(p: DCTProgress) -> None:
@@ -187,7 +189,7 @@ def jacobian(
     raw_prompts = bool(raw) or not lm.has_chat_template
     check_inputs(lm, source, target, [encode(lm, p, system, raw_prompts) for p in prompts], positions)
     with progress() as bar:
-        calibrating = bar.add_task("calibrating R", total=None, info="", visible=config.radius is None)
+        calibrating = bar.add_task("calibrating R", total=SCAN_POINTS, info="", visible=config.radius is None)
         products = bar.add_task("products with J^T J", total=iterations + 1, info="")
         bank = run_jacobian(lm, source, target, prompts, config, system, bool(raw), created_by=command_line(),
                             on_progress=lambda done, total: bar.update(products, completed=done, total=total),

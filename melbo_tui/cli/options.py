@@ -107,6 +107,9 @@ def open_model(request: ModelRequest) -> LoadedModel:
 
 
 
+CONTINUATION_TOKENS = 32  # = metrics.CONTINUATION_TOKENS (torch-free here, for --help; a test checks they agree)
+
+
 def deprecated_alias(old: str, old_value: int | None, new: str, new_value: int | None, default: int) -> int:
     """The value of option `new`, or of its deprecated spelling `old` (with a note on stderr); both given is an error."""
     if old_value is None:

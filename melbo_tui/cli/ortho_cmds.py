@@ -15,6 +15,7 @@ from rich.table import Table
 
 from melbo_tui.cli.app import app, command_line
 from melbo_tui.cli.options import (
+    CONTINUATION_TOKENS,
     MAX_NEW_TOKENS,
     SINK_HELP,
     TEMPERATURE,
@@ -53,12 +54,12 @@ from melbo_tui.labels import MadeOn
 if TYPE_CHECKING:
     from melbo_tui.bank import VectorBank
 
-OBJECTIVE_HELP = ("What reproducing theta0 means. tokens (default): mean over compared target positions of "
-                  "||Z_t(theta) - Z_t(theta0)||^2 (the attention sink left out); seed: the seed's "
-                  "||mean_t Z_t(theta) - mean_t Z_t(theta0)||_2, which on models with a massive first-token activation "
-                  "matches that one position. Measured on the embedded model (first 6 vectors, 60 evaluations, "
-                  "docs/ortho-budget-data.md), median kl_seq to theta0 vs not steering: code base tokens 0.093, seed "
-                  "0.264, unsteered 0.458; instructions 0.091 / 0.228 / 0.160.")
+OBJECTIVE_HELP = ("What reproducing theta0 means at the target layer. tokens (default): mean over the compared prompt "
+                  "positions of ||Z_t(theta) - Z_t(theta0)||^2 (the attention sink left out); continuation: the same over "
+                  "the prompt and theta0's own greedy continuation, teacher-forced (--continuation tokens; about twice the "
+                  "cost per vector); seed: the seed's ||mean_t Z_t(theta) - mean_t Z_t(theta0)||_2 over every position, "
+                  "which on models with a massive first-token activation matches that one position. Measured side by side: "
+                  "docs/replication.md.")
 
 
 def _parent_bank(path: Path, base: int) -> tuple[VectorBank, int]:
@@ -84,6 +85,7 @@ def ortho(
     steps: Annotated[int | None, typer.Option(help="Per vector: sequential, Adam steps (default 1000, the seed's); fast, L-BFGS loss evaluations (default 60: on the embedded model 30, 60, 120 and 240 give the same kl_seq on two of three bases, 120 is 18% lower on the third at twice the time; docs/ortho-budget-data.md).")] = None,
     lr: Annotated[float | None, typer.Option(help="sequential only: Adam lr, constant. Default scales with |theta0|: 0.01 x |theta0| / 7 (the seed's 0.01 at |theta0| = 7).")] = None,
     l2: Annotated[float, typer.Option("--l2", help="Add l2 x ||theta||^2 to the loss (0 = the seed: no norm penalty). Its weight depends on the objective's scale: on the embedded model's code base (tokens) 0.01 changes nothing, 0.3 shortens the vectors by 25% at the same kl_seq, 1 by 45% at an 11% higher kl_seq, 3 loses the effect (docs/replication.md s.8).")] = 0.0,
+    continuation: Annotated[int, typer.Option(help="--objective continuation: tokens of theta0's greedy answer compared (as kl_seq reads them).")] = CONTINUATION_TOKENS,
     seed: Annotated[int, typer.Option(help="Seed of the random starts (vector i depends only on seed and i).")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue the bank in --out (same settings).")] = False,
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Compute KL/norm metrics at the end.")] = True,
@@ -109,6 +111,7 @@ def ortho(
     count = deprecated_alias("--count", count, "--num-vectors", num_vectors, default=64)
     check_output(out)
     config = OrthoConfig(count=count, strategy=strategy, objective=objective, steps=steps, lr=lr, l2=l2, seed=seed,
+                         continuation=continuation,
                          sink=SinkRule.parse(sink) if sink is not None else None)
     parent, base = _parent_bank(bank_path, base)
     config.check(parent.hidden_size)  # every setting error before the model loads
@@ -219,6 +222,8 @@ def dump(
     rule_list = load_rules(rules) if label else []
     bank = load_bank(bank_path)
     picked = parse_selection(rows, len(bank)) if rows else list(range(len(bank)))
+    if out is not None:
+        check_output(out)  # a directory is refused, as everywhere, not read as the stem of DIR.txt
     text_path, jsonl_path = dump_paths(bank_path, out)
     text, system, raw = prompt_for(bank, bank_path, prompt, system, raw)
     own_labels = label and out is None and bank.meta.prompts[:1] == [text] and (system, raw) == (

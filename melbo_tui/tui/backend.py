@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Protocol
 from melbo_tui.compose import Composition
 from melbo_tui.decoding import GenerationResult
 from melbo_tui.errors import MelboError, ModelError
-from melbo_tui.kinds import Metric
+from melbo_tui.kinds import Metric, Objective
 from melbo_tui.tui.settings import ExploreSettings
 
 if TYPE_CHECKING:
@@ -83,15 +83,21 @@ class OrthoJob:
     base_row: int
     count: int
     out: Path
+    objective: Objective = Objective.TOKENS
 
     @property
     def prompts(self) -> list[str]:
         return list(self.bank.meta.prompts)
 
+    def timing_key(self) -> str:
+        """What the time per vector depends on (the dialog times the job again when it changes)."""
+        return f"ortho {self.model} {self.bank_path} {self.base_row} {self.objective}"
+
     def command(self, model_flags: tuple[str, ...] = (), show: Callable[[Path], str] = _absolute) -> str:
         """The equivalent command line: what a new bank records as `created_by` (`show` writes the paths)."""
+        objective = ["--objective", self.objective.value] if self.objective != Objective.TOKENS else []
         return _shell(["melbo-tui", "ortho", show(self.bank_path), "--base", str(self.base_row),
-                       "--num-vectors", str(self.count), "--out", show(self.out), *model_flags])
+                       "--num-vectors", str(self.count), *objective, "--out", show(self.out), *model_flags])
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,10 @@ class MelboJob:
     count: int = 8
     steps: int = 300
     batch_vectors: int = 4
+
+    def timing_key(self) -> str:
+        """What the time per vector depends on (the dialog times the job again when it changes)."""
+        return f"melbo {self.model} {self.prompt!r} {self.source_layer} {self.target_layer} {self.steps} {self.batch_vectors}"
 
     def command(self, model_flags: tuple[str, ...] = (), show: Callable[[Path], str] = _absolute) -> str:
         """The equivalent `melbo-tui train` command line: what the new bank records as `created_by`."""
@@ -487,7 +497,7 @@ class EngineBackend:
         lm = self._model(name=job.model)
         with self._turns.measurement(lambda: False):
             if isinstance(job, OrthoJob):
-                return estimate_ortho(lm, self._ortho_source(job), OrthoConfig(count=job.count))
+                return estimate_ortho(lm, self._ortho_source(job), OrthoConfig(count=job.count, objective=job.objective))
             return estimate_melbo(lm, self._melbo_config(job), [job.prompt], job.system, job.raw)
 
     def run_ortho(self, job: OrthoJob, on_progress: OnJobProgress, should_stop: ShouldStop) -> str:
@@ -503,7 +513,7 @@ class EngineBackend:
             self._turns.yield_to_generations(should_stop)  # between steps no hook is live
 
         with self._turns.model:
-            result = run_ortho(lm, source, OrthoConfig(count=job.count), job.out,
+            result = run_ortho(lm, source, OrthoConfig(count=job.count, objective=job.objective), job.out,
                                created_by=job.command(self.model_flags(job.model)),
                                on_progress=progress, should_stop=should_stop)
             if result.found and not result.stopped:  # as `melbo-tui ortho` does: every row measured, stored in the file
@@ -574,6 +584,7 @@ class ScriptedBackend:
         self.finished: list[tuple[GenerationRequest, GenerationResult]] = []
         self.completed: list[Composition] = []  # read-ahead completions, in order
         self.metrics_requests: list[MetricsRequest] = []
+        self.estimated: list[str] = []  # `timing_key` of every job timed
         self.metrics_seconds = 0.0
         self.job_block, self.job_steps, self.job_step_seconds = 4, 5, 0.01
         self.melbo_jobs: list[MelboJob] = []
@@ -662,6 +673,7 @@ class ScriptedBackend:
         return {} if vector is None else {"norm": float(vector.norm()), "kl": 0.123, "kl_unsteered": 0.456}
 
     def estimate(self, job: Job) -> float:
+        self.estimated.append(job.timing_key())
         return self.job_steps * self.job_step_seconds
 
     def run_ortho(self, job: OrthoJob, on_progress: OnJobProgress, should_stop: ShouldStop) -> str:

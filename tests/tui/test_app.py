@@ -544,6 +544,28 @@ async def test_background_ortho_job_says_what_it_will_do_and_writes_into_the_wor
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [".parent.safetensors.lock", "parent.safetensors"]
 
 
+async def test_the_ortho_dialog_chooses_the_objective_and_times_each_one(tmp_path: Path, make_app) -> None:
+    bank = make_bank(tmp_path / "parent.safetensors", 10)
+    backend = ScriptedBackend(token_seconds=0.002, tokens=6)
+    app = make_app([bank], backend)
+    async with running(app) as (pilot, _):
+        await wait_for(pilot, lambda: backend.loaded.is_set())
+        await pilot.press("o")
+        await wait_for(pilot, lambda: "for 64 vectors here" in screen_text(app))
+        assert len(backend.estimated) == 1 and backend.estimated[0].endswith(" tokens")
+        await pilot.press("tab", "ctrl+u", *"bogus")
+        await wait_for(pilot, lambda: "the objective must be tokens, seed, continuation" in screen_text(app))
+        assert region_text(app, app.screen.query_one("#job-command")) == ""  # nothing to run
+        await pilot.press("ctrl+u", *"continuation")
+        await wait_for(pilot, lambda: len(backend.estimated) == 2 and "for 64 vectors here" in screen_text(app))
+        assert backend.estimated[1].endswith(" continuation")  # timed again: another objective, another time per vector
+        command = region_text(app, app.screen.query_one("#job-command"))
+        assert command == f"melbo-tui ortho {bank} --base 0 --num-vectors 64 --objective continuation --out ./parent.ortho-from0.safetensors"
+        await pilot.press("shift+tab", "ctrl+u", *"8")
+        await wait_for(pilot, lambda: "for 8 vectors here" in screen_text(app))
+        assert len(backend.estimated) == 2  # the count changes the total, not the time per vector
+
+
 async def test_a_job_stopped_before_its_first_vector_leaves_no_file(tmp_path: Path, make_app) -> None:
     bank = make_bank(tmp_path / "parent.safetensors", 10)
     backend = ScriptedBackend(token_seconds=0.002, tokens=6)
@@ -599,9 +621,7 @@ async def test_fast_typing_select_then_compose_keeps_the_composition(bank_path: 
             event = events.Key(key, char)  # all queued at once, as a real terminal delivers a fast typist
             event.set_sender(app)
             app.post_message(event)
-        await wait_for(pilot, lambda: "mean_1,2,3_x1.0-w11" in steered(app))
-        await pilot.pause(0.2)
-        assert "mean[1:4] (k=3)" in screen_text(app)
+        await wait_for(pilot, lambda: "mean_1,2,3_x1.0-w11" in steered(app) and "mean[1:4] (k=3)" in screen_text(app))
 
 
 async def test_background_melbo_training_opens_its_bank_and_grows(tmp_path: Path, make_app) -> None:

@@ -19,10 +19,11 @@ def test_default_banks_are_the_shipped_ones_ortho_first(tmp_path: Path, monkeypa
     with pytest.raises(BankError, match="no shipped bank"):
         explore_cmds.default_banks()
     for name in ("melbo-a.safetensors", "ortho-z.safetensors", "ortho-b-l2-0.1.safetensors", "ortho-b.safetensors",
-                 "ortho-b.dump.txt"):
+                 "ortho-b.dump.txt", "gemma-melbo-a.safetensors", "gemma-ortho.safetensors"):
         (tmp_path / name).write_bytes(b"")
     assert [p.name for p in explore_cmds.default_banks()] == [
-        "ortho-b.safetensors", "ortho-b-l2-0.1.safetensors", "ortho-z.safetensors", "melbo-a.safetensors"]
+        "ortho-b.safetensors", "ortho-b-l2-0.1.safetensors", "ortho-z.safetensors", "gemma-ortho.safetensors",
+        "melbo-a.safetensors", "gemma-melbo-a.safetensors"]
 
 
 def test_bad_arguments_fail_before_the_app_starts(tmp_path: Path) -> None:

@@ -47,7 +47,7 @@ def banks(tmp_path: Path) -> list[Path]:
             make_bank(tmp_path / "melbo.safetensors", 12, seed=1, metrics=False)]
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", [1, pytest.param(2, marks=pytest.mark.slow)])
 async def test_random_keys_never_crash_the_app(tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # whatever random keys make the app write, it writes in here
     app = fuzzed_app(banks(tmp_path), fast_backend(), tmp_path)
@@ -59,6 +59,7 @@ async def test_random_keys_never_crash_the_app(tmp_path: Path, seed: int, monkey
     assert len(report.screens & SCREENS) >= 5, report.screens  # the keys reached the screens, not just the list
 
 
+@pytest.mark.slow
 async def test_random_keys_with_a_real_model(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same, briefly, on a real (tiny, random-weight) chat model: real generation, KL and jobs."""
     monkeypatch.chdir(tmp_path)

@@ -36,6 +36,7 @@ def wait_pane(session: str, needle: str, timeout: float) -> str:
     raise AssertionError(f"'{needle}' never appeared in the pane; last screen:\n{pane}")
 
 
+@pytest.mark.slow
 def test_open_browse_stream_and_quit_in_tmux(tmp_path: Path) -> None:
     bank = make_bank(tmp_path / "demo.safetensors", 30, labels=["code"] * 30)
     cache = tmp_path / "cache"

@@ -79,6 +79,7 @@ class JobScreen(ModalScreen[Job | None]):
         self._workspace = workspace
         self._per_vector: float | None = None
         self._estimate_error: str | None = None
+        self._timed: str | None = None  # the `timing_key` of the job being (or last) timed
 
     def compose(self) -> ComposeResult:
         with Vertical(id="job-box"):
@@ -102,10 +103,17 @@ class JobScreen(ModalScreen[Job | None]):
 
     def on_mount(self) -> None:
         self.query_one(Input).focus()
-        job = self._job()
-        if job is not None:
-            self.run_worker(functools.partial(self._backend.estimate, job), name="estimate", group="estimate",
-                            description="time a few optimiser steps", thread=True, exit_on_error=False)
+        self._job()
+
+    def _time(self, job: Job) -> None:
+        """Time `job` unless a job that takes as long per vector was timed (a new objective or step count is timed again)."""
+        key = job.timing_key()
+        if key == self._timed:
+            return
+        self._timed, self._per_vector, self._estimate_error = key, None, None
+        self.query_one("#job-time", Static).update("timing a few optimiser steps…")
+        self.run_worker(functools.partial(self._backend.estimate, job), name=key, group="estimate", exclusive=True,
+                        description="time a few optimiser steps", thread=True, exit_on_error=False)
 
     def _values(self) -> dict[str, str]:
         return {field.name: self.query_one(f"#{field.name}", Input).value for field in self.form.fields}
@@ -121,6 +129,7 @@ class JobScreen(ModalScreen[Job | None]):
         self.query_one("#job-error", Static).update("")
         self.query_one("#job-command", Static).update(job.command(self._backend.model_flags(job.model),
                                                                   lambda p: show_path(p, self._workspace)))
+        self._time(job)
         self._show_time(job)
         return job
 
@@ -140,8 +149,8 @@ class JobScreen(ModalScreen[Job | None]):
 
     @on(Worker.StateChanged)
     def _estimated(self, event: Worker.StateChanged) -> None:
-        if event.worker.group != "estimate":
-            return
+        if event.worker.group != "estimate" or event.worker.name != self._timed:
+            return  # another dialog's, or the timing of settings changed since
         if event.state == WorkerState.SUCCESS:
             self._per_vector = float(cast(float, event.worker.result))
         elif event.state == WorkerState.ERROR:

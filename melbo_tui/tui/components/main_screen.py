@@ -30,6 +30,7 @@ from textual.worker import Worker, WorkerState
 from melbo_tui.compose import UNSTEERED, ComposeMode, Composition
 from melbo_tui.decoding import GenerationSettings
 from melbo_tui.errors import InputError, MelboError
+from melbo_tui.kinds import Objective
 from melbo_tui.tui.backend import Backend, Job, MelboJob, MetricsRequest, OrthoJob
 from melbo_tui.tui.bankview import BankView, open_bank_view, title
 from melbo_tui.tui.cache import ExportRecord, write_completions
@@ -666,14 +667,18 @@ class MainScreen(Screen[None]):
             count = _whole(values["count"], "the number of vectors")
             if not 0 < count < view.bank.hidden_size:
                 raise InputError(f"the number of vectors must be 1..{view.bank.hidden_size - 1} (d_model - 1)")
-            return OrthoJob(model, view.bank, bank_path, row, count, output_path(workspace, values["out"]))
+            words = values["objective"].strip().lower()
+            if words not in Objective.__members__.values():
+                raise InputError(f"the objective must be {', '.join(Objective)} (docs/melbo.md says what each compares), got {words!r}")
+            return OrthoJob(model, view.bank, bank_path, row, count, output_path(workspace, values["out"]), Objective(words))
 
         form = JobForm(
             title=f"MELBO-ortho from vector {row} of {view.name}: vectors orthogonal to it with its effect",
             facts=(("prompt", f"{prompt!r}{note}" if len(meta.prompts) == 1 else prompt + note),
-                   ("layers", f"{meta.source_layer} -> {meta.target_layer} · objective tokens (sink left out) · "
-                              "60 L-BFGS evaluations per vector · then every row measured")),
+                   ("layers", f"{meta.source_layer} -> {meta.target_layer} · 60 L-BFGS evaluations per vector · "
+                              "then every row measured")),
             fields=(JobField("count", "vectors", str(min(ORTHO_COUNT, view.bank.hidden_size - 1))),
+                    JobField("objective", "objective", Objective.TOKENS.value),
                     JobField("out", "output", show_path(default, workspace))),
             build=build, count=lambda job: cast(OrthoJob, job).count)
         self.ask(JobScreen(form, self.options.backend, workspace), functools.partial(self._start_job, view))
