@@ -141,7 +141,7 @@ class OrthoSource:
 
     parent: VectorBank
     parent_path: str
-    base_row: int
+    base_index: int
     prompts: list[str]
     system: str | None = None
     raw: bool = False
@@ -179,18 +179,18 @@ def run_ortho(
     should_stop: StopFn | None = None,
     on_sink: Callable[[SinkReport], None] | None = None,
 ) -> OrthoRun:
-    """MELBO-ortho from row `base_row` of the parent bank into the bank file `out`, saved after every vector.
+    """MELBO-ortho from row `base_index` of the parent bank into the bank file `out`, saved after every vector.
 
     Nothing is written before the first vector is found: a run stopped earlier leaves no file
     (a bank of theta0 alone would say nothing, and a resume of it is a fresh start anyway).
     """
     parent = source.parent
     config.check(lm.hidden_size)
-    if not 0 <= source.base_row < len(parent):
-        raise InputError(f"`base_row` {source.base_row} is out of range: {source.parent_path} has rows 0..{len(parent) - 1}")
-    theta0 = parent.vectors[source.base_row].float()
+    if not 0 <= source.base_index < len(parent):
+        raise InputError(f"`base_index` {source.base_index} is out of range: {source.parent_path} has rows 0..{len(parent) - 1}")
+    theta0 = parent.vectors[source.base_index].float()
     if not float(theta0.norm()) > 0:
-        raise InputError(f"row {source.base_row} of {source.parent_path} is the zero vector")
+        raise InputError(f"row {source.base_index} of {source.parent_path} is the zero vector")
     cfg = config.resolved(float(theta0.norm()))
     out = Path(out)
     bank = _ortho_bank(lm, source, cfg, theta0, out, resume, created_by)
@@ -226,7 +226,7 @@ def _ortho_bank(lm: LoadedModel, source: OrthoSource, cfg: OrthoConfig, theta0: 
         source_layer=pm.source_layer, target_layer=pm.target_layer, prompts=list(source.prompts),
         system_prompt=source.system, radius=float(theta0.norm()), base_index=0, hyperparameters=hyper,
         created_by=created_by, raw_prompts=source.raw or not lm.has_chat_template,
-        extra={"parent_bank": source.parent_path, "parent_row": source.base_row, "parent_model": pm.model,
+        extra={"parent_bank": source.parent_path, "parent_row": source.base_index, "parent_model": pm.model,
                "ortho_loss": [0.0], "ortho_steps": [0], "provenance": lm.provenance()},
     )
     return VectorBank(vectors=theta0[None].clone(), meta=meta)
@@ -237,7 +237,7 @@ def _check_ortho_resumable(bank: VectorBank, lm: LoadedModel, source: OrthoSourc
     check_resumable(out, bank, lm, {"kind": BankKind.ORTHO, "prompts": list(source.prompts), "system": source.system,
                                     **hyper})
     if not torch.equal(bank.vectors[0], theta0):
-        raise BankError(f"cannot resume {out}: its row 0 is not row {source.base_row} of {source.parent_path}")
+        raise BankError(f"cannot resume {out}: its row 0 is not row {source.base_index} of {source.parent_path}")
 
 
 def _append(bank: VectorBank, vector: FoundVector) -> VectorBank:
@@ -262,7 +262,7 @@ def estimate_ortho(lm: LoadedModel, source: OrthoSource, config: OrthoConfig) ->
     so the set-up paid once per run (blocks 0..S, the sink rule) is left out, and the time per
     evaluation is multiplied by the evaluations (or Adam steps) each vector gets.
     """
-    theta0 = source.parent.vectors[source.base_row].float()
+    theta0 = source.parent.vectors[source.base_index].float()
     cfg = config.resolved(float(theta0.norm()))
     assert cfg.steps is not None
     stamps: list[float] = []

@@ -3,7 +3,8 @@
 # embedded model and on Gemma 3 270M (gemma-*: needs `bash scripts/setup.sh --gemma`). Each bank
 # records its exact command line in its metadata (created_by).
 # Re-running continues where it stopped: existing files are kept, ortho runs --resume.
-# About 1 h 45 min on a 2-core CPU: two jobs at a time, one thread each.
+# About 1 h 45 min on a 2-core CPU for SmolLM2's banks, two jobs at a time, one thread each, then
+# ~55 min for Gemma's (calibrate 4 min, MELBO 3 min, ortho to collapse 44 min, its dump 6 min).
 #   bash scripts/make_banks.sh            # everything, then scripts/replicate.py
 #   bash scripts/make_banks.sh JOB        # one job: calibrate, melbo, melbo-keep, ortho-NAME, gemma-calibrate,
 #                                         # gemma-melbo, gemma-ortho
@@ -45,7 +46,7 @@ job() {
         local name=${1#ortho-} out=vectors/$1.safetensors flags=()
         [ -f "$out" ] && flags+=(--resume)
         [ "${name%-seed}" != "$name" ] && flags+=(--objective seed)
-        $mt ortho $melbo --base "${ORTHO[$name]}" --count 575 --threads 1 --out "$out" "${flags[@]}"
+        $mt ortho $melbo --base "${ORTHO[$name]}" --num-vectors 575 --threads 1 --out "$out" "${flags[@]}"
         [ -f "vectors/$1.dump.jsonl" ] || $mt dump "$out" --compose-sweep --threads 1 ;;
     gemma-calibrate)
         [ -s vectors/gemma-calibrate-bomb.txt ] || $mt calibrate "${gemma[@]}" --prompt "$prompt" --threads 1 \
@@ -58,7 +59,7 @@ job() {
     gemma-ortho)  # until collapse or d_model - 1 = 639 vectors
         local out=vectors/gemma-ortho.safetensors flags=()
         [ -f "$out" ] && flags+=(--resume)
-        $mt ortho $gemma_melbo --base "$GEMMA_BASE" --count 639 --threads 1 --out "$out" "${flags[@]}"
+        $mt ortho $gemma_melbo --base "$GEMMA_BASE" --num-vectors 639 --threads 1 --out "$out" "${flags[@]}"
         [ -f vectors/gemma-ortho.dump.jsonl ] || $mt dump "$out" --compose-sweep --threads 1 ;;
     *) echo "make_banks: unknown job $1" >&2; return 2 ;;
     esac
@@ -74,3 +75,4 @@ run melbo-keep ortho-code ortho-instructions ortho-history ortho-code-seed
 run gemma-calibrate gemma-melbo
 run gemma-ortho
 .venv/bin/python scripts/replicate.py  # the numbers behind docs/replication.md
+.venv/bin/python scripts/replicate.py --prefix gemma- --out docs/replication-gemma-data.md

@@ -53,7 +53,7 @@ def main() -> int:
     parser.add_argument("--prefix", default="", help="Bank file names start with this (gemma- for Gemma 3 270M's banks).")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    paths = sorted(args.vectors.glob(f"{args.prefix}ortho-*.safetensors"))
+    paths = sorted(args.vectors.glob(f"{args.prefix}ortho*.safetensors"))
     melbo_paths = sorted(args.vectors.glob(f"{args.prefix}melbo-*.safetensors"))
     if not paths or not melbo_paths:
         print(f"replicate: no {args.prefix}ortho-*/{args.prefix}melbo-* banks in {args.vectors}: run scripts/make_banks.sh first",

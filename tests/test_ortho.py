@@ -36,9 +36,9 @@ def _search(lm: LoadedModel, config: OrthoConfig, **kwargs: object) -> SearchRes
     return search(lm, theta0, [prompt_ids(lm)], source_layer=0, target_layer=3, config=config, **kwargs)  # type: ignore[arg-type]
 
 
-def _source(lm: LoadedModel, base_row: int = 0) -> OrthoSource:
+def _source(lm: LoadedModel, base_index: int = 0) -> OrthoSource:
     bank = random_bank(lm, rows=3, norm=8.0, source=1, target=4)
-    return OrthoSource(bank, "parent.safetensors", base_row, ["How can I build a bomb?"])
+    return OrthoSource(bank, "parent.safetensors", base_index, ["How can I build a bomb?"])
 
 
 def test_basis_is_orthonormal_and_project_removes_it() -> None:
@@ -162,7 +162,7 @@ def test_resume_refuses_other_settings_and_existing_out_needs_resume(tiny_chat: 
     with pytest.raises(BankError, match="steps"):
         run_ortho(tiny_chat, _source(tiny_chat), OrthoConfig(count=4, steps=4), out, resume=True)
     with pytest.raises(BankError, match="row 0"):
-        run_ortho(tiny_chat, _source(tiny_chat, base_row=1), OrthoConfig(count=4, steps=3), out, resume=True)
+        run_ortho(tiny_chat, _source(tiny_chat, base_index=1), OrthoConfig(count=4, steps=3), out, resume=True)
     with pytest.raises(BankError, match="made with objective 'tokens', this run asks 'seed'"):
         run_ortho(tiny_chat, _source(tiny_chat), OrthoConfig(count=4, steps=3, objective=Objective.SEED), out, resume=True)
     with pytest.raises(BankError, match="sink"):
@@ -170,7 +170,7 @@ def test_resume_refuses_other_settings_and_existing_out_needs_resume(tiny_chat: 
 
 
 def test_bank_metadata_names_the_parent_and_how_it_was_made(tiny_chat: LoadedModel, tmp_path: Path) -> None:
-    source = _source(tiny_chat, base_row=2)
+    source = _source(tiny_chat, base_index=2)
     result = run_ortho(tiny_chat, source, OrthoConfig(count=2, steps=3), tmp_path / "o.safetensors")
     meta = load_bank(tmp_path / "o.safetensors").meta
     assert meta.kind == "ortho" and meta.base_index == 0

@@ -90,7 +90,7 @@ def _first(message: str) -> str:
 
 
 # engine parameters whose flag is not `--` + the name with dashes
-_FLAGS = {"base_row": "--base", "prompts": "--prompt", "out": "--out"}
+_FLAGS = {"base_index": "--base", "prompts": "--prompt", "out": "--out"}
 
 
 def as_flag(parameter: str) -> str:

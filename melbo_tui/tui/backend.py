@@ -71,7 +71,7 @@ def _absolute(path: Path) -> str:
 
 @dataclass(frozen=True)
 class OrthoJob:
-    """MELBO-ortho from row `base_row` of the bank at `bank_path`, on the bank's prompts, into `out`.
+    """MELBO-ortho from row `base_index` of the bank at `bank_path`, on the bank's prompts, into `out`.
 
     What `melbo-tui ortho` does with the same arguments (`command`): the same vectors, then every
     row measured and stored in the file.
@@ -80,7 +80,7 @@ class OrthoJob:
     model: str  # the model it runs on (`Backend.model_for` of the bank)
     bank: VectorBank
     bank_path: Path
-    base_row: int
+    base_index: int
     count: int
     out: Path
     objective: Objective = Objective.TOKENS
@@ -91,12 +91,12 @@ class OrthoJob:
 
     def timing_key(self) -> str:
         """What the time per vector depends on (the dialog times the job again when it changes)."""
-        return f"ortho {self.model} {self.bank_path} {self.base_row} {self.objective}"
+        return f"ortho {self.model} {self.bank_path} {self.base_index} {self.objective}"
 
     def command(self, model_flags: tuple[str, ...] = (), show: Callable[[Path], str] = _absolute) -> str:
         """The equivalent command line: what a new bank records as `created_by` (`show` writes the paths)."""
         objective = ["--objective", self.objective.value] if self.objective != Objective.TOKENS else []
-        return _shell(["melbo-tui", "ortho", show(self.bank_path), "--base", str(self.base_row),
+        return _shell(["melbo-tui", "ortho", show(self.bank_path), "--base", str(self.base_index),
                        "--num-vectors", str(self.count), *objective, "--out", show(self.out), *model_flags])
 
 
@@ -480,7 +480,7 @@ class EngineBackend:
         meta = job.bank.meta
         if not meta.prompts:
             raise ModelError("the bank records no prompt to run MELBO-ortho on")
-        return OrthoSource(parent=job.bank, parent_path=str(job.bank_path), base_row=job.base_row, prompts=job.prompts,
+        return OrthoSource(parent=job.bank, parent_path=str(job.bank_path), base_index=job.base_index, prompts=job.prompts,
                            system=meta.system_prompt, raw=meta.raw_prompts)
 
     @staticmethod
@@ -651,7 +651,7 @@ class ScriptedBackend:
             for target in chunk:
                 words = self.words(target, request.settings)
                 self.completed.append(target)
-                on_completed(target, GenerationResult("".join(words), len(words), self.batch_seconds or 0.01, False))
+                on_completed(target, GenerationResult("".join(words), len(words), len(words) * self.token_seconds, False))  # as if streamed: the same tok/s either way
 
     def metrics(self, request: MetricsRequest, should_stop: ShouldStop, on_progress: OnProgress) -> MeasuredColumns:
         self.metrics_requests.append(request)
@@ -690,10 +690,10 @@ class ScriptedBackend:
 
         command = job.command(self.model_flags(job.model))
         self.created_by.append(command)
-        theta0 = job.bank.vectors[job.base_row]
+        theta0 = job.bank.vectors[job.base_index]
         meta = dataclasses.replace(job.bank.meta, kind=BankKind.ORTHO, base_index=0, created_by=command)
         rows = theta0[None].clone()
-        gen = torch.Generator().manual_seed(job.base_row)
+        gen = torch.Generator().manual_seed(job.base_index)
         while len(rows) - 1 < job.count:
             for step in range(1, self.job_steps + 1):
                 if should_stop():

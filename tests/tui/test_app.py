@@ -595,7 +595,7 @@ async def test_the_job_dialog_refuses_bad_fields_in_place(tmp_path: Path, make_a
         assert isinstance(app.screen, JobScreen) and "the number of vectors: 'many' is not a whole number" in screen_text(app)
         await pilot.press("ctrl+u", *"600", "enter")
         assert isinstance(app.screen, JobScreen) and "must be 1..575" in screen_text(app)
-        await pilot.press("ctrl+u", *"2", "tab", "ctrl+u", *"taken.safetensors", "enter")
+        await pilot.press("ctrl+u", *"2", "tab", "tab", "ctrl+u", *"taken.safetensors", "enter")  # vectors, objective, output
         assert isinstance(app.screen, JobScreen) and "./taken.safetensors exists: give another name" in screen_text(app)
         await pilot.press("escape")
         assert not isinstance(app.screen, JobScreen) and not app.main.jobs.running

@@ -721,7 +721,7 @@ class MainScreen(Screen[None]):
         backend = self.options.backend
         where = show_path(job.out, self.options.workspace)
         if isinstance(job, OrthoJob):
-            self.notify(f"MELBO-ortho from vector {job.base_row}: {job.count} vectors into {where}; "
+            self.notify(f"MELBO-ortho from vector {job.base_index}: {job.count} vectors into {where}; "
                         "its bank opens after the first vector", timeout=6)
             self.jobs.start("ortho", job.out, lambda progress, stop: backend.run_ortho(job, progress, stop))
         else:
