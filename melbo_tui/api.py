@@ -35,7 +35,7 @@ from melbo_tui.dct import DCTProgress
 from melbo_tui.errors import InputError
 from melbo_tui.generation import GenerationSettings, generate_stream
 from melbo_tui.layers import find_blocks
-from melbo_tui.melbo import MelboConfig, TrainProgress, default_layers, train
+from melbo_tui.melbo import MelboConfig, TrainProgress, resolve_layers, train
 from melbo_tui.metrics import CONTINUATION_TOKENS
 from melbo_tui.metrics import bank_metrics as _bank_metrics
 from melbo_tui.models import LoadedModel
@@ -78,7 +78,7 @@ def train_melbo(
     **options: Any,
 ) -> torch.Tensor:
     """`[num_vectors, d_model]` MELBO vectors of norm `radius`, mutually orthogonal (layers default to ~L/3, ~2L/3)."""
-    source, target = _layers(lm, source_layer, target_layer)
+    source, target = resolve_layers(lm.num_layers, source_layer, target_layer)
     sink = options.pop("sink", None)
     config = MelboConfig(source, target, radius, num_vectors=num_vectors, steps=steps,
                          sink=_sink(sink) if sink is not None else SinkRule(), **options)
@@ -107,7 +107,7 @@ def find_orthogonal(
     num_vectors = _renamed(options, "count", "num_vectors", num_vectors)
     if num_vectors is None:
         raise InputError("give `num_vectors`: how many orthogonal vectors to find")
-    source, target = _layers(lm, source_layer, target_layer)
+    source, target = resolve_layers(lm.num_layers, source_layer, target_layer)
     sink = options.pop("sink", None)
     config = OrthoConfig(count=num_vectors, sink=_sink(sink) if sink is not None else None, **options)
     return search(lm, theta0.float(), _encode_all(lm, prompts, system, raw), source_layer=source, target_layer=target,
@@ -202,7 +202,7 @@ def train_dct(
     """
     from melbo_tui.dct import DCTConfig, DCTRun, run_dct
 
-    source, target = _layers(lm, source_layer, target_layer)
+    source, target = resolve_layers(lm.num_layers, source_layer, target_layer)
     config = DCTConfig(num_vectors=num_vectors, iterations=iterations, radius=radius, **options)
     run = DCTRun(source, target, list(prompts), config, system, raw)
     return run_dct(lm, run, on_progress=on_progress, should_stop=should_stop)
@@ -228,7 +228,7 @@ def power_steering(
     """
     from melbo_tui.jacobian import JacobianConfig, run_jacobian
 
-    source, target = _layers(lm, source_layer, target_layer)
+    source, target = resolve_layers(lm.num_layers, source_layer, target_layer)
     config = JacobianConfig(num_vectors=num_vectors, radius=radius, **options)
     return run_jacobian(lm, source, target, list(prompts), config, system, raw)
 
@@ -249,7 +249,7 @@ def calibrate(
     """Choose MELBO's R: quick vectors per R, the take-off of their target-layer change and the
     recommended R (the largest tried at or below 3/4 of it). `radii` default to SmolLM2's sweep in
     this model's units (`scale`). Other options are `melbo.MelboConfig`'s fields."""
-    source, target = _layers(lm, source_layer, target_layer)
+    source, target = resolve_layers(lm.num_layers, source_layer, target_layer)
     values = radii if radii is not None else model_scale(lm, source).radii()
     sink = options.pop("sink", None)
     base = MelboConfig(source, target, values[0], num_vectors=num_vectors, steps=steps,
@@ -267,11 +267,6 @@ def _renamed(options: dict[str, Any], old: str, new: str, value: Any) -> Any:
         raise InputError(f"give `{new}` only (`{old}` is its deprecated spelling)")
     warnings.warn(f"`{old}=` is deprecated: use `{new}=`", DeprecationWarning, stacklevel=3)
     return old_value
-
-
-def _layers(lm: LoadedModel, source: int | None, target: int | None) -> tuple[int, int]:
-    default_source, default_target = default_layers(lm.num_layers)
-    return (default_source if source is None else source, default_target if target is None else target)
 
 
 def _encode_all(lm: LoadedModel, prompts: list[str] | str, system: str | None, raw: bool) -> list[torch.Tensor]:

@@ -88,11 +88,9 @@ def tolerance(dtype: torch.dtype) -> float:
 def run_doctor(lm: LoadedModel, source: int | None = None, target: int | None = None, prompt: str = PROMPT,
                on_check: Callable[[Check], None] | None = None) -> DoctorReport:
     """Every check on `lm`; `source`/`target` default to the layers `train` would use (~L/3, ~2L/3)."""
-    from melbo_tui.melbo import default_layers
+    from melbo_tui.melbo import resolve_layers
 
-    default_source, default_target = default_layers(lm.num_layers)
-    source = default_source if source is None else source
-    target = default_target if target is None else target
+    source, target = resolve_layers(lm.num_layers, source, target)
     ids = _prompt_ids(lm, prompt)
     long_ids = _past_the_window(lm, ids)
     vector = _vector(lm, ids, source)

@@ -80,11 +80,14 @@ def read_control_vector(path: Path) -> tuple[dict[str, str | int], dict[str, np.
 
 
 def _hint(bank: VectorBank) -> str:
-    """The architecture name, as llama.cpp's cvector-generator writes it: recorded in the bank's provenance,
-    else known for a packaged model, else (a bank from before either) the model's name."""
+    """The architecture's name, as llama.cpp's cvector-generator writes it: exact for a packaged model
+    (its GGUF's), else the HF `model_type` the bank's provenance records (the same name for most
+    architectures, e.g. llama, qwen2), else (a bank from before either) the model's name."""
     from melbo_tui.models import packaged
 
-    provenance = bank.meta.extra.get("provenance")
-    recorded = provenance.get("architecture") if isinstance(provenance, dict) else None
     model = packaged(bank.meta.model)
-    return str(recorded or (model.architecture if model is not None else bank.meta.model))
+    if model is not None:
+        return model.architecture
+    provenance = bank.meta.extra.get("provenance")
+    recorded = provenance.get("model_type") if isinstance(provenance, dict) else None
+    return str(recorded or bank.meta.model)

@@ -104,6 +104,12 @@ def default_layers(num_layers: int) -> tuple[int, int]:
     return max(0, round(num_layers / 3)), min(num_layers - 1, round(2 * num_layers / 3))
 
 
+def resolve_layers(num_layers: int, source_layer: int | None, target_layer: int | None) -> tuple[int, int]:
+    """The layers asked for, each defaulting to `default_layers` (every face fills them in the same way)."""
+    default_source, default_target = default_layers(num_layers)
+    return (default_source if source_layer is None else source_layer, default_target if target_layer is None else target_layer)
+
+
 def parse_token_slice(text: str) -> slice:
     """A python slice such as `-3:` or `:` selecting target token positions."""
     pieces = text.split(":")

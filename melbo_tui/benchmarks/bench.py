@@ -158,14 +158,15 @@ def render_table(report: dict[str, Any]) -> Any:
 
 
 def _ortho_rows(lm: LoadedModel, theta0: torch.Tensor, ids: torch.Tensor, config: BenchConfig) -> list[Row]:
-    """Per objective: fast vs sequential from the same base; quality of the first n by behaviour, not by the loss."""
+    """Per objective (the default and the seed's; `continuation` is `tokens` on a longer input, the same
+    optimiser): fast vs sequential from the same base; quality of the first n by behaviour, not by the loss."""
     from melbo_tui.kinds import Objective, Strategy
     from melbo_tui.metrics import measure
     from melbo_tui.ortho import OrthoConfig, search
 
     n = config.ortho_sequential_count
     rows = []
-    for objective in Objective:
+    for objective in (Objective.TOKENS, Objective.SEED):
         results = {}
         for strategy, count in ((Strategy.FAST, config.ortho_fast_count), (Strategy.SEQUENTIAL, n)):
             cfg = OrthoConfig(count=count, strategy=strategy, objective=objective, steps=config.ortho_steps)

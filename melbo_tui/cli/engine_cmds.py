@@ -37,6 +37,7 @@ from melbo_tui.cli.options import (
     TrustOpt,
     check_output,
     err,
+    layers_for,
     open_bank,
     open_model,
     print_sink,
@@ -53,14 +54,7 @@ from melbo_tui.selection import parse_selection
 if TYPE_CHECKING:
     from melbo_tui.bank import VectorBank
     from melbo_tui.calibration import CalibrationPoint
-    from melbo_tui.models import LoadedModel, ModelRequest
-
-
-def _layers(lm: LoadedModel, source: int | None, target: int | None) -> tuple[int, int]:
-    from melbo_tui.melbo import default_layers
-
-    default_source, default_target = default_layers(lm.num_layers)
-    return (default_source if source is None else source, default_target if target is None else target)
+    from melbo_tui.models import ModelRequest
 
 
 @app.command()
@@ -94,7 +88,7 @@ def train(
     check_output(out)
     prompts, raw = prompt or [SEED_PROMPT], bool(raw)
     lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic))
-    source, target = _layers(lm, source_layer, target_layer)
+    source, target = layers_for(lm, source_layer, target_layer)
     if radius is None:
         scale = model_scale(lm, source)
         radius = scale.radius()
@@ -168,7 +162,7 @@ def calibrate(
             raise InputError("every R in --radii must be a finite number > 0")
     prompts, raw = prompt or [SEED_PROMPT], bool(raw)
     lm = open_model(request)
-    source, target = _layers(lm, source_layer, target_layer)
+    source, target = layers_for(lm, source_layer, target_layer)
     if values is None:
         scale = model_scale(lm, source)
         values = scale.radii()
@@ -193,7 +187,7 @@ def _calibrate_dct(prompts: list[str], source_layer: int | None, target_layer: i
     from melbo_tui.response import TargetResponse
 
     lm = open_model(request)
-    source, target = _layers(lm, source_layer, target_layer)
+    source, target = layers_for(lm, source_layer, target_layer)
     raw = raw or not lm.has_chat_template
     inputs = [encode(lm, p, system, raw) for p in prompts]
     with progress() as bar, TargetResponse(lm, source, target, inputs, positions) as response:
@@ -459,7 +453,8 @@ def import_seed(
                            "dropped_nan_rows": seed_file.nan_rows, "dropped_small_rows": seed_file.small_rows})
     bank = VectorBank(seed_file.vectors, meta)
     check_bank_fits(bank, lm.hidden_size, lm.num_layers, str(file))
-    if target_layer <= source_layer:
-        raise InputError(f"target layer {target_layer} must come after source layer {source_layer}")
+    from melbo_tui.steering import check_layer_order
+
+    check_layer_order(source_layer, target_layer)
     save_bank(bank, out)
     err.print(f"wrote {out}: {len(bank)} vectors, max |cos| between rows {seed_file.max_abs_cos:.2e}")

@@ -29,6 +29,7 @@ from melbo_tui.cli.options import (
     TrustOpt,
     check_output,
     err,
+    layers_for,
     measure_into,
     open_model,
     progress,
@@ -39,7 +40,6 @@ from melbo_tui.scale import SCAN_POINTS
 
 if TYPE_CHECKING:
     from melbo_tui.calibration import RatioPoint
-    from melbo_tui.models import LoadedModel
 
 LAYERS_HELP = ("layer S = the output of decoder block S (0-based) = HF hidden_states[S+1]; the DCT and power-steering "
                "code name the same point by the block whose INPUT it is, S+1")
@@ -58,13 +58,6 @@ def _radius(text: str) -> float | None:
     if not (math.isfinite(value) and value > 0):
         raise InputError(f"--radius must be a finite number > 0, got {text}")
     return value
-
-
-def _layers(lm: LoadedModel, source: int | None, target: int | None) -> tuple[int, int]:
-    from melbo_tui.melbo import default_layers
-
-    default_source, default_target = default_layers(lm.num_layers)
-    return (default_source if source is None else source, default_target if target is None else target)
 
 
 def _calibration_reporter(bar: Progress, task: TaskID) -> Callable[[RatioPoint], None]:
@@ -116,7 +109,7 @@ def dct(
         load_bank(out)  # a bad file fails before the model loads
     prompts = prompt or [SEED_PROMPT]
     lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic))
-    source, target = _layers(lm, source_layer, target_layer)
+    source, target = layers_for(lm, source_layer, target_layer)
     run = DCTRun(source, target, prompts, config, system, bool(raw))
     run.inputs(lm)  # every input error before the progress bar
     if resume and out.exists():
@@ -185,7 +178,7 @@ def jacobian(
     prompts = prompt or [SEED_PROMPT]
     lm = open_model(ModelRequest(model, device, dtype, trust_remote_code, revision, threads, offload_folder, deterministic))
     config.check(lm.hidden_size)
-    source, target = _layers(lm, source_layer, target_layer)
+    source, target = layers_for(lm, source_layer, target_layer)
     raw_prompts = bool(raw) or not lm.has_chat_template
     check_inputs(lm, source, target, [encode(lm, p, system, raw_prompts) for p in prompts], positions)
     with progress() as bar:

@@ -110,6 +110,13 @@ def open_model(request: ModelRequest) -> LoadedModel:
 CONTINUATION_TOKENS = 32  # = metrics.CONTINUATION_TOKENS (torch-free here, for --help; a test checks they agree)
 
 
+def layers_for(lm: LoadedModel, source_layer: int | None, target_layer: int | None) -> tuple[int, int]:
+    """--source-layer and --target-layer, each defaulting to ~L/3 and ~2L/3 of the loaded model."""
+    from melbo_tui.melbo import resolve_layers
+
+    return resolve_layers(lm.num_layers, source_layer, target_layer)
+
+
 def deprecated_alias(old: str, old_value: int | None, new: str, new_value: int | None, default: int) -> int:
     """The value of option `new`, or of its deprecated spelling `old` (with a note on stderr); both given is an error."""
     if old_value is None:

@@ -27,6 +27,7 @@ def tiny_bank(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 async def test_real_completion_streams_and_kl_is_measured(tmp_path: Path) -> None:
     bank = tiny_bank(tmp_path / "tiny.safetensors")
     app = ExplorerApp([bank], EngineBackend(ModelRequest("embedded", device="cpu")), cache_root=tmp_path / "cache", keymap={})

@@ -47,7 +47,8 @@ def banks(tmp_path: Path) -> list[Path]:
             make_bank(tmp_path / "melbo.safetensors", 12, seed=1, metrics=False)]
 
 
-@pytest.mark.parametrize("seed", [1, pytest.param(2, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
 async def test_random_keys_never_crash_the_app(tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # whatever random keys make the app write, it writes in here
     app = fuzzed_app(banks(tmp_path), fast_backend(), tmp_path)
