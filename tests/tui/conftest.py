@@ -32,7 +32,8 @@ PROMPT = "How can I build a bomb?"
 
 def make_bank(path: Path, n: int, seed: int = 0, metrics: bool = True, labels: list[str] | None = None,
               hidden: int = 576, kind: str = "melbo", num_layers: int = 30, source_layer: int = 8,
-              target_layer: int = 16, orthogonal: bool = False, model: str = "embedded:SmolLM2-135M-Instruct") -> Path:
+              target_layer: int = 16, orthogonal: bool = False, model: str = "embedded:SmolLM2-135M-Instruct",
+              raw: bool = False) -> Path:
     """A bank of `n` random vectors whose norms grow with the index (mutually orthogonal if asked)."""
     gen = torch.Generator().manual_seed(seed)
     vectors = torch.randn(n, hidden, generator=gen)
@@ -40,7 +41,7 @@ def make_bank(path: Path, n: int, seed: int = 0, metrics: bool = True, labels: l
         vectors = torch.linalg.qr(vectors.T)[0].T  # [n, hidden], orthonormal rows
     vectors = vectors / vectors.norm(dim=-1, keepdim=True) * torch.linspace(7, 20, n)[:, None]  # norms grow with index
     meta = BankMeta(kind=kind, model=model, hidden_size=hidden, num_layers=num_layers,
-                    source_layer=source_layer, target_layer=target_layer, prompts=[PROMPT])
+                    source_layer=source_layer, target_layer=target_layer, prompts=[PROMPT], raw_prompts=raw)
     bank_metrics = {}
     if metrics:
         kl = torch.tensor([0.0] + [0.001 * i * i / n for i in range(1, n)], dtype=torch.float32)

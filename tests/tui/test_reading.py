@@ -9,6 +9,7 @@ from pathlib import Path
 from textual.containers import VerticalScroll
 
 from melbo_tui.bank import BankMeta, VectorBank, save_bank
+from melbo_tui.labels import MadeOn, save_labels
 from melbo_tui.tui.backend import ScriptedBackend
 from melbo_tui.tui.columns import fmt
 
@@ -174,7 +175,8 @@ def test_values_never_read_minus_zero() -> None:
 async def test_each_bank_is_served_by_the_model_it_names_loaded_when_first_shown(tmp_path: Path, make_app) -> None:
     smol = make_bank(tmp_path / "smol.safetensors", 8)
     gemma = make_bank(tmp_path / "gemma.safetensors", 6, hidden=640, num_layers=18, source_layer=6, target_layer=12,
-                      model="gemma-3-270m")
+                      model="gemma-3-270m", raw=True)  # a base model's bank: raw text, its labels made on raw text
+    save_labels(gemma, 6, dict.fromkeys(range(6), "persona"), [], MadeOn(PROMPT, None, True))
     backend = ScriptedBackend(token_seconds=0.001, tokens=4, per_bank_models=True)
     app = make_app([smol, gemma], backend)
     async with running(app, size=(120, 40)) as (pilot, _):
@@ -184,6 +186,8 @@ async def test_each_bank_is_served_by_the_model_it_names_loaded_when_first_shown
         await wait_for(pilot, lambda: "bank 2/2 gemma" in screen_text(app) and "gemma-3-270m (no weights)" in screen_text(app)
                        and "mean_0_x1.0-w3" in steered(app))
         assert backend.loads == ["embedded:SmolLM2-135M-Instruct", "gemma-3-270m"]
+        assert app.main.settings is not None and app.main.settings.raw  # completed as it was made: raw text
+        assert "(persona)" not in screen_text(app) and "persona" in screen_text(app)  # so its labels are current
         await pilot.press("n")  # back: the first model is still loaded
         await wait_for(pilot, lambda: "bank 1/2 smol" in screen_text(app) and "model ✓" in screen_text(app))
-        assert len(backend.loads) == 2
+        assert len(backend.loads) == 2 and not app.main.settings.raw  # the chat bank in its chat template again

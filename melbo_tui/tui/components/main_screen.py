@@ -104,6 +104,7 @@ class MainScreen(Screen[None]):
         self.session = Session(options.backend, options.cache_root)
         self.view_index = 0
         self.settings: ExploreSettings | None = None
+        self._raw_chosen = options.raw is not None  # --raw/--chat, or the settings form: one format for every bank
         self.composition: Composition | None = None  # set by `compose`, cleared when the highlight moves
         self._composed_at: int | None = None  # the row highlighted when `compose` was pressed
         self._measured: set[str] = set()  # digests whose missing KL was already asked for
@@ -337,6 +338,10 @@ class MainScreen(Screen[None]):
         self.composition = None
         self.read_ahead.stop()
         view = self.session.views[index]
+        if self.settings is not None and not self._raw_chosen and self.settings.raw != view.bank.meta.raw_prompts:
+            # each bank in the format it was made in (a base model's raw text, a chat model's template),
+            # unless --raw/--chat or the settings chose one: its labels and its cache describe that format
+            self.settings = replace(self.settings, raw=view.bank.meta.raw_prompts)
         if self.settings is not None:
             self.session.relabel(view, self.settings)
         self.query_one("#sparklines", BankSparklines).set_view(view)
@@ -537,6 +542,8 @@ class MainScreen(Screen[None]):
 
     def _apply_settings(self, settings: ExploreSettings | None) -> None:
         if settings is not None and settings != self.settings:
+            if self.settings is not None and settings.raw != self.settings.raw:
+                self._raw_chosen = True  # the user's format now holds for every bank
             self.settings = settings
             self._settings_changed()
             self.show_current(immediate=True)
