@@ -62,7 +62,7 @@ from melbo_tui.metrics import batched
 from melbo_tui.models import LoadedModel
 from melbo_tui.prompts import encode
 from melbo_tui.response import TargetResponse, check_inputs
-from melbo_tui.scale import model_scale
+from melbo_tui.scale import ModelScale, model_scale
 
 ResponseFn = Callable[[torch.Tensor], torch.Tensor]  # thetas [K, d] -> Delta [K, d_out], differentiable
 StopFn = Callable[[], bool]
@@ -319,33 +319,34 @@ def run_dct(
     calibration: dict[str, object] | None = None  # how R was chosen, as the bank records it
     if resume and out is not None and out.exists():
         state, radius, calibration = resume_point(out, lm, run)
+    scale = model_scale(lm, run.source_layer)  # measured once: the bracket and every checkpoint's record
     with TargetResponse(lm, run.source_layer, run.target_layer, inputs, config.positions) as response:
         chunk = factor_chunk(config.batch_size, lm.device, len(inputs))
         if radius is None:  # the authors' bracket, in this model's units (`scale`)
             calibrated = calibrate_dct(response.mean, lm.hidden_size, lm.device, seed=config.seed, chunk=chunk,
-                                       bracket=model_scale(lm, run.source_layer).bracket(), on_point=on_calibration)
+                                       bracket=scale.bracket(), on_point=on_calibration)
             radius, calibration = calibrated.radius, calibrated.to_json()
 
         def checkpoint(current: DCTState) -> None:
             if out is not None:
-                save_bank(_bank(lm, run, raw, radius, created_by, calibration, state=current), out)
+                save_bank(_bank(lm, run, raw, radius, created_by, calibration, scale, state=current), out)
 
         result = fit_dct(response.mean, lm.hidden_size, config, radius, lm.device, len(inputs), state=state,
                          on_state=checkpoint, on_progress=on_progress, should_stop=should_stop)
     if result is None:
         return None
-    bank = _bank(lm, run, raw, radius, created_by, calibration, result=result)
+    bank = _bank(lm, run, raw, radius, created_by, calibration, scale, result=result)
     if out is not None:
         save_bank(bank, out)
     return bank
 
 
 def _bank(lm: LoadedModel, run: DCTRun, raw: bool, radius: float, created_by: str,
-          calibration: dict[str, object] | None, state: DCTState | None = None,
+          calibration: dict[str, object] | None, scale: ModelScale, state: DCTState | None = None,
           result: DCTResult | None = None) -> VectorBank:
     hyper = asdict(run.config)
     hyper.pop("radius")
-    extra: dict[str, object] = {"complete": result is not None, "scale": model_scale(lm, run.source_layer).record(),
+    extra: dict[str, object] = {"complete": result is not None, "scale": scale.record(),
                                 "provenance": lm.provenance()}
     if calibration is not None:
         extra["calibration"] = calibration

@@ -153,7 +153,8 @@ def run_jacobian(
     raw = raw or not lm.has_chat_template
     inputs = [encode(lm, p, system, raw) for p in prompts]
     scale = 1.0 / math.sqrt(len(inputs))
-    extra: dict[str, object] = {"complete": True, "scale": model_scale(lm, source_layer).record(), "provenance": lm.provenance()}
+    units = model_scale(lm, source_layer)
+    extra: dict[str, object] = {"complete": True, "scale": units.record(), "provenance": lm.provenance()}
     with TargetResponse(lm, source_layer, target_layer, inputs, config.positions) as response:
         def stacked(thetas: torch.Tensor) -> torch.Tensor:  # [K, P * positions * d], / sqrt(P)
             return response(thetas).flatten(1) * scale
@@ -161,7 +162,7 @@ def run_jacobian(
         radius = config.radius
         if radius is None:
             calibration = calibrate_dct(stacked, lm.hidden_size, lm.device, seed=config.seed,
-                                        bracket=model_scale(lm, source_layer).bracket(), on_point=on_calibration)
+                                        bracket=units.bracket(), on_point=on_calibration)
             radius = calibration.radius
             extra["calibration"] = calibration.to_json()
         result = top_singular_directions(stacked, lm.hidden_size, config, lm.device, on_progress)

@@ -26,7 +26,7 @@ from melbo_tui.melbo import MelboConfig, TrainProgress, train
 from melbo_tui.models import LoadedModel, check_resume_provenance
 from melbo_tui.ortho import FoundVector, OrthoConfig, OrthoProgress, hyperparameters, search
 from melbo_tui.prompts import encode
-from melbo_tui.scale import model_scale
+from melbo_tui.scale import ModelScale, model_scale
 from melbo_tui.sink import SinkMode, SinkReport, SinkRule
 
 StopFn = Callable[[], bool]
@@ -63,8 +63,8 @@ class MelboRun:
 
 
 def melbo_bank(lm: LoadedModel, config: MelboConfig, vectors: torch.Tensor, prompts: list[str],
-               system: str | None, raw: bool, created_by: str) -> VectorBank:
-    """A `melbo` bank of `vectors  # [n, d_model]` recording how they were trained."""
+               system: str | None, raw: bool, created_by: str, scale: ModelScale | None = None) -> VectorBank:
+    """A `melbo` bank of `vectors  # [n, d_model]` recording how they were trained (`scale`: measured once per run)."""
     hyper = asdict(config)
     for key in ("source_layer", "target_layer", "radius"):
         hyper.pop(key)
@@ -76,7 +76,7 @@ def melbo_bank(lm: LoadedModel, config: MelboConfig, vectors: torch.Tensor, prom
         system_prompt=system, radius=config.radius, base_index=0, hyperparameters=hyper,
         created_by=created_by, raw_prompts=raw or not lm.has_chat_template,
         extra={"complete": len(vectors) >= config.num_vectors, "provenance": lm.provenance(),
-               "scale": model_scale(lm, config.source_layer).record()},
+               "scale": (scale or model_scale(lm, config.source_layer)).record()},
     )
     return VectorBank(vectors=vectors.float().cpu(), meta=meta)
 
@@ -106,15 +106,17 @@ def run_melbo(
     if out.exists() and not resume:
         raise BankError(f"{out} exists: continue it with `resume`, or choose another `out`")
 
+    scale = model_scale(lm, config.source_layer)  # one forward, not one per checkpoint
+
     def checkpoint(vectors: torch.Tensor) -> None:
-        save_bank(melbo_bank(lm, config, vectors, prompts, system, raw, created_by), out)
+        save_bank(melbo_bank(lm, config, vectors, prompts, system, raw, created_by, scale), out)
         if on_checkpoint is not None:
             on_checkpoint(len(vectors))
 
     vectors = train(lm, config, [encode(lm, p, system, raw) for p in prompts], on_progress=on_progress,
                     should_stop=should_stop, done=done, on_batch=checkpoint, on_sink=on_sink)
     already = 0 if done is None else len(done)
-    return MelboRun(melbo_bank(lm, config, vectors, prompts, system, raw, created_by), len(vectors) - already,
+    return MelboRun(melbo_bank(lm, config, vectors, prompts, system, raw, created_by, scale), len(vectors) - already,
                     len(vectors) >= config.num_vectors)
 
 
