@@ -162,6 +162,8 @@ class OrthoRun:
     @property
     def summary(self) -> str:
         if self.stopped:
+            if not self.found:
+                return "stopped before the first vector: nothing saved"
             return f"stopped: {self.found} orthogonal vectors saved in {self.out}"
         if self.collapsed_norm is not None:
             return (f"collapsed: vector {self.found + 1} has norm {self.collapsed_norm:.3g}; "

@@ -7,7 +7,7 @@
 # ~55 min for Gemma's (calibrate 4 min, MELBO 3 min, ortho to collapse 44 min, its dump 6 min).
 #   bash scripts/make_banks.sh            # everything, then scripts/replicate.py
 #   bash scripts/make_banks.sh JOB        # one job: calibrate, melbo, melbo-keep, ortho-NAME, gemma-calibrate,
-#                                         # gemma-melbo, gemma-ortho
+#                                         # gemma-melbo, gemma-ortho, h1-ROW
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mt=.venv/bin/melbo-tui
@@ -42,12 +42,17 @@ job() {
             --num-vectors 32 --steps 300 --seed 0 --threads 1 --out "$out"
         $mt eval "$out" --threads 1  # before the dump, which shows each row's metrics beside its completion
         [ -f "${out%.safetensors}.dump.jsonl" ] || $mt dump "$out" --threads 1 ;;
-    ortho-*)  # until collapse or d_model - 1 = 575 vectors; -seed: the seed's objective, for the comparison
-        local name=${1#ortho-} out=vectors/$1.safetensors flags=()
+    ortho-*)  # the default objective, 64 vectors (~10 s each); -seed: the seed's objective until collapse or d_model - 1 = 575
+        local name=${1#ortho-} out=vectors/$1.safetensors flags=(--num-vectors 64)
         [ -f "$out" ] && flags+=(--resume)
-        [ "${name%-seed}" != "$name" ] && flags+=(--objective seed)
-        $mt ortho $melbo --base "${ORTHO[$name]}" --num-vectors 575 --threads 1 --out "$out" "${flags[@]}"
+        [ "${name%-seed}" != "$name" ] && flags+=(--objective seed --num-vectors 575)
+        $mt ortho $melbo --base "${ORTHO[$name]}" --threads 1 --out "$out" "${flags[@]}"
         [ -f "vectors/$1.dump.jsonl" ] || $mt dump "$out" --compose-sweep --threads 1 ;;
+    h1-*)  # hypothesis 1 (docs/replication.md s.11): 64 vectors from MELBO row N into runs/h1/, not shipped
+        local row=${1#h1-} out=runs/h1/ortho-row${1#h1-}.safetensors flags=()
+        mkdir -p runs/h1
+        [ -f "$out" ] && flags+=(--resume)
+        $mt ortho $melbo --base "$row" --num-vectors 64 --threads 1 --no-eval --out "$out" "${flags[@]}" ;;
     gemma-calibrate)
         [ -s vectors/gemma-calibrate-bomb.txt ] || $mt calibrate "${gemma[@]}" --prompt "$prompt" --threads 1 \
             > vectors/gemma-calibrate-bomb.txt ;;
@@ -74,5 +79,7 @@ run calibrate melbo
 run melbo-keep ortho-code ortho-instructions ortho-history ortho-code-seed
 run gemma-calibrate gemma-melbo
 run gemma-ortho
+run h1-20 h1-10 h1-13 h1-14 h1-17  # hypothesis 1's other bases (not shipped)
 .venv/bin/python scripts/replicate.py  # the numbers behind docs/replication.md
 .venv/bin/python scripts/replicate.py --prefix gemma- --out docs/replication-gemma-data.md
+.venv/bin/python scripts/hypothesis1.py measure

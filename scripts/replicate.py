@@ -13,7 +13,9 @@ the unsteered model's value is the bar to beat), beside the seed's next-token `k
 3. along each bank: windows of 64 rows (err, kl_seq, greedy labels, completions that open like theta0's);
 4. generalisation: the first 64 vectors on prompts not used to find them;
 5. compositions (mean of the first k, and x sqrt(k)); 6. rescaling to |theta0|;
-7. loss against behaviour (rank correlation); 8. MELBO with and without the sink.
+7. loss against behaviour (rank correlation); 8. MELBO with and without the sink;
+9. where theta0 acts: its effect over the continuation with theta0 added only at the sinks it
+   induces, only elsewhere, only on the answer's tokens, per prompt.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ import torch
 from melbo_tui.bank import VectorBank, load_bank
 from melbo_tui.compose import ComposeMode, Composition, compose
 from melbo_tui.dump import read_dump
-from melbo_tui.metrics import measure
+from melbo_tui.metrics import greedy_continuation, measure
 from melbo_tui.models import LoadedModel, canonical_name, load_model
 from melbo_tui.prompts import encode
+from melbo_tui.sink import detect_sink
 from melbo_tui.steering import run_to_layer, steer
 
 NEW_PROMPTS = [
@@ -78,6 +81,7 @@ def main() -> int:
     out += section_rescaling(lm, banks, args.rows)
     out += section_loss_vs_behaviour(banks)
     out += section_melbo(lm, melbo_paths)
+    out += section_where_theta0_acts(lm, banks)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(out) + "\n")
     print(f"wrote {args.out}")
@@ -395,6 +399,64 @@ def section_melbo(lm: LoadedModel, paths: list[Path]) -> list[str]:
                 f"{b_path.name}: median {median(best):.2f}, max {float(best.max()):.2f} (random directions in "
                 f"d = {a.hidden_size}: ~{3 / a.hidden_size ** 0.5:.2f}). Row 0 of each: |cos| {float(units_a[0] @ units_b[0]):.2f}."]
     return [*out, ""]
+
+
+# --- 9. where theta0 acts ---------------------------------------------------------------------------
+
+
+def section_where_theta0_acts(lm: LoadedModel, banks: dict[Path, VectorBank]) -> list[str]:
+    """Which positions carry theta0's behaviour: kl_seq to theta0 with theta0 added at some positions only.
+
+    Per base and prompt: theta0's 32-token greedy continuation, teacher-forced; the sinks theta0
+    induces (target-layer norm > 10x the median of the other positions under theta0, position 0
+    aside); then the mean KL(P_theta0 || P) over the continuation when theta0 is added nowhere
+    (the unsteered bar), only at the induced sinks, at every prompt position but them, and only on
+    the answer's tokens. 0 = all of theta0's behaviour; the unsteered value = none of it.
+    """
+    first = next(iter(banks.values())).meta
+    out = ["## 9. Where theta0 acts", "",
+           "kl_seq to theta0 (its 32-token continuation, teacher-forced) with theta0 added at some positions only; "
+           "`sinks`: positions theta0 makes massive at the target layer (> 10x the median of the others), "
+           "position 0 aside. Lower = more of theta0's behaviour.", "",
+           "| base | prompt | induced sinks | nowhere (unsteered) | only the induced sinks | prompt but the sinks "
+           "| only the answer's tokens |", "|---|---|---|---|---|---|---|"]
+    seen: set[int] = set()
+    for path, bank in banks.items():
+        row = int(bank.meta.extra.get("parent_row", -1))
+        if row in seen:
+            continue
+        seen.add(row)
+        theta0 = bank.vectors[0]
+        for prompt in [first.prompts[0], *NEW_PROMPTS]:
+            ids = encode(lm, prompt, first.system_prompt, first.raw_prompts)
+            t = ids.shape[1]
+            answer = greedy_continuation(lm, ids, first.source_layer, theta0, 32)
+            full = torch.cat([ids, torch.tensor([answer], dtype=ids.dtype)], dim=1)
+            with torch.no_grad(), steer(lm, first.source_layer, theta0):
+                reference = torch.log_softmax(lm.model(input_ids=full).logits[0, t - 1:-1].float(), dim=-1)
+                norms = run_to_layer(lm, first.target_layer, ids)[0].norm(dim=-1)
+            sinks = [p for p in detect_sink(norms) if p != 0]
+            everywhere = torch.arange(full.shape[1])
+            others = torch.tensor([p for p in range(1, t) if p not in sinks], dtype=torch.long)
+            kls = [kl_span(lm, full, first.source_layer, theta0, positions, reference, t)
+                   for positions in (torch.tensor([], dtype=torch.long), torch.tensor(sinks, dtype=torch.long), others,
+                                     everywhere[t:])]
+            out.append(f"| {base_label(path)} (row {row}) | {quote(prompt, 40)} | {','.join(map(str, sinks)) or '-'} | "
+                       + " | ".join(f"{kl:.3f}" for kl in kls) + " |")
+            print(out[-1], flush=True)
+    return [*out, ""]
+
+
+def kl_span(lm: LoadedModel, full: torch.Tensor, layer: int, vector: torch.Tensor, positions: torch.Tensor,
+            reference: torch.Tensor, prompt_len: int) -> float:
+    """Mean KL(reference || P) over the continuation's positions, `vector` added at `positions` only."""
+    handle = steer_at(lm, layer, vector, positions)
+    try:
+        with torch.no_grad():
+            logp = torch.log_softmax(lm.model(input_ids=full).logits[0, prompt_len - 1:-1].float(), dim=-1)
+    finally:
+        handle.remove()
+    return float((reference.exp() * (reference - logp)).sum(dim=-1).mean())
 
 
 if __name__ == "__main__":

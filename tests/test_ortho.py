@@ -143,6 +143,8 @@ def test_resume_after_interruption_gives_the_uninterrupted_bank(tiny_chat: Loade
         calls[0] += 1
         return calls[0] > 100
 
+    at_once = run_ortho(tiny_chat, _source(tiny_chat), config, tmp_path / "none.safetensors", should_stop=lambda: True)
+    assert at_once.summary == "stopped before the first vector: nothing saved" and not (tmp_path / "none.safetensors").exists()
     out = tmp_path / "cut.safetensors"
     cut = run_ortho(tiny_chat, _source(tiny_chat), config, out, should_stop=stop_in_the_fourth_vector)
     assert cut.stopped and 0 < cut.found < 10 and "stopped" in cut.summary
@@ -163,7 +165,7 @@ def test_resume_refuses_other_settings_and_existing_out_needs_resume(tiny_chat: 
         run_ortho(tiny_chat, _source(tiny_chat), OrthoConfig(count=4, steps=4), out, resume=True)
     with pytest.raises(BankError, match="row 0"):
         run_ortho(tiny_chat, _source(tiny_chat, base_index=1), OrthoConfig(count=4, steps=3), out, resume=True)
-    with pytest.raises(BankError, match="made with objective 'tokens', this run asks 'seed'"):
+    with pytest.raises(BankError, match="made with objective 'continuation', this run asks 'seed'"):
         run_ortho(tiny_chat, _source(tiny_chat), OrthoConfig(count=4, steps=3, objective=Objective.SEED), out, resume=True)
     with pytest.raises(BankError, match="sink"):
         run_ortho(tiny_chat, _source(tiny_chat), OrthoConfig(count=4, steps=3, sink=SinkRule(SinkMode.KEEP)), out, resume=True)
@@ -177,7 +179,7 @@ def test_bank_metadata_names_the_parent_and_how_it_was_made(tiny_chat: LoadedMod
     assert meta.extra["parent_bank"] == "parent.safetensors" and meta.extra["parent_row"] == 2
     assert torch.equal(result.bank.vectors[0], source.parent.vectors[2])
     hyper = meta.hyperparameters
-    assert hyper["steps"] == 3 and hyper["optimizer"].startswith("L-BFGS") and hyper["objective"] == "tokens"
+    assert hyper["steps"] == 3 and hyper["optimizer"].startswith("L-BFGS") and hyper["objective"] == "continuation" and hyper["continuation"] == 32
     assert hyper["sink"]["mode"] == "exclude" and "10x the median" in hyper["sink"]["rule"]
     assert OrthoConfig(count=1).resolved(4.0).steps == 60
     assert OrthoConfig(count=1, objective=Objective.SEED).resolved(4.0).sink == SinkRule(SinkMode.KEEP)
@@ -248,7 +250,7 @@ def test_cli_ortho_then_eval(tiny_chat: LoadedModel, tiny_model_dir: Path, tmp_p
     assert len(result) == 6 and set(result.metrics) == {"kl", "kl_rev", "kl_seq", "kl_unsteered", "err", "norm", "cos_base"}
     assert result.metrics["kl"][0] == pytest.approx(0.0, abs=1e-6) and result.metrics["kl_seq"][0] == pytest.approx(0.0, abs=1e-6)
     assert result.meta.extra["eval"]["kl"].startswith("KL(P_i || P_base)")
-    assert result.meta.hyperparameters["objective"] == "tokens" and result.meta.hyperparameters["sink"]["mode"] == "exclude"
+    assert result.meta.hyperparameters["objective"] == "continuation" and result.meta.hyperparameters["sink"]["mode"] == "exclude"
     assert "sink:" in stderr  # which positions the objective compares, said once
     assert max_abs_cos(result.vectors) <= 1e-5
     code, stderr = _cli(monkeypatch, capsys, "ortho", str(bank), "--base", "1", "--count", "7", "--steps", "10",

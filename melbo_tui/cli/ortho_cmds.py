@@ -54,10 +54,10 @@ from melbo_tui.labels import MadeOn
 if TYPE_CHECKING:
     from melbo_tui.bank import VectorBank
 
-OBJECTIVE_HELP = ("What reproducing theta0 means at the target layer. tokens (default): mean over the compared prompt "
-                  "positions of ||Z_t(theta) - Z_t(theta0)||^2 (the attention sink left out); continuation: the same over "
-                  "the prompt and theta0's own greedy continuation, teacher-forced (--continuation tokens; about twice the "
-                  "cost per vector); seed: the seed's ||mean_t Z_t(theta) - mean_t Z_t(theta0)||_2 over every position, "
+OBJECTIVE_HELP = ("What reproducing theta0 means at the target layer. continuation (default): mean over the compared "
+                  "positions of ||Z_t(theta) - Z_t(theta0)||^2 over the prompt and theta0's own greedy continuation, "
+                  "teacher-forced (--continuation tokens; the attention sink left out); tokens: the same over the prompt "
+                  "only (faster; behaviour over the answer reproduced less well); seed: the seed's ||mean_t Z_t(theta) - mean_t Z_t(theta0)||_2 over every position, "
                   "which on models with a massive first-token activation matches that one position. Measured side by side: "
                   "docs/replication.md.")
 
@@ -79,7 +79,7 @@ def ortho(
     base: Annotated[int, typer.Option("--base", "-b", help="Row of BANK used as theta0.")] = 0,
     num_vectors: Annotated[int | None, typer.Option("--num-vectors", help="Orthogonal vectors to find (at most d_model - 1). Default: 64.")] = None,
     count: Annotated[int | None, typer.Option("--count", "-c", hidden=True, help="Deprecated spelling of --num-vectors.")] = None,
-    objective: Annotated[Objective, typer.Option(help=OBJECTIVE_HELP)] = Objective.TOKENS,
+    objective: Annotated[Objective, typer.Option(help=OBJECTIVE_HELP)] = Objective.CONTINUATION,
     sink: Annotated[str | None, typer.Option("--sink", help=SINK_HELP + " Default: exclude; with --objective seed, keep (the seed's loss verbatim).")] = None,
     strategy: Annotated[Strategy, typer.Option(help="fast (L-BFGS on cached source-layer activations) or sequential (the seed's Adam loop).")] = Strategy.FAST,
     steps: Annotated[int | None, typer.Option(help="Per vector: sequential, Adam steps (default 1000, the seed's); fast, L-BFGS loss evaluations (default 60; how quality grows with it: docs/melbo.md).")] = None,
@@ -98,8 +98,9 @@ def ortho(
 
     Source and target layers are the parent bank's (layer L = output of decoder block L,
     0-based). theta is kept orthogonal to theta0 and every earlier vector; no norm constraint.
-    --objective tokens (default) matches the target layer position by position, the attention
-    sink left out; --objective seed is the seed's ||mean_t Z_t(theta) - mean_t Z_t(theta0)||_2
+    --objective continuation (default) matches the target layer position by position over the
+    prompt and theta0's own greedy answer, the attention sink left out; --objective tokens does
+    so over the prompt only; --objective seed is the seed's ||mean_t Z_t(theta) - mean_t Z_t(theta0)||_2
     over every position. A checkpoint is written to --out after every vector; Ctrl-C keeps it.
     """
     from melbo_tui.bank import load_bank

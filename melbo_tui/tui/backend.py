@@ -83,7 +83,7 @@ class OrthoJob:
     base_index: int
     count: int
     out: Path
-    objective: Objective = Objective.TOKENS
+    objective: Objective = Objective.CONTINUATION
 
     @property
     def prompts(self) -> list[str]:
@@ -95,7 +95,7 @@ class OrthoJob:
 
     def command(self, model_flags: tuple[str, ...] = (), show: Callable[[Path], str] = _absolute) -> str:
         """The equivalent command line: what a new bank records as `created_by` (`show` writes the paths)."""
-        objective = ["--objective", self.objective.value] if self.objective != Objective.TOKENS else []
+        objective = ["--objective", self.objective.value] if self.objective != Objective.CONTINUATION else []
         return _shell(["melbo-tui", "ortho", show(self.bank_path), "--base", str(self.base_index),
                        "--num-vectors", str(self.count), *objective, "--out", show(self.out), *model_flags])
 

@@ -552,15 +552,15 @@ async def test_the_ortho_dialog_chooses_the_objective_and_times_each_one(tmp_pat
         await wait_for(pilot, lambda: backend.loaded.is_set())
         await pilot.press("o")
         await wait_for(pilot, lambda: "for 64 vectors here" in screen_text(app))
-        assert len(backend.estimated) == 1 and backend.estimated[0].endswith(" tokens")
+        assert len(backend.estimated) == 1 and backend.estimated[0].endswith(" continuation")  # the default
         await pilot.press("tab", "ctrl+u", *"bogus")
         await wait_for(pilot, lambda: "the objective must be tokens, seed, continuation" in screen_text(app))
         assert region_text(app, app.screen.query_one("#job-command")) == ""  # nothing to run
-        await pilot.press("ctrl+u", *"continuation")
+        await pilot.press("ctrl+u", *"tokens")
         await wait_for(pilot, lambda: len(backend.estimated) == 2 and "for 64 vectors here" in screen_text(app))
-        assert backend.estimated[1].endswith(" continuation")  # timed again: another objective, another time per vector
+        assert backend.estimated[1].endswith(" tokens")  # timed again: another objective, another time per vector
         command = region_text(app, app.screen.query_one("#job-command"))
-        assert command == f"melbo-tui ortho {bank} --base 0 --num-vectors 64 --objective continuation --out ./parent.ortho-from0.safetensors"
+        assert command == f"melbo-tui ortho {bank} --base 0 --num-vectors 64 --objective tokens --out ./parent.ortho-from0.safetensors"
         await pilot.press("shift+tab", "ctrl+u", *"8")
         await wait_for(pilot, lambda: "for 8 vectors here" in screen_text(app))
         assert len(backend.estimated) == 2  # the count changes the total, not the time per vector

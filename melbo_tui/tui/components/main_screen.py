@@ -685,7 +685,7 @@ class MainScreen(Screen[None]):
                    ("layers", f"{meta.source_layer} -> {meta.target_layer} · 60 L-BFGS evaluations per vector · "
                               "then every row measured")),
             fields=(JobField("count", "vectors", str(min(ORTHO_COUNT, view.bank.hidden_size - 1))),
-                    JobField("objective", "objective", Objective.TOKENS.value),
+                    JobField("objective", "objective", Objective.CONTINUATION.value),
                     JobField("out", "output", show_path(default, workspace))),
             build=build, count=lambda job: cast(OrthoJob, job).count)
         self.ask(JobScreen(form, self.options.backend, workspace), functools.partial(self._start_job, view))
