@@ -2,7 +2,7 @@
 # End-to-end check on a CUDA machine, no download: a random-weight model with Qwen1.5-1.8B's
 # architecture (Qwen2, 24 blocks, d_model 2048, 16 heads, MLP 5504, vocab 151936) saved with the
 # embedded SmolLM2 tokenizer (49152 ids, a ChatML template like Qwen's), then
-#   doctor, train, ortho (--objective tokens and --objective seed), eval, dump, bench
+#   doctor, train, ortho (--objective continuation, the default; tokens; seed), eval, dump, bench
 # on it, each timed, and the bench table printed last. Random weights make the texts garbage;
 # what is checked is that every path runs on CUDA in bf16 and what it costs.
 #
@@ -131,12 +131,12 @@ run=(--model "$model" --device "$device")
 step "build model" build_model
 step doctor "${melbo[@]}" doctor "${run[@]}" --out "$workdir/doctor.txt"
 step train "${melbo[@]}" train "${run[@]}" "${train_sizes[@]}" --out "$workdir/train.safetensors"
-for objective in tokens seed; do
+for objective in continuation tokens seed; do
   step "ortho $objective" "${melbo[@]}" ortho "$workdir/train.safetensors" "${run[@]}" "${ortho_sizes[@]}" \
     --objective "$objective" --out "$workdir/ortho-$objective.safetensors"
 done
-step eval "${melbo[@]}" eval "$workdir/ortho-tokens.safetensors" "${run[@]}"
-step dump "${melbo[@]}" dump "$workdir/ortho-tokens.safetensors" "${run[@]}" "${dump_sizes[@]}" --out "$workdir/dump.txt"
+step eval "${melbo[@]}" eval "$workdir/ortho-continuation.safetensors" "${run[@]}"
+step dump "${melbo[@]}" dump "$workdir/ortho-continuation.safetensors" "${run[@]}" "${dump_sizes[@]}" --out "$workdir/dump.txt"
 step bench sh -c '"$@" > "'"$workdir/bench.json"'"' sh "${melbo[@]}" bench "${run[@]}" "${bench_sizes[@]}" --json
 
 echo

@@ -130,7 +130,7 @@ def measure_bases(prediction: Path, out: Path, vectors: int) -> None:
         for ids in others:
             kl = measure(lm, rows, ids, source_layer=meta.source_layer, target_layer=meta.target_layer).values["kl_seq"]
             pairs += int((kl[1:-1] < kl[-1]).sum())
-        objective = bank.meta.extra.get("hyperparameters", {}).get("objective", "?")
+        objective = bank.meta.hyperparameters.get("objective", "?")
         shares.append(predicted["shares"][str(row)])
         beats.append(beat)
         held.append(pairs)

@@ -138,7 +138,8 @@ def main() -> int:
     lines = ["# Rows 1-8 against not steering, measured by scripts/independent_check.py (no melbo_tui code)", "",
              f"{TOKENS}-token greedy continuation of theta0, teacher-forced KL(P_theta0 || P_theta) per position; "
              "block-T output error over prompt positions past the first; medians over rows 1-8, each relative to "
-             "theta = 0. Thresholds (issue 25): err <= 0.75x, KL fitted <= 0.6x, KL held out <= 0.8x.", "",
+             "theta = 0. Thresholds (issue 25): err <= 0.75x, KL fitted <= 0.6x, KL held out <= 0.8x. Held-out prompts, "
+             f"in this order: {', '.join(repr(p) for p in HELD_OUT[: args.held_out])}.", "",
              "| bank | base row | objective | err | err~ | KL fitted (unsteered) | KL held out, per prompt | rows beating unsteered, fitted / held out |",
              "|---|---|---|---|---|---|---|---|"]
     for bank_path in args.banks:

@@ -3,8 +3,10 @@
 # embedded model and on Gemma 3 270M (gemma-*: needs `bash scripts/setup.sh --gemma`). Each bank
 # records its exact command line in its metadata (created_by).
 # Re-running continues where it stopped: existing files are kept, ortho runs --resume.
-# About 1 h 45 min on a 2-core CPU for SmolLM2's banks, two jobs at a time, one thread each, then
-# ~55 min for Gemma's (calibrate 4 min, MELBO 3 min, ortho to collapse 44 min, its dump 6 min).
+# About 1 h on a 2-core CPU for SmolLM2's banks, two jobs at a time, one thread each (each default
+# ortho bank 10-12 min, the seed-objective one to collapse ~45), ~55 min for Gemma's (calibrate
+# 4 min, MELBO 3 min, ortho to collapse 44 min, its dump 6 min), then ~25 min for hypothesis 1's
+# five other bases (8-10 min each).
 #   bash scripts/make_banks.sh            # everything, then scripts/replicate.py
 #   bash scripts/make_banks.sh JOB        # one job: calibrate, melbo, melbo-keep, ortho-NAME, gemma-calibrate,
 #                                         # gemma-melbo, gemma-ortho, h1-ROW

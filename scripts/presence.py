@@ -107,7 +107,6 @@ def main() -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    torch.manual_seed(0)
     lm = load_model(None)
     parent = load_bank(MELBO)
     parent_labels = read_labels(MELBO)
@@ -128,7 +127,7 @@ def main() -> int:
         on = torch.cat([a for a, label in zip(acts, labels, strict=True) if label == feature])
         off = torch.cat([a for a, label in zip(acts, labels, strict=True) if label != feature])
         theta0 = bank.vectors[0] / bank.vectors[0].norm()
-        rand = torch.randn(RANDOM_DIRECTIONS, lm.hidden_size)
+        rand = torch.randn(RANDOM_DIRECTIONS, lm.hidden_size, generator=torch.Generator().manual_seed(0))  # per bank
         rand = rand - (rand @ theta0)[:, None] * theta0[None]
         rand = rand / rand.norm(dim=1, keepdim=True)
         d_rand, sd_rand = cohens_d(on, off, rand)

@@ -32,9 +32,9 @@ def test_cpu_smoke_runs_every_step(tmp_path: Path, embedded: object) -> None:
     done = _run(["--cpu-smoke", "--workdir", str(tmp_path)], timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     steps = [line.split("\t")[0] for line in (tmp_path / "steps.tsv").read_text().splitlines()]
-    assert steps == ["build model", "doctor", "train", "ortho tokens", "ortho seed", "eval", "dump", "bench"]
+    assert steps == ["build model", "doctor", "train", "ortho continuation", "ortho tokens", "ortho seed", "eval", "dump", "bench"]
     assert "0 failed" in (tmp_path / "doctor.txt").read_text()
-    for name in ("train.safetensors", "ortho-tokens.safetensors", "ortho-seed.safetensors", "dump.txt", "bench.json"):
+    for name in ("train.safetensors", "ortho-continuation.safetensors", "ortho-tokens.safetensors", "ortho-seed.safetensors", "dump.txt", "bench.json"):
         assert (tmp_path / name).stat().st_size > 0, name
     assert "melbo-tui bench --quick" in done.stdout and "eval batched vs loop" in done.stdout
     assert "all steps passed" in done.stdout
