@@ -126,6 +126,15 @@ def quote(text: str, width: int = 100) -> str:
     return (flat[:width] + "...") if len(flat) > width else flat
 
 
+def distinct_bases(banks: dict[Path, VectorBank]) -> list[tuple[Path, VectorBank, int]]:
+    """One (path, bank, parent row) per base: banks from the same MELBO row share theta0."""
+    seen: dict[int, tuple[Path, VectorBank, int]] = {}
+    for path, bank in banks.items():
+        row = int(bank.meta.extra.get("parent_row", -1))
+        seen.setdefault(row, (path, bank, row))
+    return list(seen.values())
+
+
 def steer_at(lm: LoadedModel, layer: int, vector: torch.Tensor, positions: torch.Tensor) -> Any:
     """A hook adding `vector` at the given positions only (a mask over the sequence); no engine code."""
     def hook(_module: torch.nn.Module, _args: Any, output: Any) -> Any:
@@ -165,12 +174,7 @@ def section_sink(lm: LoadedModel, banks: dict[Path, VectorBank]) -> list[str]:
            f"block {meta.target_layer} output {z_target[0]:.0f} vs {z_target[1:].median():.0f}.", "",
            "| base | change at pos 0 | median change elsewhere | pos 0 share of sum_t dZ_t^2 | pos 0 share of the seed loss "
            "| next-token KL to theta0: unsteered / theta0 at pos 0 only / everywhere but pos 0 |", "|---|---|---|---|---|---|"]
-    seen: set[int] = set()
-    for path, bank in banks.items():
-        row = int(bank.meta.extra.get("parent_row", -1))
-        if row in seen:
-            continue
-        seen.add(row)
+    for path, bank, row in distinct_bases(banks):
         theta0 = bank.vectors[0]
         with torch.no_grad():
             with steer(lm, meta.source_layer, theta0):
@@ -420,12 +424,7 @@ def section_where_theta0_acts(lm: LoadedModel, banks: dict[Path, VectorBank]) ->
            "position 0 aside. Lower = more of theta0's behaviour.", "",
            "| base | prompt | induced sinks | nowhere (unsteered) | only the induced sinks | prompt but the sinks "
            "| only the answer's tokens |", "|---|---|---|---|---|---|---|"]
-    seen: set[int] = set()
-    for path, bank in banks.items():
-        row = int(bank.meta.extra.get("parent_row", -1))
-        if row in seen:
-            continue
-        seen.add(row)
+    for path, bank, row in distinct_bases(banks):
         theta0 = bank.vectors[0]
         for prompt in [first.prompts[0], *NEW_PROMPTS]:
             ids = encode(lm, prompt, first.system_prompt, first.raw_prompts)
